@@ -1,0 +1,128 @@
+"""Helpers every lesson notebook uses: validate its parameters cell, pick its device, record its key numbers.
+
+Taught nowhere; used by every lesson (see curriculum/README.md for the conventions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+SCALES = ("tiny", "small", "full")
+RECORD_ENV = "HEPML_KIT_RECORD"  # set by `hepml-kit curriculum run`: where `record` appends JSON lines
+
+
+class ParameterError(ValueError):
+    """A lesson parameter has a bad value or is not declared by the lesson."""
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter rule: a check that returns an error string (or None) for a value."""
+
+    describe: str
+    check: Callable[[Any], str | None]
+
+
+def choice(*options) -> Param:
+    return Param(f"one of {options}", lambda v: None if v in options else f"must be one of {options}")
+
+
+def integer(lo: int | None = None, hi: int | None = None) -> Param:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"must be an integer, got {type(v).__name__} {v!r}"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+
+    return Param(f"integer in [{lo}, {hi}]", check)
+
+
+def number(lo: float | None = None, hi: float | None = None) -> Param:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return f"must be a number, got {type(v).__name__} {v!r}"
+        if lo is not None and v < lo:
+            return f"must be >= {lo}"
+        if hi is not None and v > hi:
+            return f"must be <= {hi}"
+        return None
+
+    return Param(f"number in [{lo}, {hi}]", check)
+
+
+def boolean() -> Param:
+    return Param("True or False", lambda v: None if isinstance(v, bool) else f"must be True or False, got {v!r}")
+
+
+def text() -> Param:
+    return Param("a string", lambda v: None if isinstance(v, str) else f"must be a string, got {v!r}")
+
+
+def _is_parameter_like(name: str, value) -> bool:
+    return (
+        name.isupper()
+        and not name.startswith("_")
+        and not isinstance(value, (types.ModuleType, types.FunctionType, type))
+    )
+
+
+def validate_parameters(namespace: dict, **rules: Param) -> dict:
+    """Check a lesson's parameters before any heavy work.
+
+    Every UPPER_CASE name in `namespace` (the notebook's ``globals()``) must be declared in `rules`, so a
+    misspelt ``papermill -p NPROC 4`` (which papermill only warns about) stops here with a clear message.
+    Returns the validated parameters as a dict.
+    """
+    errors = []
+    for name, value in namespace.items():
+        if _is_parameter_like(name, value) and name not in rules:
+            errors.append(f"{name}: not a parameter of this lesson (declared: {', '.join(sorted(rules))})")
+    values = {}
+    for name, rule in rules.items():
+        if name not in namespace:
+            errors.append(f"{name}: missing from the parameters cell")
+            continue
+        problem = rule.check(namespace[name])
+        if problem:
+            errors.append(f"{name}={namespace[name]!r}: {problem}")
+        values[name] = namespace[name]
+    if errors:
+        raise ParameterError("bad lesson parameters:\n  " + "\n  ".join(errors))
+    print("parameters: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    return values
+
+
+def record(name: str, value: float, *, unit: str = "", goal: str | None = None, passed: bool | None = None) -> None:
+    """Show a lesson's key number and, under `hepml-kit curriculum run`, append it to the run summary.
+
+    Args:
+        name: what was measured, e.g. ``"ddp_speedup"``.
+        value: the measured number.
+        unit: its unit, for the summary table.
+        goal: what the lesson claims, e.g. ``">= 1.5"``; evaluated against `value` unless `passed` is given.
+        passed: explicit pass/fail when the goal is not a simple comparison.
+    """
+    if passed is None and goal is not None:
+        passed = _meets(value, goal)
+    status = "" if passed is None else ("  PASS" if passed else "  FAIL")
+    print(f"{name} = {value:.4g} {unit}".rstrip() + (f"  (goal {goal})" if goal else "") + status)
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"name": name, "value": float(value), "unit": unit, "goal": goal, "passed": passed}) + "\n")
+
+
+def _meets(value: float, goal: str) -> bool:
+    goal = goal.strip()
+    for op in (">=", "<=", ">", "<"):
+        if goal.startswith(op):
+            bound = float(goal[len(op) :])
+            return {">=": value >= bound, "<=": value <= bound, ">": value > bound, "<": value < bound}[op]
+    raise ValueError(f"goal {goal!r} must start with >=, <=, > or <")

@@ -1,0 +1,346 @@
+"""Optuna studies over the kit's workers: samplers, pruners, a storage file, resume, and DDP trials.
+
+- Samplers: random, grid, TPE (Bergstra et al. 2011) and CMA-ES (Hansen 2016) as the evolutionary method.
+- Pruners: successive halving in its asynchronous form, ASHA (Li et al. 2020, arXiv:1810.05934), and
+  Hyperband (Li et al. 2018, arXiv:1603.06560), acting on the metric each trial reports per epoch.
+- Parallel trials: every worker (an ipyparallel engine) runs the same ask/train/tell loop against one study
+  in a storage file: an Optuna journal file (``*.log``, `JournalFileBackend`, file locks) or SQLite
+  (``sqlite:///study.db``). Several samplers asking at once is fine: TPE uses the "constant liar" so
+  running trials are not proposed twice, and each worker's sampler gets its own seed.
+- A trial that is itself a DDP job (``ranks_per_trial=2``; optuna/optuna#4835): the workers split into
+  groups; in each group only the leader (its first rank) talks to the study. It asks for the trial and
+  broadcasts the sampled parameters to its group; every rank trains its share; the leader reports the
+  validation metric, asks the pruner, and broadcasts the decision, so all ranks stop together.
+- Nothing lost: when a study is opened again, trials left RUNNING by a process that is gone (killed, node
+  lost) are marked FAIL and re-queued with the same parameters (Optuna's `RetryHeartbeatStaleTrialCallback`);
+  finished trials are kept and not repeated, and the trial budget counts them.
+- Bad input is refused before any trial starts: an inconsistent space (`SearchSpaceError`), an unknown
+  hyperparameter or metric (`ObjectiveError`), a storage file that holds another study or the same
+  study with another space/objective/sampler (`StudyMismatch`).
+
+Taught in curriculum/06_hpo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import warnings
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import TrialState
+
+from hepml_kit.hpo.objective import TestbedObjective, TrialDiverged
+from hepml_kit.hpo.space import SearchSpace
+
+__all__ = [
+    "PRUNERS", "SAMPLERS", "StudyBusy", "StudyMismatch", "StudySpec", "make_pruner", "make_sampler",
+    "open_storage", "open_study", "run_study", "study_history", "trial_loop",
+]
+
+SAMPLERS = ("random", "grid", "tpe", "cmaes")
+PRUNERS = ("none", "asha", "hyperband", "median")
+_FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class StudyMismatch(ValueError):
+    """The storage file holds another study, or this study with a different set-up."""
+
+
+class StudyBusy(RuntimeError):
+    """A live process is still running trials of this study."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a worker needs to join a study (it travels to the engines by pickle).
+
+    Args:
+        name: study name (one study per storage file).
+        space: the `SearchSpace`.
+        objective: the `TestbedObjective` (model, metric, direction, epochs).
+        sampler: one of `SAMPLERS`; pruner: one of `PRUNERS`.
+        storage: ``None`` (in memory, one process), a journal file path, or ``"sqlite:///path.db"``.
+        seed: sampler seed (worker w uses ``seed + w``).
+        n_startup_trials: random trials before TPE/CMA-ES start modelling.
+        min_epochs / reduction_factor: the first rung and the keep-1-in-η of ASHA/Hyperband.
+    """
+
+    name: str
+    space: SearchSpace
+    objective: TestbedObjective
+    sampler: str = "tpe"
+    pruner: str = "none"
+    storage: str | None = None
+    seed: int = 0
+    n_startup_trials: int = 5
+    min_epochs: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise ValueError(f"pruner must be one of {PRUNERS}, got {self.pruner!r}")
+        if not isinstance(self.space, SearchSpace):
+            raise TypeError(f"space must be a SearchSpace (SearchSpace.from_dict for the dict form), "
+                            f"got {type(self.space).__name__}")
+        if not 1 <= self.min_epochs <= self.objective.epochs:
+            raise ValueError(f"min_epochs must be in [1, epochs={self.objective.epochs}], got {self.min_epochs}")
+
+    def signature(self) -> dict:
+        """What must match for a stored study to be continued by this spec."""
+        return {"space": self.space.fingerprint(), "objective": repr(self.objective),
+                "sampler": self.sampler, "pruner": self.pruner}
+
+
+def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
+    seed = spec.seed + worker
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "grid":
+        return optuna.samplers.GridSampler(spec.space.grid(), seed=seed)
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials, constant_liar=True)
+    with warnings.catch_warnings():  # categorical parameters fall back to random sampling, said once here
+        warnings.simplefilter("ignore")
+        return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=spec.n_startup_trials,
+                                            warn_independent_sampling=False)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    if spec.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
+                                                      reduction_factor=spec.reduction_factor)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs, max_resource=spec.objective.epochs,
+                                              reduction_factor=spec.reduction_factor)
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.min_epochs)
+    return optuna.pruners.NopPruner()
+
+
+def open_storage(storage: str | None):
+    """``None`` -> in memory; ``sqlite:///x.db`` (or any RDB URL) -> `RDBStorage`; else a journal file."""
+    if storage is None:
+        return optuna.storages.InMemoryStorage()
+    if "://" in storage:
+        return optuna.storages.RDBStorage(storage)
+    from optuna.storages.journal import JournalFileBackend
+
+    try:
+        return optuna.storages.JournalStorage(JournalFileBackend(os.fspath(storage)))
+    except Exception as e:  # not a journal (e.g. some other file): say which file
+        raise StudyMismatch(f"{storage} is not an Optuna journal file ({type(e).__name__}: {e})") from e
+
+
+def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage=None) -> optuna.Study:
+    """Create the study, or load it and check it is the same study; with `resume`, retry stale trials.
+
+    Everything here runs before any trial: the space and objective are checked, the storage file must
+    hold this study (or nothing), set up the same way.
+    """
+    spec.objective.check(spec.space)
+    storage = storage if storage is not None else open_storage(spec.storage)
+    try:
+        names = [s.study_name for s in storage.get_all_studies()]
+    except Exception as e:
+        raise StudyMismatch(f"cannot read studies from {spec.storage}: {type(e).__name__}: {e}") from e
+    others = [n for n in names if n != spec.name]
+    if others:
+        raise StudyMismatch(f"{spec.storage} holds study {others[0]!r}, not {spec.name!r}: give this study its own "
+                            f"storage file (or name it {others[0]!r} to continue that one)")
+    kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec))
+    if spec.name not in names:
+        study = optuna.create_study(direction=spec.objective.direction, **kwargs)
+        study.set_user_attr("hepml_kit", spec.signature())
+        return study
+    study = optuna.load_study(**kwargs)
+    stored = study.user_attrs.get("hepml_kit")
+    if stored is None:
+        raise StudyMismatch(f"study {spec.name!r} in {spec.storage} was not made by hepml_kit.hpo; use a new file")
+    diff = [k for k, v in spec.signature().items() if stored.get(k) != v]
+    if diff:
+        lines = [f"  {k}: stored {stored.get(k)} / now {spec.signature()[k]}" for k in diff]
+        raise StudyMismatch(f"study {spec.name!r} in {spec.storage} was set up differently "
+                            f"({', '.join(diff)}):\n" + "\n".join(lines))
+    if resume:
+        retry_stale_trials(study)
+    return study
+
+
+def retry_stale_trials(study: optuna.Study, max_retry: int = 3) -> list[int]:
+    """Mark RUNNING trials whose process is gone as FAIL and queue a retry of each; return their numbers.
+
+    Raises `StudyBusy` if a RUNNING trial's process is still alive on this host.
+    """
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    stale = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
+        if host == socket.gethostname() and pid is not None and pid != os.getpid() and _alive(pid):
+            raise StudyBusy(f"trial {t.number} of study {study.study_name!r} is still being run by pid {pid} on "
+                            f"{host}; wait for it or stop that process before resuming")
+        stale.append(t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        for t in stale:
+            study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            retry(study, study._storage.get_trial(t._trial_id))
+    return [t.number for t in stale]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _next_trial(study: optuna.Study, spec: StudySpec, n_trials, budget_epochs):
+    """Ask for a trial unless the study is done: queued retries always run; then the trial count, the
+    trial-epoch budget and an exhausted grid stop it. (Parallel workers may overshoot by the trials in flight.)"""
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.WAITING for t in trials):
+        # trials that used up a place: finished, running, or failed by themselves (diverged, raised);
+        # a stale trial (failed by `retry_stale_trials`, no "error") is replaced by its retry instead
+        started = sum(t.state in _FINISHED or t.state == TrialState.RUNNING
+                      or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in trials)
+        spent = sum(len(t.intermediate_values) for t in trials)
+        if n_trials is not None and started >= n_trials:
+            return None
+        if budget_epochs is not None and spent >= budget_epochs:
+            return None
+        if spec.sampler == "grid" and study.sampler.is_exhausted(study):
+            return None
+    trial = study.ask()
+    trial.set_user_attr("host", socket.gethostname())
+    trial.set_user_attr("pid", os.getpid())
+    return trial
+
+
+def trial_loop(spec: StudySpec, n_trials=None, budget_epochs=None, *, study=None, group=None, leader: int = 0,
+               worker: int = 0) -> int:
+    """Run trials until the study is done; returns how many this process (group) ran.
+
+    With a process `group` of several ranks every rank calls this; `leader` (a global rank) talks to the study.
+    """
+    import torch.distributed as dist
+
+    is_leader = group is None or dist.get_rank() == leader
+    if is_leader and study is None:
+        study = open_study(spec, worker, resume=False)  # the driver resumed it before starting the workers
+    ran = 0
+    while True:
+        trial, msg = None, [None]
+        if is_leader:
+            trial = _next_trial(study, spec, n_trials, budget_epochs)
+            msg = [None if trial is None else spec.space.suggest(trial)]
+        if group is not None:
+            dist.broadcast_object_list(msg, src=leader, group=group)  # every rank trains the same params
+        params = msg[0]
+        if params is None:
+            return ran
+        ran += 1
+        try:
+            run = spec.objective.start(params, group=group)
+            for epoch in range(1, spec.objective.epochs + 1):
+                metrics = run.train_epoch()
+                decision = [False]
+                if is_leader:
+                    trial.report(run.value(metrics), step=epoch)
+                    decision = [trial.should_prune()]
+                if group is not None:
+                    dist.broadcast_object_list(decision, src=leader, group=group)  # all ranks stop together
+                if decision[0]:
+                    break
+        except TrialDiverged as e:
+            if is_leader:
+                trial.set_user_attr("error", str(e))
+                study.tell(trial, state=TrialState.FAIL)
+            continue
+        except BaseException as e:
+            if is_leader:
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        if is_leader:
+            if decision[0]:
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                study.tell(trial, run.value(metrics))
+
+
+def _optimize_on_rank(spec: StudySpec, n_trials, budget_epochs, ranks_per_trial: int) -> int:
+    """Runs on every worker: split the ranks into trial groups and run the loop (one study, many groups)."""
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    groups = [dist.new_group(list(range(s, s + ranks_per_trial))) for s in range(0, world, ranks_per_trial)]
+    index = rank // ranks_per_trial
+    group = groups[index] if ranks_per_trial > 1 else None
+    return trial_loop(spec, n_trials, budget_epochs, group=group, leader=index * ranks_per_trial, worker=index)
+
+
+def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: int | None = None, workers=None,
+              ranks_per_trial: int = 1, resume: bool = True, timeout: float = 3600.0) -> optuna.Study:
+    """Run (or continue) a study until `n_trials` trials finished or `budget_epochs` trial-epochs were spent.
+
+    Args:
+        workers: a started `hepml_kit.Workers` pool for parallel trials (needs a storage file), or ``None`` to
+            run trials one after the other in this process.
+        ranks_per_trial: ranks per trial; 2 makes each trial a 2-rank DDP job (``workers.n`` must be a multiple).
+        resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`).
+    Returns:
+        the `optuna.Study` (reloaded from storage after parallel runs).
+    """
+    if spec.sampler == "grid" and n_trials is None and budget_epochs is None:
+        n_trials = spec.space.grid_size()
+    if n_trials is None and budget_epochs is None:
+        raise ValueError("give n_trials or budget_epochs (trial-epochs) so the study knows when to stop")
+    if workers is None and ranks_per_trial != 1:
+        raise ValueError("a trial of several ranks needs workers: run_study(..., workers=hk.Workers(n=2))")
+    if workers is not None:
+        if spec.storage is None:
+            raise ValueError("parallel trials share the study through a storage file: set StudySpec(storage=...)")
+        if ranks_per_trial < 1 or workers.n % ranks_per_trial:
+            raise ValueError(f"workers.n={workers.n} is not a multiple of ranks_per_trial={ranks_per_trial}")
+    study = open_study(spec, resume=resume)  # validation and resume happen here, before any trial
+    if workers is None:
+        trial_loop(spec, n_trials, budget_epochs, study=study)
+        return study
+    workers.run(_optimize_on_rank, spec, n_trials, budget_epochs, ranks_per_trial, timeout=timeout)
+    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage))
+
+
+def study_history(study: optuna.Study):
+    """One row per trained epoch, in the order compute was spent: the best-so-far curve's raw material.
+
+    Columns: trial, epoch, value, state, compute (cumulative trial-epochs), best_so_far (best validation
+    metric any trial has reported so far, i.e. the best model seen). Epochs of parallel trials are placed in
+    time by interpolating between each trial's start and end.
+    """
+    import pandas as pd
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        n = len(t.intermediate_values)
+        if n == 0:
+            continue
+        t0 = t.datetime_start.timestamp() if t.datetime_start else float(t.number)
+        t1 = t.datetime_complete.timestamp() if t.datetime_complete else t0
+        for i, (epoch, value) in enumerate(sorted(t.intermediate_values.items()), start=1):
+            rows.append({"trial": t.number, "epoch": epoch, "value": value, "state": t.state.name,
+                         "params": json.dumps(t.params, sort_keys=True), "_t": t0 + (t1 - t0) * i / n})
+    df = pd.DataFrame(rows, columns=["trial", "epoch", "value", "state", "params", "_t"])
+    df = df.sort_values(["_t", "trial", "epoch"], kind="stable").drop(columns="_t").reset_index(drop=True)
+    df["compute"] = range(1, len(df) + 1)
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    df["best_so_far"] = df["value"].cummax() if maximize else df["value"].cummin()
+    return df

@@ -1,0 +1,437 @@
+"""`Workers`: a warm pool of ipyparallel engines, each wired as one torch.distributed rank.
+
+The recipe (ipyparallel issue #813 asks for it): start engines with `ipyparallel.Cluster`, learn each
+engine's host, pid and GPUs once, then for every call send *one* blocking message per engine that carries
+its rank, the rendezvous address and the pickled function — never a `push` followed by an `apply`, which
+can leave one engine without its rank and the others waiting in rendezvous forever. Each rank initialises
+the process group, runs the function, and destroys the group. Every wait has a timeout; a rank that raises
+or dies ends the call with a `WorkerError` naming it, and ranks left blocked in a collective are killed
+and the pool restarted, so nothing hangs and nothing is left behind.
+
+Taught in curriculum/00_setup.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import cloudpickle
+
+from hepml_kit.launch.rendezvous import RankInfo, free_port
+
+__all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
+
+ENGINE_KINDS = ("local", "mpi", "slurm")
+_ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish or fail by themselves
+_POLL_S = 0.005
+_live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
+
+
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "NCCL communicator was aborted",
+              "Broken pipe", "failed to recv", "Socket Timeout")
+
+
+class WorkerError(RuntimeError):
+    """One or more ranks failed. `failures` maps rank -> remote traceback (or cause); `root_ranks` are the
+    ranks that failed first-hand (the others only lost a peer in a collective)."""
+
+    def __init__(self, failures: dict[int, str], note: str = ""):
+        self.failures = dict(sorted(failures.items()))
+        secondary = {r for r, t in self.failures.items() if any(s in t for s in _PEER_LOST)}
+        self.root_ranks = [r for r in self.failures if r not in secondary] or list(self.failures)
+        released = [r for r in self.failures if r not in self.root_ranks]
+        head = [f"rank {r} failed: {_last_line(self.failures[r])}" for r in self.root_ranks]
+        if released:
+            head.append(f"rank(s) {', '.join(map(str, released))} stopped because a peer failed during a collective")
+        if note:
+            head.append(note)
+        body = [f"--- rank {r} traceback ---\n{t.rstrip()}" for r, t in self.failures.items() if r in self.root_ranks]
+        super().__init__("\n".join(head + body))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no message)"
+
+
+@dataclass(frozen=True)
+class _Engine:
+    engine_id: int
+    host: str
+    pid: int
+    gpus: int
+
+
+def _probe_engine() -> dict:
+    """Runs on each engine once at start: who and where am I."""
+    import socket
+
+    os.environ.setdefault("IPP_NONINTERACTIVE", "1")
+    gpus = 0
+    try:
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # torch import problems surface at the first call instead
+        pass
+    return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus}
+
+
+def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes):
+    """Runs on each engine for every call: wire the rank, run the function, unwire."""
+    import torch
+    import torch.distributed as dist
+
+    from hepml_kit.launch.rendezvous import init_process_group
+
+    fn, args, kwargs = cloudpickle.loads(payload)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    init_process_group(info, backend=backend, timeout_s=timeout_s)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
+def _check_sendable(fn, args, kwargs) -> bytes:
+    if not callable(fn):
+        raise TypeError(f"launch needs a callable, got {type(fn).__name__}")
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    # Functions from test files or user scripts that engines cannot import travel by value.
+    if module is not None and module.__name__ not in ("__main__",) and not _importable_everywhere(module):
+        cloudpickle.register_pickle_by_value(module)
+    try:
+        return cloudpickle.dumps((fn, args, kwargs))
+    except Exception as e:
+        raise TypeError(
+            f"cannot send {getattr(fn, '__qualname__', fn)!r} and its arguments to the engines: {e}. "
+            "Define the function at the top level of the notebook/module and pass plain data "
+            "(no open files, locks, CUDA tensors or live process groups)."
+        ) from e
+
+
+def _importable_everywhere(module) -> bool:
+    name = module.__name__.split(".")[0]
+    if name == "hepml_kit":
+        return True
+    path = getattr(module, "__file__", None) or ""
+    return "site-packages" in path or path.startswith(sys.base_prefix) or name in sys.builtin_module_names
+
+
+class Workers:
+    """A warm pool of N ranks for running functions with torch.distributed wired.
+
+    Args:
+        n: number of ranks (engines).
+        engines: ``"local"`` (this machine), ``"mpi"`` (mpiexec, e.g. inside an allocation) or ``"slurm"``
+            (engines submitted through Slurm); the controller listens on all interfaces for the last two.
+        device: ``"auto"`` (one GPU per rank when there are enough, else CPU), ``"cpu"`` or ``"cuda"``.
+        start_timeout: seconds to wait for the engines to register.
+        cluster_kwargs: passed to `ipyparallel.Cluster` (e.g. ``{"engine_launcher_class": ...}``,
+            batch-system options).
+
+    ``with Workers(n=2) as w: w.run(fn, *args)`` returns ``fn``'s return values in rank order.
+    """
+
+    def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto", start_timeout: float = 120.0,
+                 **cluster_kwargs):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
+        if engines not in ENGINE_KINDS:
+            raise ValueError(f"unknown engines kind {engines!r}; choose one of {', '.join(ENGINE_KINDS)}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if device == "cuda" and engines == "local":
+            gpus = _local_gpu_count()
+            if n > gpus:
+                raise ValueError(f"asked for {n} GPU ranks but this machine has {gpus} GPU(s); use n <= {gpus} "
+                                 "or device='cpu'")
+        self.n, self.engines_kind, self.device = n, engines, device
+        self.start_timeout = start_timeout
+        self.cluster_kwargs = cluster_kwargs
+        self._cluster = None
+        self._client = None
+        self._engines: list[_Engine] = []
+        self._profile_dir: str | None = None
+        self._workdir: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def __enter__(self) -> "Workers":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    def start(self) -> "Workers":
+        """Start the controller and engines (about 5-10 s) and learn each engine's host, pid and GPUs."""
+        if self.started:
+            return self
+        import ipyparallel as ipp
+
+        os.environ.setdefault("IPP_NONINTERACTIVE", "1")
+        self._profile_dir = tempfile.mkdtemp(prefix="hepml-ipp-")
+        self._workdir = tempfile.mkdtemp(prefix="hepml-ipp-work-")  # batch launchers write scripts here
+        kwargs = dict(n=self.n, engines=self.engines_kind, profile_dir=self._profile_dir, log_level=40,
+                      engine_timeout=int(self.start_timeout))
+        if self.engines_kind != "local":
+            kwargs.update(controller_ip="*", controller_location=_routable())
+        kwargs.update(self.cluster_kwargs)
+        _live_pools.add(self)
+        cwd = os.getcwd()
+        try:
+            os.chdir(self._workdir)
+            self._cluster = ipp.Cluster(**kwargs)
+            self._cluster.start_cluster_sync(n=self.n)
+            self._client = self._cluster.connect_client_sync()
+            # no progress bar: its output would make notebooks differ from run to run
+            self._client.wait_for_engines(self.n, timeout=self.start_timeout, interactive=False)
+            ids = sorted(self._client.ids)[: self.n]
+            infos = {eid: self._client[eid].apply_async(_probe_engine) for eid in ids}
+            probed = {eid: ar.get(timeout=self.start_timeout) for eid, ar in infos.items()}
+        except BaseException:
+            self.close()
+            raise
+        finally:
+            os.chdir(cwd)
+        # ranks: grouped by host (so local ranks are contiguous), engine id within a host
+        self._engines = sorted(
+            (_Engine(eid, p["host"], p["pid"], p["gpus"]) for eid, p in probed.items()), key=lambda e: (e.host != probed[ids[0]]["host"], e.host, e.engine_id)
+        )
+        if self.device == "cuda":
+            for host in {e.host for e in self._engines}:
+                on_host = [e for e in self._engines if e.host == host]
+                if len(on_host) > on_host[0].gpus:
+                    self.close()
+                    raise ValueError(f"{len(on_host)} GPU ranks on {host}, which has {on_host[0].gpus} GPU(s)")
+        return self
+
+    def close(self) -> None:
+        """Stop engines and controller; nothing is left running. Safe to call twice."""
+        cluster, client = self._cluster, self._client
+        self._cluster = self._client = None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
+        if cluster is not None:
+            try:
+                cluster.stop_cluster_sync()
+            except Exception:
+                pass
+        self._kill_engine_processes()
+        self._engines = []
+        for d in (self._profile_dir, self._workdir):
+            if d:
+                shutil.rmtree(d, ignore_errors=True)
+        self._profile_dir = self._workdir = None
+        _live_pools.discard(self)
+
+    def _kill_engine_processes(self) -> None:
+        import psutil
+
+        me = socket_hostname()
+        for e in self._engines:
+            if e.host == me and psutil.pid_exists(e.pid):
+                try:
+                    os.kill(e.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+    # -- running ---------------------------------------------------------------------------------
+    def rank_infos(self) -> list[RankInfo]:
+        hosts = [e.host for e in self._engines]
+        local = self.engines_kind == "local"
+        master = "127.0.0.1" if local else self._engines[0].host
+        port = free_port() if local else self._remote_free_port()
+        infos = []
+        for rank, e in enumerate(self._engines):
+            same = [i for i, h in enumerate(hosts) if h == e.host]
+            infos.append(RankInfo(rank, self.n, same.index(rank), len(same), master, port))
+        return infos
+
+    def _remote_free_port(self) -> int:
+        return self._client[self._engines[0].engine_id].apply_sync(free_port)
+
+    def _backend(self) -> str:
+        if self.device == "cpu":
+            return "gloo"
+        per_host = {}
+        for e in self._engines:
+            per_host.setdefault(e.host, []).append(e)
+        enough = all(len(es) <= es[0].gpus for es in per_host.values())
+        if self.device == "cuda" or enough and all(e.gpus > 0 for e in self._engines):
+            return "nccl"
+        return "gloo"
+
+    def run(self, fn: Callable, *args, timeout: float = 600.0, quiet: bool = False, **kwargs) -> list:
+        """Run ``fn(*args, **kwargs)`` on every rank; return the results in rank order.
+
+        Raises `WorkerError` naming the failing rank(s) with their tracebacks if any rank raises or dies,
+        or if the call outlives `timeout` seconds. Each rank's printed output is shown afterwards, prefixed
+        ``[rank r]``, in rank order.
+        """
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        payload = _check_sendable(fn, args, kwargs)
+        self.start()
+        infos = self.rank_infos()
+        backend = self._backend()
+        local_sizes = {i.local_world_size for i in infos}
+        threads = max(1, (os.cpu_count() or 1) // max(local_sizes))
+        pending = {}
+        for info, e in zip(infos, self._engines):
+            pending[info.rank] = self._client[e.engine_id].apply_async(
+                _run_rank, info, backend, threads, float(timeout), payload
+            )
+        ars = dict(pending)
+        results: dict[int, Any] = {}
+        failures: dict[int, str] = {}
+        first_failure_at = None
+        deadline = time.monotonic() + timeout
+        note = ""
+        try:
+            while pending:
+                for rank in list(pending):
+                    ar = pending[rank]
+                    if not ar.ready():
+                        continue
+                    del pending[rank]
+                    try:
+                        results[rank] = ar.get(timeout=5)
+                    except Exception as exc:  # RemoteError or EngineError
+                        failures[rank] = _describe(exc)
+                        first_failure_at = first_failure_at or time.monotonic()
+                dead = self._dead_ranks(pending)
+                for rank, why in dead.items():
+                    failures[rank] = why
+                    pending.pop(rank, None)
+                    first_failure_at = first_failure_at or time.monotonic()
+                now = time.monotonic()
+                if pending and first_failure_at and now - first_failure_at > _ERROR_GRACE_S:
+                    note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were still waiting (probably in a "
+                            "collective on a failed rank) and were stopped; the pool was restarted")
+                    break
+                if pending and now > deadline:
+                    for rank in pending:
+                        failures[rank] = f"timed out after {timeout:g} s (still running)"
+                    note = "the pool was restarted"
+                    break
+                if pending:
+                    time.sleep(_POLL_S)
+        except KeyboardInterrupt:
+            self.close()
+            raise
+        if pending or any("died" in f for f in failures.values()):
+            self.close()  # engines stuck in C++ collectives cannot be interrupted: start afresh next call
+        if not quiet:
+            _show_output(ars)
+        if failures:
+            raise WorkerError(failures, note)
+        return [results[r] for r in range(self.n)]
+
+    def _dead_ranks(self, pending) -> dict[int, str]:
+        if self.engines_kind != "local" or not pending:
+            return {}
+        import psutil
+
+        dead = {}
+        for rank in pending:
+            e = self._engines[rank]
+            try:
+                alive = psutil.Process(e.pid).status() != psutil.STATUS_ZOMBIE
+            except psutil.NoSuchProcess:
+                alive = False
+            if not alive:
+                dead[rank] = f"the rank's process (engine {e.engine_id}, pid {e.pid}) died (killed or out of memory)"
+        return dead
+
+    def __repr__(self) -> str:
+        state = "running" if self.started else "stopped"
+        return f"Workers(n={self.n}, engines={self.engines_kind!r}, device={self.device!r}) [{state}]"
+
+
+def launch(fn: Callable, *args, nprocs: int = 2, timeout: float = 600.0, engines: str = "local",
+           device: str = "auto", **kwargs) -> list:
+    """Run ``fn(*args, **kwargs)`` on `nprocs` ranks with torch.distributed initialised; return the results in
+    rank order. A one-shot `Workers` pool: started, used once, closed (also on error)."""
+    if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
+        raise ValueError(f"nprocs must be an integer >= 1, got {nprocs!r}")
+    _check_sendable(fn, args, kwargs)  # fail before starting anything
+    with Workers(n=nprocs, engines=engines, device=device) as w:
+        return w.run(fn, *args, timeout=timeout, **kwargs)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _describe(exc: BaseException) -> str:
+    """Plain-text traceback of a remote failure (ANSI colours stripped, engine plumbing frames dropped)."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:  # ipyparallel RemoteError / EngineError
+        tb = _ANSI.sub("", getattr(exc, "traceback", "") or "")
+        # keep the frames from our rank wrapper on (the user's code), drop the kernel's exec plumbing
+        cut = tb.find("_run_rank")
+        tb = tb[tb.rfind("File", 0, cut) :] if cut > 0 else tb
+        text = tb.rstrip()
+        return text if text.endswith(f"{ename}: {evalue}") else f"{text}\n{ename}: {evalue}"
+    return "".join(traceback.format_exception(exc))
+
+
+def _show_output(ars: dict) -> None:
+    for rank in sorted(ars):
+        ar = ars[rank]
+        try:
+            out, err = ar.stdout or "", ar.stderr or ""
+        except Exception:
+            continue
+        for stream, text in ((sys.stdout, out), (sys.stderr, err)):
+            for line in text.splitlines():
+                print(f"[rank {rank}] {line}", file=stream)
+
+
+def _local_gpu_count() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def socket_hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _routable() -> str:
+    from hepml_kit.launch.rendezvous import routable_address
+
+    return routable_address()
+
+
+@atexit.register
+def _close_all_pools() -> None:  # the kernel's shutdown or the interpreter's exit
+    for pool in list(_live_pools):
+        pool.close()

@@ -1,0 +1,387 @@
+"""GN2-style jet flavour tagger: a transformer over a jet's tracks.
+
+Follows ATLAS's GN2 (ATL-PHYS-PUB-2022-027, "Graph Neural Network Jet Flavour Tagging with the ATLAS
+Detector", and its transformer successor in the `salt` framework, github.com/umami-hep/salt):
+a per-track initialiser MLP (21 -> 256 -> 256), a 4-layer pre-norm transformer encoder (embedding
+256, 8 heads, feed-forward 512), attention pooling over tracks, a jet flavour head (b / c / light,
+cross-entropy) and an auxiliary track-origin head (7 classes, loss weight 0.5). The `full` preset has
+2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left out here.
+
+Attention is written out (no nn.MultiheadAttention) so tensor and pipeline parallelism can take it
+apart: each `EncoderLayer` has `norm1`, `attn` (Linear `q_proj`, `k_proj`, `v_proj`, `out_proj`,
+int `head_dim`; heads are `q.view(B, T, -1, head_dim)`, so a column-sharded q_proj holding fewer heads
+still works), `norm2` and `mlp` (Linear `fc1`, `fc2`); the layers are `model.encoder.layers`.
+``forward(tracks, mask) -> (flavour_logits, origin_logits)`` takes and returns tensors only
+(TorchScript/ONNX-exportable, for serving). `mask` is True for real tracks, False for padding.
+
+Metric: light- and c-jet rejection (1 / mistag rate) at 70% b-jet efficiency with
+D_b = ln(p_b / (f_c p_c + (1 - f_c) p_light)), f_c = 0.018, beside the same figures for a cut-based
+track-counting tagger on the same jets (the 2nd-largest signed d0 significance, the classic IP
+baseline). Threshold (tiny preset): light rejection >= 1.5 x the baseline's. The baseline reaches
+~10 on these jets; a tagger that only learnt the d0 significances would tie it, so 1.5x shows the
+network combines tracks (multiplicity, z0, hits, vertex consistency) as GN2 does, with margin for
+the statistical error of a rejection measured on ~1,500 light jets (~10-15%).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
+from hepml_kit.data.jets import generate_jets, normalise_tracks
+from hepml_kit.models._testbed import Testbed, iterate_batches
+
+__all__ = [
+    "AttentionPooling",
+    "EncoderLayer",
+    "JetTransformer",
+    "JetTransformerConfig",
+    "SelfAttention",
+    "TESTBED",
+    "baseline_discriminant",
+    "batches",
+    "build",
+    "config",
+    "flops_per_sample",
+    "lightning",
+    "loss",
+    "metrics",
+    "rejection_at",
+]
+
+F_C = 0.018  # c-fraction in D_b
+B_EFFICIENCY = 0.70  # working point
+
+
+@dataclass(frozen=True)
+class JetTransformerConfig:
+    n_features: int = len(TRACK_FEATURES)
+    init_hidden: int = 256
+    embed_dim: int = 256
+    num_layers: int = 4
+    num_heads: int = 8
+    ff_dim: int = 512
+    head_hidden: tuple[int, ...] = (128, 64, 32)  # flavour and origin head MLPs
+    origin_weight: float = 0.5
+    dropout: float = 0.0
+    data: JetGenConfig = field(default_factory=JetGenConfig)
+
+    def __post_init__(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+
+
+PRESETS = {
+    "tiny": JetTransformerConfig(init_hidden=48, embed_dim=48, num_layers=2, num_heads=4, ff_dim=96,
+                                 head_hidden=(32,), data=JetGenConfig(max_tracks=16)),
+    "small": JetTransformerConfig(init_hidden=128, embed_dim=128, num_layers=3, num_heads=4, ff_dim=256,
+                                  head_hidden=(64, 32), data=JetGenConfig(max_tracks=24)),
+    "full": JetTransformerConfig(),
+}  # fmt: skip
+
+
+def config(preset: str = "tiny", **overrides) -> JetTransformerConfig:
+    """The preset's config (`tiny` | `small` | `full`), with optional field overrides."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return replace(PRESETS[preset], **overrides)
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2:
+            layers.append(nn.SiLU())
+    return nn.Sequential(*layers)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with explicit projections, padding-aware."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        self.head_dim = embed_dim // num_heads
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape  # x: (B, T, E); key_mask: (B, T) bool, True = may be attended to
+        q = self.q_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D); H = local heads
+        k = self.k_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, -1, self.head_dim).transpose(1, 2)
+        drop = self.dropout if self.training else 0.0
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask[:, None, None, :], dropout_p=drop)
+        return self.out_proj(o.transpose(1, 2).reshape(B, T, -1))  # (B, T, E)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, embed_dim: int, ff_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(embed_dim, ff_dim)
+        self.fc2 = nn.Linear(ff_dim, embed_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(x)))  # (B, T, E) -> (B, T, F) -> (B, T, E)
+
+
+class EncoderLayer(nn.Module):
+    """Pre-norm transformer layer: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, embed_dim: int, num_heads: int, ff_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.attn = SelfAttention(embed_dim, num_heads, dropout)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.mlp = FeedForward(embed_dim, ff_dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask)
+        return x + self.mlp(self.norm2(x))  # (B, T, E)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: JetTransformerConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EncoderLayer(cfg.embed_dim, cfg.num_heads, cfg.ff_dim, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        return self.norm(x)
+
+
+class AttentionPooling(nn.Module):
+    """Jet embedding = softmax-weighted sum of track embeddings (weights from a learnt gate)."""
+
+    def __init__(self, embed_dim: int):
+        super().__init__()
+        self.gate = nn.Linear(embed_dim, 1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        score = self.gate(x).squeeze(-1)  # (B, T)
+        score = score.masked_fill(~mask, torch.finfo(score.dtype).min)
+        w = torch.softmax(score, dim=1)  # (B, T), zero on padding
+        return (w.unsqueeze(-1) * x).sum(1)  # (B, E)
+
+
+class JetTransformer(nn.Module):
+    """tracks (B, T, F), mask (B, T) -> flavour logits (B, 3), track-origin logits (B, T, 7)."""
+
+    def __init__(self, cfg: JetTransformerConfig):
+        super().__init__()
+        self.init = _mlp([cfg.n_features, cfg.init_hidden, cfg.embed_dim])
+        self.encoder = Encoder(cfg)
+        self.pool = AttentionPooling(cfg.embed_dim)
+        self.flavour_head = _mlp([cfg.embed_dim, *cfg.head_hidden, len(FLAVOURS)])
+        self.origin_head = _mlp([2 * cfg.embed_dim, *cfg.head_hidden, len(TRACK_ORIGINS)])
+        self.origin_weight = cfg.origin_weight  # read by `loss`
+
+    def forward(self, tracks: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # A jet without tracks attends to its padding: finite, meaningless output instead of NaN.
+        key_mask = mask | ~mask.any(dim=1, keepdim=True)  # (B, T)
+        x = self.init(tracks)  # (B, T, E)
+        x = self.encoder(x, key_mask)  # (B, T, E)
+        jet = self.pool(x, key_mask)  # (B, E)
+        flavour_logits = self.flavour_head(jet)  # (B, 3)
+        track_ctx = torch.cat([x, jet.unsqueeze(1).expand_as(x)], dim=-1)  # (B, T, 2E)
+        origin_logits = self.origin_head(track_ctx)  # (B, T, 7)
+        return flavour_logits, origin_logits
+
+
+def build(cfg: JetTransformerConfig) -> JetTransformer:
+    return JetTransformer(cfg)
+
+
+def flops_per_sample(cfg: JetTransformerConfig) -> float:
+    """Training FLOPs per jet (3 x forward, matmuls only) at T = max_tracks padded tracks."""
+    T, E, Fd = cfg.data.max_tracks, cfg.embed_dim, cfg.ff_dim
+    head = lambda sizes: sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))  # noqa: E731
+    per_track = head([cfg.n_features, cfg.init_hidden, E]) + 2 * E  # init + pooling gate and sum
+    per_track += cfg.num_layers * (4 * 2 * E * E + 2 * 2 * T * E + 2 * 2 * E * Fd)  # proj, QK^T and AV, MLP
+    per_track += head([2 * E, *cfg.head_hidden, len(TRACK_ORIGINS)])
+    return 3.0 * (T * per_track + head([E, *cfg.head_hidden, len(FLAVOURS)]))
+
+
+# ---- data ---------------------------------------------------------------------------------------
+
+
+def generate(cfg: JetTransformerConfig, n: int, seed: int, rank: int = 0, world_size: int = 1) -> dict:
+    return generate_jets(n, seed, cfg.data, rank=rank, world_size=world_size)
+
+
+def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
+    """Yield {"tracks" (B, T, F) float32 normalised, "mask" (B, T) bool, "flavour" (B,), "track_origin" (B, T)}."""
+    for idx in iterate_batches(len(data["flavour"]), batch_size, shuffle, seed):
+        i = idx.numpy()
+        mask = data["mask"][i]
+        yield {
+            "tracks": torch.from_numpy(normalise_tracks(data["tracks"][i], mask)),
+            "mask": torch.from_numpy(mask),
+            "flavour": torch.from_numpy(data["flavour"][i]),
+            "track_origin": torch.from_numpy(data["track_origin"][i]),
+        }
+
+
+def loss(model: nn.Module, batch: dict) -> torch.Tensor:
+    """Flavour cross-entropy + 0.5 x track-origin cross-entropy (padding ignored)."""
+    flavour_logits, origin_logits = model(batch["tracks"], batch["mask"])
+    l_flav = F.cross_entropy(flavour_logits.float(), batch["flavour"])
+    l_orig = F.cross_entropy(origin_logits.flatten(0, 1).float(), batch["track_origin"].flatten(), ignore_index=-1)
+    weight = _origin_weight(model)
+    return l_flav + weight * l_orig
+
+
+def _origin_weight(model: nn.Module) -> float:
+    return getattr(getattr(model, "module", model), "origin_weight", 0.5)
+
+
+# ---- metrics ------------------------------------------------------------------------------------
+
+
+def rejection_at(disc: np.ndarray, flavour: np.ndarray, b_eff: float = B_EFFICIENCY) -> tuple[float, float]:
+    """(light, c) rejection = 1 / mistag rate at the cut keeping `b_eff` of b-jets.
+
+    A class with no jet passing gets 1 / (1 / its count): a lower bound, never infinity."""
+    cut = np.quantile(disc[flavour == 0], 1 - b_eff)
+    out = []
+    for f in (2, 1):
+        sel = flavour == f
+        if not sel.any():
+            raise ValueError(f"no {FLAVOURS[f]} jets to measure a rejection on")
+        out.append(1.0 / max(float((disc[sel] > cut).mean()), 1.0 / sel.sum()))
+    return out[0], out[1]
+
+
+def baseline_discriminant(data: dict) -> np.ndarray:
+    """Cut-based track counting: the 2nd-largest signed d0 significance in the jet (-99 if < 2 tracks)."""
+    sd0 = data["tracks"][..., TRACK_FEATURES.index("d0_signed_sig")]
+    sd0 = np.where(data["mask"], sd0, -99.0)
+    return np.sort(sd0, axis=1)[:, -2] if sd0.shape[1] >= 2 else np.full(len(sd0), -99.0)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: dict, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """(flavour probabilities (N, 3), origin predictions (N, T))."""
+    model.eval()
+    device = next(model.parameters()).device
+    probs, origins = [], []
+    for b in batches(data, batch_size):
+        fl, org = model(b["tracks"].to(device), b["mask"].to(device))
+        probs.append(torch.softmax(fl.float(), -1).cpu())
+        origins.append(org.argmax(-1).cpu())
+    return torch.cat(probs).numpy(), torch.cat(origins).numpy()
+
+
+def metrics(model: nn.Module, data: dict) -> dict:
+    """Light/c rejection at 70% b-efficiency (D_b, f_c = 0.018) for the model and the baseline."""
+    probs, origin_pred = predict(model, data)
+    p_b, p_c, p_u = (probs[:, i].astype(np.float64) for i in range(3))
+    d_b = np.log((p_b + 1e-12) / (F_C * p_c + (1 - F_C) * p_u + 1e-12))
+    flavour = data["flavour"]
+    light, c = rejection_at(d_b, flavour)
+    base_light, base_c = rejection_at(baseline_discriminant(data), flavour)
+    valid = data["mask"]
+    return {
+        "light_rejection": light,
+        "c_rejection": c,
+        "baseline_light_rejection": base_light,
+        "baseline_c_rejection": base_c,
+        "light_rejection_over_baseline": light / base_light,
+        "flavour_accuracy": float((probs.argmax(1) == flavour).mean()),
+        "origin_accuracy": float((origin_pred[valid] == data["track_origin"][valid]).mean()),
+        "jets": float(len(flavour)),
+    }
+
+
+def threshold(m: dict) -> bool:
+    return m["light_rejection"] >= 1.5 * m["baseline_light_rejection"]
+
+
+# ---- Lightning ------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _lightning_class():
+    import lightning as L
+
+    class JetTaggerLightning(L.LightningModule):
+        """The same `JetTransformer` and `loss` under Lightning."""
+
+        def __init__(self, cfg: JetTransformerConfig, lr: float = 1e-3):
+            super().__init__()
+            self.save_hyperparameters()
+            self.model = build(cfg)
+            self.lr = lr
+
+        def forward(self, tracks, mask):
+            return self.model(tracks, mask)
+
+        def training_step(self, batch, batch_idx):
+            value = loss(self.model, batch)
+            self.log("train_loss", value, prog_bar=True, batch_size=batch["tracks"].shape[0])
+            return value
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", loss(self.model, batch), batch_size=batch["tracks"].shape[0], sync_dist=True)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=self.lr)
+
+    JetTaggerLightning.__module__ = __name__
+    JetTaggerLightning.__qualname__ = "JetTaggerLightning"
+    return JetTaggerLightning
+
+
+def lightning(cfg: JetTransformerConfig, lr: float = 1e-3):
+    """A LightningModule wrapping `build(cfg)` and `loss` (lightning is imported only here)."""
+    return _lightning_class()(cfg, lr)
+
+
+def __getattr__(name: str):  # lets pickle (ddp_spawn) find the lazily made class
+    if name == "JetTaggerLightning":
+        return _lightning_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def example_inputs(cfg: JetTransformerConfig, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random (tracks, mask) of the right shapes and dtypes, for export and tracing."""
+    T = cfg.data.max_tracks
+    mask = torch.arange(T)[None, :] < torch.randint(1, T + 1, (batch_size, 1))
+    return torch.randn(batch_size, T, cfg.n_features) * mask[..., None], mask
+
+
+TESTBED = Testbed(
+    name="jet_transformer",
+    unit="jets",
+    paper="ATLAS, GN2 jet flavour tagging, ATL-PHYS-PUB-2022-027; salt (github.com/umami-hep/salt)",
+    config=config,
+    build=build,
+    generate=generate,
+    batches=batches,
+    metrics=metrics,
+    threshold=threshold,
+    train_defaults={
+        "tiny": {"events": 16000, "test_events": 20000, "epochs": 4, "batch_size": 128, "lr": 2e-3},
+        "small": {"events": 400_000, "test_events": 100_000, "epochs": 10, "batch_size": 1000, "lr": 5e-4},
+        "full": {"events": 4_000_000, "test_events": 500_000, "epochs": 20, "batch_size": 4000, "lr": 5e-4},
+    },
+    samples_in=lambda batch: int(batch["tracks"].shape[0]),
+    loss=loss,
+    flops_per_sample=flops_per_sample,
+    lightning=lightning,
+    extra={"generator_version": GENERATOR_VERSION, "example_inputs": example_inputs,
+           "inputs": ("tracks", "mask"), "outputs": ("flavour_logits", "origin_logits")},
+)  # fmt: skip

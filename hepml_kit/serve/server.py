@@ -1,0 +1,407 @@
+"""A real NVIDIA Triton Inference Server in front of PyTorch models, started from a notebook with PyTriton.
+
+PyTriton (`nvidia-pytriton`) ships the Triton server binary; our inference function runs in this Python
+process and Triton's Python-backend stub forwards each (dynamically batched) execution to it. Clients speak the
+KServe v2 protocol over HTTP or gRPC (`client.py`), exactly as to the Triton container (`export.py`).
+
+What this module adds to PyTriton, for teaching and for tests:
+
+* models described once as a `ServedModel` (module + named tensors + `Batching`), served and run in-process by
+  the same code, so server results can be compared with in-process inference;
+* free ports on 127.0.0.1 unless told otherwise; health, readiness and every model's readiness are waited for
+  before `start` returns;
+* shutdown that leaves no process behind: a context manager, `atexit`, SIGTERM/SIGHUP handlers, the kernel's
+  KeyboardInterrupt during start-up, and, as a last resort, the server's children are killed by pid;
+* the fix for Triton's Python-backend stub loading the system libpython instead of this interpreter's
+  (`'_thread.RLock' object has no attribute '_recursion_count'`): this interpreter's LIBDIR is prepended to
+  LD_LIBRARY_PATH before `triton.run()`.
+
+Dynamic batching: Triton queues requests for up to `max_queue_delay_us` and merges what is queued (up to
+`max_batch_size` samples) into one execution (Triton user guide, "Dynamic Batcher"). Taught in
+curriculum/08_inference_service.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import sysconfig
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hepml_kit.serve.encoding import TensorSpec
+
+__all__ = ["Batching", "ServedModel", "InferenceServer", "start_server", "serving_processes", "stop_all"]
+
+PROCESS_NAMES = ("tritonserver", "triton_python_backend_stub")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How Triton schedules a model: merge queued requests (dynamic) or run each request alone.
+
+    Attributes:
+        max_batch_size: most samples in one execution (and in one request).
+        max_queue_delay_us: how long a request may wait for others to join its batch (0: merge only what is
+            already queued when the model becomes free).
+        preferred_batch_sizes: batch sizes the batcher tries to form first.
+        dynamic: False gives batch-1 serving: every request is executed on its own.
+    """
+
+    max_batch_size: int = 64
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    dynamic: bool = True
+
+    def __post_init__(self):
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if any(not 1 <= b <= self.max_batch_size for b in self.preferred_batch_sizes):
+            raise ValueError(f"preferred_batch_sizes must lie in [1, {self.max_batch_size}]")
+
+
+@dataclass
+class ServedModel:
+    """A PyTorch module behind named tensors: what the server binds and what `export.py` writes.
+
+    `module(*inputs in spec order)` returns a tuple of outputs in spec order, all with the batch axis first.
+    `validate(request)` (optional) checks one request's content and raises ValueError with a clear message.
+    `example(batch, seed)` returns a valid request of that batch size (for tracing, warm-up and load tests).
+    """
+
+    name: str
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    example: Callable[[int, int], dict[str, np.ndarray]]
+    batching: Batching = field(default_factory=Batching)
+    device: str = "cpu"
+    validate: Callable[[dict[str, np.ndarray]], None] | None = None
+    unit: str = "samples"
+
+    def __post_init__(self):
+        self.module = self.module.to(self.device).eval()
+
+    def with_batching(self, batching: Batching, name: str | None = None) -> "ServedModel":
+        """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name + "_b1")``."""
+        return replace(self, batching=batching, name=name or self.name)
+
+    @torch.inference_mode()
+    def run(self, request: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """In-process inference on one (batched) request: the baseline, and what the server executes."""
+        args = [torch.from_numpy(np.ascontiguousarray(request[s.name])).to(self.device) for s in self.inputs]
+        outs = self.module(*args)
+        return {s.name: o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
+                for s, o in zip(self.outputs, outs)}
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _prepend_interpreter_libdir() -> None:
+    """Make Triton's Python-backend stub load this interpreter's libpython (see module docstring)."""
+    libdir = sysconfig.get_config_var("LIBDIR")
+    paths = os.environ.get("LD_LIBRARY_PATH", "").split(":")
+    if libdir and paths[0] != libdir:
+        os.environ["LD_LIBRARY_PATH"] = ":".join([libdir] + [p for p in paths if p and p != libdir])
+
+
+class _Stats:
+    """Executions, requests and samples per model: how much the dynamic batcher merged."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.executions = self.requests = self.samples = 0
+
+    def add(self, requests: int, samples: int) -> None:
+        with self.lock:
+            self.executions += 1
+            self.requests += requests
+            self.samples += samples
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"executions": self.executions, "requests": self.requests, "samples": self.samples,
+                    "requests_per_execution": self.requests / max(self.executions, 1)}
+
+
+def _infer_function(model: ServedModel, stats: _Stats):
+    """The callable PyTriton runs for each execution: a list of requests (merged by Triton) -> responses."""
+
+    def infer(requests):
+        arrays = [{s.name: np.asarray(r[s.name]) for s in model.inputs} for r in requests]
+        if model.validate is not None:
+            for i, req in enumerate(arrays):
+                try:
+                    model.validate(req)
+                except ValueError as err:
+                    raise ValueError(f"model {model.name!r}, request {i} of this batch: {err}") from None
+        sizes = [len(req[model.inputs[0].name]) for req in arrays]
+        merged = {s.name: np.concatenate([req[s.name] for req in arrays]) for s in model.inputs}
+        out = model.run(merged)
+        stats.add(len(requests), sum(sizes))
+        bounds = np.cumsum([0] + sizes)
+        return [{k: v[bounds[i] : bounds[i + 1]] for k, v in out.items()} for i in range(len(requests))]
+
+    return infer
+
+
+_LIVE: set["InferenceServer"] = set()
+_LIVE_LOCK = threading.Lock()
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_all() -> None:
+    """Stop every server this process started (atexit and signal handlers call this)."""
+    with _LIVE_LOCK:
+        servers = list(_LIVE)
+    for server in servers:
+        server.stop()
+
+
+def _install_signal_handlers() -> None:
+    """On SIGTERM/SIGHUP: kill our servers' processes, then do what the previous handler would have done."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in _HANDLED_SIGNALS:
+        previous = signal.getsignal(sig)
+        if getattr(previous, "_hepml_serve", False):
+            continue
+
+        def handler(signum, frame, previous=previous):
+            with _LIVE_LOCK:
+                servers = list(_LIVE)
+            for server in servers:
+                server._kill_processes()  # no PyTriton locks: safe inside a signal handler
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+
+        handler._hepml_serve = True
+        signal.signal(sig, handler)
+
+
+atexit.register(stop_all)
+
+
+def serving_processes(root: str | Path | None = None) -> list:
+    """Live `tritonserver` and Python-backend stub processes (`psutil.Process`); with `root`, only those
+    started from that workspace folder. Tests count these before and after a shutdown."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if any(n in (p.info["name"] or "") or n in cmd for n in PROCESS_NAMES):
+                if root is None or str(root) in cmd:
+                    found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+class InferenceServer:
+    """Triton (through PyTriton) serving `models`; use as a context manager or call `start`/`stop`.
+
+    Args:
+        models: the `ServedModel`s to bind (names must be unique).
+        host: address to bind HTTP and gRPC to; 127.0.0.1 unless told otherwise (other hosts get a warning
+            in `start`: anything that reaches the port can then run the model).
+        http_port, grpc_port: None picks free ports.
+        ready_timeout_s: how long `start` waits for the server and every model to be ready.
+    """
+
+    def __init__(self, models: Sequence[ServedModel], *, host: str = "127.0.0.1", http_port: int | None = None,
+                 grpc_port: int | None = None, ready_timeout_s: float = 120.0):
+        models = list(models)
+        if not models:
+            raise ValueError("InferenceServer needs at least one ServedModel")
+        names = [m.name for m in models]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique, got {names}")
+        self.models = {m.name: m for m in models}
+        self.host = host
+        self.http_port = http_port or _free_port(host)
+        self.grpc_port = grpc_port or _free_port(host)
+        self.ready_timeout_s = ready_timeout_s
+        self._stats = {name: _Stats() for name in names}
+        self._triton = None
+        self._dir: Path | None = None
+        self._pids: set[int] = set()
+        self._lock = threading.Lock()
+        self.startup_s: float | None = None  # seconds from `start` to every model ready
+
+    # --- addresses -----------------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def url(self, protocol: str = "http") -> str:
+        return {"http": self.http_url, "grpc": self.grpc_url}[protocol]
+
+    # --- lifecycle -------------------------------------------------------------------------------------------
+    def start(self) -> "InferenceServer":
+        """Start Triton, bind the models, and return once the server and every model report ready."""
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+
+        if self._triton is not None:
+            raise RuntimeError("server already started")
+        t0 = time.perf_counter()
+        if not _is_loopback(self.host):
+            import warnings
+
+            warnings.warn(f"binding Triton to {self.host}: every host that reaches it can run the models", stacklevel=2)
+        _prepend_interpreter_libdir()
+        self._dir = Path(tempfile.mkdtemp(prefix="hepml-serve-"))
+        config = TritonConfig(
+            http_address=self.host, http_port=self.http_port, grpc_address=self.host, grpc_port=self.grpc_port,
+            allow_metrics=False, log_file=self._dir / "tritonserver.log", exit_timeout_secs=5,
+        )
+        with _LIVE_LOCK:
+            _LIVE.add(self)
+        _install_signal_handlers()
+        try:
+            self._triton = Triton(config=config, workspace=self._dir / "workspace")
+            for m in self.models.values():
+                b = m.batching
+                batcher = DynamicBatcher(max_queue_delay_microseconds=b.max_queue_delay_us,
+                                         preferred_batch_size=list(b.preferred_batch_sizes) or None) if b.dynamic else None
+                self._triton.bind(
+                    model_name=m.name,
+                    infer_func=_infer_function(m, self._stats[m.name]),
+                    inputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.inputs],
+                    outputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.outputs],
+                    config=ModelConfig(max_batch_size=b.max_batch_size, batcher=batcher),
+                    strict=True,
+                )
+            self._triton.run()
+            self._remember_processes()
+            self._wait_ready()
+            self.startup_s = time.perf_counter() - t0
+        except BaseException as err:  # KeyboardInterrupt from the kernel included: leave nothing behind
+            tail = self.log_tail()
+            self.stop()
+            if isinstance(err, Exception):
+                raise RuntimeError(f"Triton did not start: {err}\n--- server log (tail) ---\n{tail}") from err
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        from hepml_kit.serve.client import ServiceClient
+
+        with ServiceClient(self.http_url) as client:
+            client.wait_ready(models=list(self.models), timeout_s=self.ready_timeout_s)
+
+    def _remember_processes(self) -> None:
+        self._pids = {p.pid for p in serving_processes(self._dir)}
+
+    def processes(self) -> list:
+        """This server's live tritonserver and stub processes."""
+        return serving_processes(self._dir) if self._dir else []
+
+    def stop(self) -> None:
+        """Stop the server and its stubs, delete the workspace; safe to call twice, from any thread."""
+        with self._lock:
+            triton, self._triton = self._triton, None
+            with _LIVE_LOCK:
+                _LIVE.discard(self)
+            if triton is not None:
+                self._pids |= {p.pid for p in self.processes()}
+                with contextlib.suppress(Exception):
+                    triton.stop()
+            self._kill_processes()
+
+    def _kill_processes(self, grace_s: float = 5.0) -> None:
+        """SIGINT, wait, SIGKILL every process this server started; remove its folder."""
+        import psutil
+
+        procs = []
+        for pid in set(self._pids) | {p.pid for p in self.processes()}:
+            with contextlib.suppress(psutil.Error):
+                procs.append(psutil.Process(pid))
+        procs = [p for p in procs if _is_ours(p, self._dir)]
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(signal.SIGINT)
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for p in alive:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        self._pids.clear()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "InferenceServer":
+        return self.start() if self._triton is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # --- introspection ---------------------------------------------------------------------------------------
+    def stats(self, model: str) -> dict:
+        """Executions, requests and samples the model has run since start (or `reset_stats`)."""
+        return self._stats[model].snapshot()
+
+    def reset_stats(self) -> None:
+        self._stats = {name: _Stats() for name in self.models}
+
+    def log_tail(self, lines: int = 30) -> str:
+        path = self._dir / "tritonserver.log" if self._dir else None
+        if not path or not path.exists():
+            return "(no server log)"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def __repr__(self) -> str:
+        state = "running" if self._triton is not None else "stopped"
+        return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {state})"
+
+
+def _is_ours(proc, root: Path | None) -> bool:
+    """A pid from our list still names a serving process of our workspace (pids can be reused)."""
+    try:
+        cmd = " ".join(proc.cmdline())
+    except Exception:
+        return False
+    return root is not None and str(root) in cmd and any(n in cmd for n in PROCESS_NAMES)
+
+
+def start_server(models: Sequence[ServedModel], **kwargs) -> InferenceServer:
+    """Start an `InferenceServer` (see its arguments) and return it once ready; stop it with ``.stop()``
+    or use ``with start_server(...) as server:``."""
+    return InferenceServer(models, **kwargs).start()

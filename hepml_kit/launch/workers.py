@@ -71,6 +71,7 @@ class _Engine:
     host: str
     pid: int
     gpus: int
+    helpers: tuple[int, ...] = ()
 
 
 def _probe_engine() -> dict:
@@ -85,7 +86,13 @@ def _probe_engine() -> dict:
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # torch import problems surface at the first call instead
         pass
-    return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus}
+    try:  # the engine's nanny (ipyparallel's signal relay) is its child: remember it so close() can reap it
+        import psutil
+
+        helpers = [c.pid for c in psutil.Process().children(recursive=True)]
+    except Exception:
+        helpers = []
+    return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus, "helpers": helpers}
 
 
 def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes):
@@ -215,7 +222,7 @@ class Workers:
             os.chdir(cwd)
         # ranks: grouped by host (so local ranks are contiguous), engine id within a host
         self._engines = sorted(
-            (_Engine(eid, p["host"], p["pid"], p["gpus"]) for eid, p in probed.items()), key=lambda e: (e.host != probed[ids[0]]["host"], e.host, e.engine_id)
+            (_Engine(eid, p["host"], p["pid"], p["gpus"], tuple(p["helpers"])) for eid, p in probed.items()), key=lambda e: (e.host != probed[ids[0]]["host"], e.host, e.engine_id)
         )
         if self.device == "cuda":
             for host in {e.host for e in self._engines}:
@@ -229,6 +236,7 @@ class Workers:
         """Stop engines and controller; nothing is left running. Safe to call twice."""
         cluster, client = self._cluster, self._client
         self._cluster = self._client = None
+        procs = self._local_engine_processes()  # before stopping: afterwards pids could be reused
         if client is not None:
             try:
                 client.close()
@@ -239,7 +247,7 @@ class Workers:
                 cluster.stop_cluster_sync()
             except Exception:
                 pass
-        self._kill_engine_processes()
+        self._reap(procs)
         self._engines = []
         for d in (self._profile_dir, self._workdir):
             if d:
@@ -247,16 +255,32 @@ class Workers:
         self._profile_dir = self._workdir = None
         _live_pools.discard(self)
 
-    def _kill_engine_processes(self) -> None:
+    def _local_engine_processes(self) -> list:
         import psutil
 
-        me = socket_hostname()
+        me, procs = socket_hostname(), []
         for e in self._engines:
-            if e.host == me and psutil.pid_exists(e.pid):
+            if e.host != me:
+                continue
+            for pid in (e.pid, *e.helpers):
                 try:
-                    os.kill(e.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
+                    procs.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
                     pass
+        return procs
+
+    @staticmethod
+    def _reap(procs, wait_s: float = 5.0) -> None:
+        """Kill engines (and their nannies) that outlived the orderly stop, e.g. ones stuck in a collective."""
+        import psutil
+
+        alive = [p for p in procs if p.is_running()]
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=wait_s)
 
     # -- running ---------------------------------------------------------------------------------
     def rank_infos(self) -> list[RankInfo]:
@@ -402,6 +426,8 @@ def _show_output(ars: dict) -> None:
     for rank in sorted(ars):
         ar = ars[rank]
         try:
+            if ar.ready():
+                ar.wait_for_output(5)  # the result can arrive before the last printed output
             out, err = ar.stdout or "", ar.stderr or ""
         except Exception:
             continue

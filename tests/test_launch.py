@@ -1,0 +1,203 @@
+"""The launcher: ranks wired, results in rank order, errors not hangs, nothing left behind (2 ranks, gloo)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+import hepml_kit as hk
+from hepml_kit.launch.rendezvous import from_slurm
+
+
+# Every process this test session starts inherits this tag, so other programs on the machine (which may run
+# their own ipyparallel clusters) do not disturb the leftover counts.
+TAG = f"hepml-test-{os.getpid()}"
+os.environ["HEPML_KIT_TEST_TAG"] = TAG
+
+
+def ipp_processes() -> set[int]:
+    """ipyparallel controller/engine processes started by this test session, orphaned or not."""
+    me = os.getpid()
+    out = set()
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if p.info["pid"] == me or not ("ipyparallel" in cmd or "ipengine" in cmd or "ipcontroller" in cmd):
+            continue
+        try:
+            if p.environ().get("HEPML_KIT_TEST_TAG") == TAG:
+                out.add(p.info["pid"])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return out
+
+
+@pytest.fixture(scope="module")
+def pool():
+    before = ipp_processes()
+    with hk.Workers(n=2) as w:
+        yield w
+    time.sleep(1)
+    assert ipp_processes() - before == set(), "engines or controller left behind after closing the pool"
+
+
+def _rank_and_env():
+    import torch.distributed as dist
+
+    return dist.get_rank(), dist.get_world_size(), os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"], dist.get_backend()
+
+
+def _allreduce():
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(t)
+    return t.item()
+
+
+def _raise_on_rank_1():
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        raise ValueError("planted failure on rank 1")
+    dist.barrier()
+    return "rank 0 finished"
+
+
+def _sigkill_rank_1():
+    import torch.distributed as dist
+
+    if dist.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    dist.barrier()
+
+
+def test_results_in_rank_order_with_env_wired(pool):
+    results = pool.run(_rank_and_env)
+    assert [r[0] for r in results] == [0, 1]
+    assert all(r[1] == 2 and r[3] == "127.0.0.1" and r[4] == "gloo" for r in results)
+    assert [r[2] for r in results] == ["0", "1"]
+
+
+def test_allreduce_sums_over_ranks(pool):
+    assert pool.run(_allreduce) == [3.0, 3.0]
+
+
+def test_args_and_kwargs_reach_every_rank(pool):
+    def scaled(x, factor=1):
+        import torch.distributed as dist
+
+        return (dist.get_rank() + x) * factor
+
+    assert pool.run(scaled, 10, factor=2) == [20, 22]
+
+
+def test_rank_output_is_prefixed_in_rank_order(pool, capsys):
+    def talk():
+        import torch.distributed as dist
+
+        time.sleep(0.2 * (1 - dist.get_rank()))  # rank 1 prints first in wall-clock time
+        print(f"hello from {dist.get_rank()}")
+
+    pool.run(talk)
+    assert capsys.readouterr().out.splitlines() == ["[rank 0] hello from 0", "[rank 1] hello from 1"]
+
+
+def test_failing_rank_raises_worker_error_naming_it(pool):
+    t0 = time.monotonic()
+    with pytest.raises(hk.WorkerError) as info:
+        pool.run(_raise_on_rank_1, timeout=120)
+    assert time.monotonic() - t0 < 60, "the error should come within seconds, not after the timeout"
+    assert info.value.root_ranks == [1]
+    assert "rank 1 failed" in str(info.value) and "planted failure on rank 1" in str(info.value)
+    assert pool.run(_allreduce) == [3.0, 3.0], "the pool must be usable after a failure"
+
+
+def test_killed_rank_raises_and_pool_recovers(pool):
+    with pytest.raises(hk.WorkerError) as info:
+        pool.run(_sigkill_rank_1, timeout=120)
+    assert 1 in info.value.root_ranks and "died" in str(info.value)
+    assert pool.run(_allreduce) == [3.0, 3.0]
+
+
+def test_timeout_names_the_ranks_still_running(pool):
+    def sleepy():
+        import torch.distributed as dist
+
+        if dist.get_rank() == 0:
+            time.sleep(30)
+
+    with pytest.raises(hk.WorkerError, match="timed out"):
+        pool.run(sleepy, timeout=3)
+    assert pool.run(_allreduce) == [3.0, 3.0]
+
+
+def test_launch_one_shot_leaves_nothing_behind():
+    before = ipp_processes()
+    assert hk.launch(lambda: __import__("torch.distributed").distributed.get_rank(), nprocs=2) == [0, 1]
+    time.sleep(1)
+    assert ipp_processes() - before == set()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [({"nprocs": 0}, "nprocs must be"), ({"nprocs": 2, "engines": "pbs"}, "unknown engines kind"),
+     ({"nprocs": 1, "device": "cuda"}, "GPU")],
+)
+def test_bad_input_fails_before_anything_starts(kwargs, match):
+    if kwargs.get("device") == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            kwargs["nprocs"] = torch.cuda.device_count() + 1
+    before = ipp_processes()
+    with pytest.raises(ValueError, match=match):
+        hk.launch(_allreduce, **kwargs)
+    assert ipp_processes() == before
+
+
+def test_unsendable_function_fails_before_anything_starts():
+    lock = threading.Lock()
+    before = ipp_processes()
+    with pytest.raises(TypeError, match="cannot send"):
+        hk.launch(lambda: lock.locked(), nprocs=2)
+    assert ipp_processes() == before
+
+
+def test_slurm_variables_map_to_torch_distributed():
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_NNODES": "2",
+           "SLURM_JOB_NODELIST": "nid[001234-001235]", "SLURM_JOB_ID": "42"}
+    info = from_slurm(env)
+    assert (info.rank, info.world_size, info.local_rank, info.local_world_size) == (5, 8, 1, 4)
+    assert info.master_addr == "nid001234" and 1024 < info.master_port < 65536
+
+
+def test_cli_launch_runs_a_script_under_torchrun(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch, torch.distributed as dist
+        from hepml_kit.launch.script import init_from_env
+        init_from_env()
+        t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t)
+        print(f"RESULT rank={dist.get_rank()} sum={t.item()} arg={sys.argv[1]}", flush=True)
+        dist.destroy_process_group()
+    """))
+    exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
+    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello"], capture_output=True, text=True,
+                         timeout=180)
+    assert out.returncode == 0, out.stderr
+    lines = sorted(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    assert lines == ["RESULT rank=0 sum=3.0 arg=hello", "RESULT rank=1 sum=3.0 arg=hello"]
+
+
+def test_doctor_reports_and_exits_zero():
+    exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
+    out = subprocess.run([exe, "doctor"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "backend gloo" in out.stdout and "site" in out.stdout

@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 SCALE  ?= tiny
 
-.PHONY: install run test test-fast lab exercises clean
+.PHONY: install run test test-fast test-notebooks lab exercises clean
 
 install: $(STAMP)
 
@@ -21,13 +21,20 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/hepml-kit curriculum run --scale $(SCALE) --out build
 
+# unit and distributed tests, exercises executed to their NotImplementedError, lessons and solutions under nbval
 test: install
 	$(BIN)/hepml-kit exercises build --check
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests curriculum solutions --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--nbval-cell-timeout=600
 
 # unit tests only, no notebooks
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not notebook"
+
+# the notebooks alone
+test-notebooks: install
+	$(BIN)/python -m pytest tests/test_notebooks.py curriculum solutions --nbval-lax \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=curriculum

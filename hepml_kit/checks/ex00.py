@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hepml_kit.checks import CheckFailed, passed
+from hepml_kit.checks import CheckFailed, passed, run_on_ranks
 
 __all__ = ["ex00_average", "HINTS"]
 
@@ -24,10 +24,8 @@ def _trial(fn):
 
 def ex00_average(fn, nprocs: int = 2) -> None:
     """Run the learner's `fn(t)` on `nprocs` ranks and compare with the mean over ranks."""
-    import hepml_kit as hk
-
     n = max(2, nprocs)
-    results = hk.launch(_trial, fn, nprocs=n, timeout=120)
+    results = run_on_ranks(_trial, fn, nprocs=n)
     expected = [sum(1.0 + r for r in range(n)) / n, sum(10.0 * (r + 1) for r in range(n)) / n]
     for rank, res in enumerate(results):
         out = res["out"]

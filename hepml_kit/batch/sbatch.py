@@ -1,0 +1,255 @@
+"""`hepml-kit batch`: run a lesson (any parameterised notebook) as a papermill batch job on Slurm.
+
+The rendered sbatch script activates the environment (conda env, module, venv or container image), sets
+``IPP_NONINTERACTIVE=1`` and runs ``papermill -k KERNEL --cwd ... --log-output --execution-timeout ...``.
+Parameter values never appear in shell code: they are written as JSON (valid YAML) inside a *quoted*
+here-document, which the shell does not expand, and reach papermill through ``-f``; every path is quoted
+with `shlex.quote`. So a value such as ``"; rm -rf ~; echo "`` arrives in the notebook exactly as typed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["BatchJob", "BatchError", "render_sbatch", "submit", "job_status", "collect", "parse_value",
+           "notebook_parameters"]
+
+JOBS_INDEX = Path(os.environ.get("HEPML_KIT_JOBS", Path.home() / ".hepml-kit" / "jobs"))
+_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class BatchError(ValueError):
+    """Bad batch request (unknown notebook, undeclared parameter, bad resources) or a failed job."""
+
+
+@dataclass
+class BatchJob:
+    notebook: str
+    parameters: dict = field(default_factory=dict)
+    nodes: int = 1
+    gpus_per_node: int = 0
+    ntasks_per_node: int = 1
+    time: str = "00:30:00"
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    conda_env: str | None = None
+    module: str | None = None
+    venv: str | None = None
+    image: str | None = None
+    container: str = "podman-hpc"  # or "shifter"
+    kernel: str = "python3"
+    execution_timeout: int = 3600
+    out_dir: str | None = None
+    job_name: str | None = None
+
+    def validate(self) -> None:
+        nb = Path(self.notebook)
+        if not nb.is_file():
+            raise BatchError(f"no such notebook: {self.notebook}")
+        declared = notebook_parameters(nb)
+        unknown = sorted(set(self.parameters) - set(declared))
+        if unknown:
+            raise BatchError(f"{nb.name} declares no parameter {', '.join(unknown)} "
+                             f"(its parameters cell declares: {', '.join(declared) or 'nothing'})")
+        for name in self.parameters:
+            if not _NAME.match(name):
+                raise BatchError(f"parameter name {name!r} is not a Python identifier")
+        if self.nodes < 1 or self.gpus_per_node < 0 or self.ntasks_per_node < 1:
+            raise BatchError("need --nodes >= 1, --gpus-per-node >= 0 and --ntasks-per-node >= 1")
+        if not _TIME.match(self.time):
+            raise BatchError(f"--time {self.time!r} is not a Slurm time (e.g. 00:30:00 or 1-00:00:00)")
+        if sum(x is not None for x in (self.conda_env, self.module, self.venv, self.image)) > 1:
+            raise BatchError("choose at most one of --conda-env, --module, --venv, --image")
+        if self.container not in ("podman-hpc", "shifter"):
+            raise BatchError(f"--container must be podman-hpc or shifter, got {self.container!r}")
+        if self.execution_timeout <= 0:
+            raise BatchError("--execution-timeout must be positive (seconds)")
+
+
+def parse_value(text: str):
+    """papermill's `-p` typing: True/False/None, int, float, else the string itself."""
+    from papermill.cli import _resolve_type
+
+    return _resolve_type(text)
+
+
+def notebook_parameters(nb: Path) -> list[str]:
+    import papermill as pm
+
+    return list(pm.inspect_notebook(str(nb)))
+
+
+def _activation(job: BatchJob) -> tuple[list[str], list[str]]:
+    """Shell lines that activate the environment, and the prefix that runs papermill (for containers)."""
+    q = shlex.quote
+    if job.conda_env:
+        return ["module load conda 2>/dev/null || true", f"conda activate {q(job.conda_env)}"], []
+    if job.module:
+        return [f"module load {q(job.module)}"], []
+    if job.venv:
+        return [f"source {q(str(Path(job.venv) / 'bin' / 'activate'))}"], []
+    if job.image:
+        if job.container == "shifter":
+            return [], ["shifter", f"--image={job.image}"]
+        gpu = ["--gpu"] if job.gpus_per_node else []
+        return [], ["podman-hpc", "run", "--rm", *gpu, "-v", "$PWD:$PWD", "-v", '"$JOBDIR":"$JOBDIR"', "-w", "$PWD",
+                    job.image]
+    return [], []
+
+
+def render_sbatch(job: BatchJob, job_dir: Path) -> str:
+    """The sbatch script for `job`, writing its outputs under `job_dir`."""
+    job.validate()
+    q = shlex.quote
+    nb = Path(job.notebook).resolve()
+    name = job.job_name or f"hepml-{nb.stem}"
+    sb = [f"--job-name={name}", f"--nodes={job.nodes}", f"--ntasks-per-node={job.ntasks_per_node}",
+          f"--time={job.time}", f"--output={job_dir}/slurm-%j.out"]
+    if job.gpus_per_node:
+        sb += [f"--gpus-per-node={job.gpus_per_node}"]
+    sb += [f"--{k}={v}" for k, v in (("account", job.account), ("qos", job.qos), ("constraint", job.constraint)) if v]
+    for line in sb:
+        if "\n" in line:
+            raise BatchError(f"newline in sbatch option {line!r}")
+    params = json.dumps(job.parameters, indent=1, ensure_ascii=True)  # one value per line, no raw newlines
+    delimiter = f"HEPML_PARAMETERS_{secrets.token_hex(6)}"
+    activate, prefix = _activation(job)
+    executed = job_dir / f"{nb.stem}.executed.ipynb"
+    papermill = [*prefix, "papermill", "-k", q(job.kernel), "--cwd", q(str(nb.parent)), "--log-output",
+                 "--execution-timeout", str(int(job.execution_timeout)), "-f", '"$JOBDIR/parameters.yaml"',
+                 q(str(nb)), q(str(executed))]
+    lines = ["#!/bin/bash", *[f"#SBATCH {x}" for x in sb], "",
+             "# rendered by `hepml-kit batch`; parameters travel in a quoted here-document, never as shell code",
+             "set -uo pipefail", f"JOBDIR={q(str(job_dir))}", 'mkdir -p "$JOBDIR"', "export IPP_NONINTERACTIVE=1",
+             "export MPLBACKEND=Agg", *activate,
+             f"cat > \"$JOBDIR/parameters.yaml\" <<'{delimiter}'", params, delimiter,
+             'echo "job ${SLURM_JOB_ID:-local} on $(hostname) started $(date -Is)"',
+             " ".join(papermill),
+             "status=$?",
+             'printf \'{"job_id": "%s", "exit_code": %d, "finished": "%s", "executed": "%s"}\\n\' '
+             f'"${{SLURM_JOB_ID:-local}}" "$status" "$(date -Is)" {q(str(executed))} > "$JOBDIR/summary.json"',
+             'exit "$status"', ""]
+    return "\n".join(lines)
+
+
+def _job_dir(job: BatchJob) -> Path:
+    base = Path(job.out_dir) if job.out_dir else Path.cwd() / "hepml-jobs"
+    return (base / f"{Path(job.notebook).stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}").resolve()
+
+
+def submit(job: BatchJob, dry_run: bool = False) -> tuple[str | None, Path, str]:
+    """Render and submit with sbatch; returns (job id or None for a dry run, job folder, script)."""
+    job.validate()
+    job_dir = _job_dir(job)
+    script = render_sbatch(job, job_dir)
+    if dry_run:
+        return None, job_dir, script
+    if not shutil.which("sbatch"):
+        raise BatchError("sbatch is not on PATH: run inside a Slurm cluster (or use --dry-run to see the script)")
+    job_dir.mkdir(parents=True, exist_ok=True)
+    path = job_dir / "job.sbatch"
+    path.write_text(script)
+    out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise BatchError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()} (script: {path})")
+    job_id = out.stdout.strip().split(";")[0]
+    record = {"job_id": job_id, "job_dir": str(job_dir), "script": str(path), **asdict(job)}
+    (job_dir / "job.json").write_text(json.dumps(record, indent=1))
+    JOBS_INDEX.mkdir(parents=True, exist_ok=True)
+    (JOBS_INDEX / f"{job_id}.json").write_text(json.dumps(record, indent=1))
+    return job_id, job_dir, script
+
+
+def _record(job_id: str) -> dict:
+    path = JOBS_INDEX / f"{job_id}.json"
+    if not path.exists():
+        raise BatchError(f"no job {job_id} submitted with hepml-kit batch (looked in {JOBS_INDEX})")
+    return json.loads(path.read_text())
+
+
+def job_status(job_id: str) -> dict:
+    """{'state': PENDING/RUNNING/COMPLETED/FAILED/..., 'exit_code', 'log', 'executed'} for a submitted job."""
+    rec = _record(job_id)
+    job_dir = Path(rec["job_dir"])
+    log = job_dir / f"slurm-{job_id}.out"
+    summary = job_dir / "summary.json"
+    state = None
+    if shutil.which("squeue"):
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+        state = out.stdout.strip() or None
+    if state is None and shutil.which("scontrol"):
+        out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, timeout=30)
+        m = re.search(r"JobState=(\w+)", out.stdout)
+        state = m.group(1) if m else None
+    result = {"job_id": job_id, "state": state, "exit_code": None, "log": str(log), "job_dir": str(job_dir)}
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        result["exit_code"] = s["exit_code"]
+        result["executed"] = s["executed"]
+        if state in (None, "COMPLETING", "COMPLETED", "FAILED"):
+            result["state"] = "COMPLETED" if s["exit_code"] == 0 else "FAILED"
+    elif state is None:
+        result["state"] = "UNKNOWN (ended without a summary: cancelled, timed out or killed; see the log)"
+    return result
+
+
+def collect(job_id: str, to: Path | None = None, wait: bool = False, timeout: float = 3600.0) -> dict:
+    """Fetch a finished job's executed notebook and summary (into `to` when given); raise `BatchError`
+    naming the log when the job failed."""
+    deadline = time.monotonic() + timeout
+    st = job_status(job_id)
+    while wait and st["state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") and time.monotonic() < deadline:
+        time.sleep(2)
+        st = job_status(job_id)
+    if st["state"] in ("PENDING", "RUNNING", "CONFIGURING"):
+        raise BatchError(f"job {job_id} is still {st['state']}; try again later (log: {st['log']})")
+    if st["state"] != "COMPLETED":
+        raise BatchError(f"job {job_id} {st['state']}, exit code {st['exit_code']}; log: {st['log']}")
+    if to is not None:
+        to.mkdir(parents=True, exist_ok=True)
+        for src in (Path(st["executed"]), Path(st["job_dir"]) / "summary.json"):
+            shutil.copy2(src, to / src.name)
+        st["collected_to"] = str(to)
+    return st
+
+
+def cli(a) -> int:
+    """`hepml-kit batch ...` (argument parsing lives in hepml_kit.cli)."""
+    try:
+        if a.notebook in ("status", "collect"):
+            if not a.job:
+                raise BatchError(f"usage: hepml-kit batch {a.notebook} JOB_ID")
+            if a.notebook == "status":
+                print(json.dumps(job_status(a.job), indent=1))
+                return 0
+            st = collect(a.job, Path(a.to) if a.to else None, wait=a.wait)
+            print(f"job {a.job} COMPLETED; executed notebook: {st['executed']}"
+                  + (f"; copied to {st['collected_to']}" if "collected_to" in st else ""))
+            return 0
+        params = {name: parse_value(value) for name, value in (a.parameters or [])}
+        params.update({name: value for name, value in (a.raw_parameters or [])})
+        job = BatchJob(notebook=a.notebook, parameters=params, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
+                       ntasks_per_node=a.ntasks_per_node, time=a.time, account=a.account, qos=a.qos,
+                       constraint=a.constraint, conda_env=a.conda_env, module=a.module, venv=a.venv, image=a.image,
+                       container=a.container, kernel=a.kernel, execution_timeout=a.execution_timeout, out_dir=a.out)
+        job_id, job_dir, script = submit(job, dry_run=a.dry_run)
+        if a.dry_run:
+            print(script)
+        else:
+            print(f"submitted job {job_id}; outputs in {job_dir}; "
+                  f"watch: hepml-kit batch status {job_id}; fetch: hepml-kit batch collect {job_id}")
+        return 0
+    except BatchError as e:
+        print(f"hepml-kit batch: {e}", file=__import__("sys").stderr)
+        return 2

@@ -1,0 +1,172 @@
+"""Batch path against a real one-node Slurm (tests/slurm/cluster.sh starts munged, slurmctld, slurmd):
+papermill jobs submitted and collected, hostile parameter values, srun DDP, Workers(engines="slurm")."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from hepml_kit.batch import sbatch
+from hepml_kit.batch.kernel import install_kernel, kernelspec
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
+HOSTILE = '"; touch /tmp/hepml_pwned; echo "'
+EXE = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
+
+
+def _notebook(path: Path, body: str, params: str = 'LABEL = "x"\nN = 1') -> Path:
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(params, metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell(body)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """The one-node Slurm cluster; stopped at the end if this module started it."""
+    conf = Path(os.environ.get("HEPML_SLURM_DIR", "/tmp/hepml-slurm")) / "slurm.conf"
+    was_up = conf.exists() and subprocess.run(["sinfo"], env={**os.environ, "SLURM_CONF": str(conf)},
+                                              capture_output=True).returncode == 0
+    out = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        pytest.fail(f"could not start the one-node Slurm cluster:\n{out.stderr[-2000:]}")
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(conf)
+    os.environ["HEPML_KIT_JOBS"] = str(tmp_path_factory.mktemp("jobs-index"))
+    sbatch.JOBS_INDEX = Path(os.environ["HEPML_KIT_JOBS"])
+    yield conf
+    if old is None:
+        os.environ.pop("SLURM_CONF", None)
+    if not was_up:
+        subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
+def test_dry_run_quotes_hostile_values(tmp_path):
+    nb = _notebook(tmp_path / "nb.ipynb", "print(LABEL)")
+    out = subprocess.run([EXE, "batch", str(nb), "-p", "LABEL", HOSTILE, "--nodes", "2", "--gpus-per-node", "4",
+                          "--time", "00:10:00", "--account", "m1234", "--constraint", "gpu", "--dry-run",
+                          "--out", str(tmp_path / "jobs")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    script = out.stdout
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script and "#SBATCH --constraint=gpu" in script
+    assert "IPP_NONINTERACTIVE=1" in script and "--log-output" in script and "--execution-timeout" in script
+    # run the script's shell with papermill stubbed: the hostile value must stay data
+    stub = tmp_path / "bin"
+    stub.mkdir()
+    (stub / "papermill").write_text("#!/bin/sh\nexit 0\n")
+    (stub / "papermill").chmod(0o755)
+    Path("/tmp/hepml_pwned").unlink(missing_ok=True)
+    subprocess.run(["bash", "-c", script], env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}, timeout=30,
+                   capture_output=True)
+    assert not Path("/tmp/hepml_pwned").exists(), "a parameter value was executed as shell code"
+    params = json.loads(next((tmp_path / "jobs").glob("*/parameters.yaml")).read_text())
+    assert params == {"LABEL": HOSTILE}
+
+
+@pytest.mark.parametrize("args, match", [
+    (["-p", "NOT_DECLARED", "1"], "declares no parameter NOT_DECLARED"),
+    (["--time", "ten minutes"], "not a Slurm time"),
+])
+def test_bad_requests_fail_before_submission(tmp_path, args, match):
+    nb = _notebook(tmp_path / "nb.ipynb", "print(LABEL)")
+    out = subprocess.run([EXE, "batch", str(nb), *args, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and match in out.stderr
+
+
+def test_unknown_notebook_is_named():
+    out = subprocess.run([EXE, "batch", "nowhere/none.ipynb", "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "no such notebook: nowhere/none.ipynb" in out.stderr
+
+
+def test_papermill_job_submitted_and_collected_with_exact_values(slurm, tmp_path):
+    nb = _notebook(tmp_path / "lesson.ipynb", "import json\nprint(json.dumps([LABEL, N]))")
+    job = sbatch.BatchJob(notebook=str(nb), parameters={"LABEL": HOSTILE, "N": 3}, time="00:05:00",
+                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300, out_dir=str(tmp_path / "jobs"))
+    job_id, job_dir, _ = sbatch.submit(job)
+    st = sbatch.collect(job_id, to=tmp_path / "collected", wait=True, timeout=300)
+    executed = nbformat.read(tmp_path / "collected" / "lesson.executed.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for o in executed.cells[-1].outputs)
+    assert json.loads(printed) == [HOSTILE, 3]
+    assert st["state"] == "COMPLETED" and not Path("/tmp/hepml_pwned").exists()
+
+
+def test_failed_job_reports_its_log(slurm, tmp_path):
+    nb = _notebook(tmp_path / "broken.ipynb", "raise RuntimeError('lesson failed on purpose')")
+    job = sbatch.BatchJob(notebook=str(nb), time="00:05:00", venv=str(Path(sys.executable).parents[1]),
+                          execution_timeout=300, out_dir=str(tmp_path / "jobs"))
+    job_id, _, _ = sbatch.submit(job)
+    with pytest.raises(sbatch.BatchError, match=r"FAILED, exit code 1; log: .*slurm-\d+\.out") as info:
+        sbatch.collect(job_id, wait=True, timeout=300)
+    log = Path(str(info.value).split("log: ")[1])
+    assert "lesson failed on purpose" in log.read_text()
+
+
+def test_srun_two_task_ddp_job_through_hepml_kit_launch(slurm, tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent("""
+        import torch, torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        from hepml_kit.launch.script import init_from_env
+        init_from_env()
+        torch.manual_seed(0)
+        model = DDP(torch.nn.Linear(4, 1))
+        x = torch.full((8, 4), float(dist.get_rank() + 1))
+        model(x).sum().backward()
+        g = model.module.weight.grad[0, 0].item()
+        print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} grad={g:.3f}", flush=True)
+        dist.destroy_process_group()
+    """))
+    out = subprocess.run(["srun", "-n", "2", "--time=00:05:00", EXE, "launch", str(script)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "MASTER_PORT": str(sbatch_port())})
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = sorted(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    # both ranks hold the gradient averaged over ranks: mean of 8*1 and 8*2 = 12
+    assert lines == ["RESULT rank=0 world=2 grad=12.000", "RESULT rank=1 world=2 grad=12.000"]
+
+
+def sbatch_port() -> int:
+    from hepml_kit.launch.rendezvous import free_port
+
+    return free_port()
+
+
+def test_workers_on_slurm_engines(slurm, tmp_path):
+    import hepml_kit as hk
+
+    def where():
+        import torch.distributed as dist
+
+        return dist.get_rank(), dist.get_world_size(), "SLURM_JOB_ID" in os.environ
+
+    with hk.Workers(n=2, engines="slurm", start_timeout=180) as w:
+        assert w.run(where, timeout=120) == [(0, 2, True), (1, 2, True)]
+    time.sleep(2)
+    queue = subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip()
+    assert queue == "", f"engine job left in the queue: {queue}"
+
+
+def test_kernel_install_and_papermill_runs_a_lesson_with_it(tmp_path):
+    spec = kernelspec("x", image="registry.nersc.gov/das/hepml-kit:1.0", container="shifter")
+    assert spec["argv"][:2] == ["shifter", "--image=registry.nersc.gov/das/hepml-kit:1.0"]
+    assert "podman-hpc" in kernelspec("y", image="img:1")["argv"][0]
+    prefix = tmp_path / "prefix"
+    out = subprocess.run([EXE, "kernel", "install", "--name", "hepml-test", "--prefix", str(prefix)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    argv0 = json.loads((prefix / "share/jupyter/kernels/hepml-test/kernel.json").read_text())["argv"][0]
+    assert Path(argv0).resolve() == Path(sys.executable).resolve()
+    nb = _notebook(tmp_path / "k.ipynb", "import sys\nprint(sys.executable)")
+    env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
+    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "hepml-test", str(nb), str(tmp_path / "o.ipynb")],
+                         capture_output=True, text=True, timeout=180, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out_nb = nbformat.read(tmp_path / "o.ipynb", as_version=4)
+    assert out_nb.metadata["kernelspec"]["name"] == "hepml-test"

@@ -163,10 +163,10 @@ def test_kernel_install_and_papermill_runs_a_lesson_with_it(tmp_path):
     assert out.returncode == 0, out.stderr
     argv0 = json.loads((prefix / "share/jupyter/kernels/hepml-test/kernel.json").read_text())["argv"][0]
     assert Path(argv0).resolve() == Path(sys.executable).resolve()
-    nb = _notebook(tmp_path / "k.ipynb", "import sys\nprint(sys.executable)")
+    nb = _notebook(tmp_path / "k.ipynb", "import os\nprint(os.environ.get('HEPML_KIT_KERNEL'))")
     env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
     run = subprocess.run([sys.executable, "-m", "papermill", "-k", "hepml-test", str(nb), str(tmp_path / "o.ipynb")],
                          capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     out_nb = nbformat.read(tmp_path / "o.ipynb", as_version=4)
-    assert out_nb.metadata["kernelspec"]["name"] == "hepml-test"
+    assert "".join(o.get("text", "") for o in out_nb.cells[-1].outputs).strip() == "hepml-test"

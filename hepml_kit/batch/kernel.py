@@ -21,7 +21,7 @@ def kernelspec(name: str = "hepml-kit", conda_env: str | None = None, image: str
     if not re.match(r"^[A-Za-z0-9._-]+$", name):
         raise ValueError(f"kernel name {name!r}: use letters, digits, '.', '_' and '-'")
     tail = ["-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    env = {"IPP_NONINTERACTIVE": "1"}
+    env = {"IPP_NONINTERACTIVE": "1", "HEPML_KIT_KERNEL": name}
     if image:
         if container == "shifter":
             argv = ["shifter", f"--image={image}", "python", *tail]

@@ -128,7 +128,7 @@ class ShowerConfig:
     hadronic_tail_mm: float = 200.0
     hadronic_core_fraction: float = 0.6
     mip_mev_per_lambda: float = 200.0
-    layers: tuple = field(default=(), compare=False, repr=False)  # filled from `particle`
+    layers: tuple = field(init=False, compare=False, repr=False)  # the geometry of `particle`
 
     def __post_init__(self):
         _check_particle(self.particle)
@@ -226,7 +226,7 @@ def _block(rng, idx, cfg):
         phi, layer_frac, t_max = _em_expectation(rng, energy, np.zeros(n), bounds_x0, cfg, c)
         spots = rng.poisson(energy[:, None] * phi / e_spot)
         deposited = spots * e_spot
-        truth = dict(t_max=t_max, em_fraction=np.ones(n), first_interaction=np.zeros(n))
+        truth = dict(t_max=t_max, em_fraction=np.ones(n), first_interaction=np.zeros(n), response_true=phi.sum(1))
     else:
         # first inelastic interaction and the MIP track before it (central radial bin of each layer)
         t_int = rng.exponential(1.0, n) * path[:, 0]
@@ -262,7 +262,8 @@ def _block(rng, idx, cfg):
         for i, ly in enumerate(layers):  # the track crosses the centre: spread over the alpha bins of r-bin 0
             deposited[:, first_bin[i] : first_bin[i] + ly.n_alpha] += mip[:, i : i + 1] / ly.n_alpha
         layer_frac = (mip + e_em[:, None] * frac_em + e_had[:, None] * frac_h) / energy[:, None]
-        truth = dict(t_max=t_int + t_max_h, em_fraction=f_em, first_interaction=t_int)
+        response = (mip.sum(1) + e_em * phi_em.sum(1) + cfg.hadronic_h_over_e * e_had * phi_h.sum(1)) / energy
+        truth = dict(t_max=t_int + t_max_h, em_fraction=f_em, first_interaction=t_int, response_true=response)
     voxels = deposited * sf[None, :] * gain[:, None]
     out = dict(voxels=voxels.astype(np.float32), energy=energy, eta=eta, index=np.asarray(idx, dtype=np.int64),
                layer_fraction_true=layer_frac.astype(np.float32))
@@ -278,7 +279,9 @@ def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: i
       ``energy`` (n,) incident energy, MeV; ``eta`` (n,); ``index`` (n,) global sample index;
       truth: ``t_max`` depth of the shower maximum from the calorimeter front (X0 for EM, lambda_int for
       pions), ``em_fraction``, ``first_interaction`` (lambda_int; 0 for EM), ``layer_fraction_true``
-      (n, L) expected deposited fraction of the incident energy per layer (before sampling fluctuations).
+      (n, L) expected deposited fraction of the incident energy per layer (before sampling fluctuations),
+      ``response_true`` (n,) expected sum over voxels of visible / sampling fraction, over E (lateral and
+      rear leakage, and h/e for pions, taken into account).
     Layer geometry and feature helpers: `calo_layers`, `voxel_coordinates`, `shower_features`.
     """
     cfg = cfg or ShowerConfig()

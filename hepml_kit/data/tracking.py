@@ -30,7 +30,8 @@ Event layout (one ``dict[str, np.ndarray]`` per event; N hits, P particles, E ed
     particle_nhits             int16   (P,)   hits the particle left (after inefficiency)
     edge_index                 int64   (2, E) [inner hit, outer hit]
     edge_label                 bool    (E,)   both hits from one particle
-    n_true_segments            int64   ()     same-particle hit pairs on adjacent layers (graph-building denominator)
+    n_true_segments            int64   ()     same-particle hit pairs on adjacent layers (what a perfect
+                                              graph holds: the denominator of the graph efficiency)
     event_index                int64   ()     position of the event in the serial data set
 
 Hits are sorted by (layer, φ). `generate_tracking_events` derives each event's random stream from
@@ -62,9 +63,12 @@ _STRIP_RADII = (260.0, 360.0, 500.0, 660.0, 820.0, 1020.0)
 class TrackingConfig:
     """Detector and generator parameters (typical ATLAS-ITk / TrackML-like values; all in mm, GeV, T).
 
-    ``pileup`` is the scale knob: the number of overlaid vertices. At 1 an event is a few tens of particles
-    (a graph of ~10^3 edges); HL-LHC is ~200 (~5,000 particles, ~10^5 hits), where one graph with a
-    production-size GNN stops fitting one GPU.
+    ``pileup`` is the scale knob: the number of overlaid vertices, each with Poisson(``particles_per_vertex``)
+    particles. Pileup 1: ~20 particles, ~150 hits, ~120 edges; pileup 200 (HL-LHC): ~4,000 particles,
+    ~3×10^4 hits and ~3×10^5 edges in this barrel-only detector (the real ITk, with end-caps, has ~10^5
+    space points). Edges grow ~ pileup²: 1.2 M at pileup 400, 4.5 M at 800, where one graph no longer
+    fits an H200 (~140 GB) with the ``full`` GNN unless activations are checkpointed (measured: see
+    `hepml_kit.models.tracking_gnn`).
     """
 
     layer_radii_mm: tuple[float, ...] = _PIXEL_RADII + _STRIP_RADII
@@ -91,12 +95,12 @@ class TrackingConfig:
     def __post_init__(self):
         radii, half = np.asarray(self.layer_radii_mm), np.asarray(self.layer_half_length_mm)
         if radii.ndim != 1 or len(radii) < 2 or np.any(radii <= 0) or np.any(np.diff(radii) <= 0):
-            raise ValueError(f"layer_radii_mm must be ≥ 2 positive, increasing radii; got {self.layer_radii_mm}")
+            raise ValueError(f"layer_radii_mm must be ≥ 2 positive, increasing radii; got {radii.tolist()}")
         if half.shape != radii.shape or np.any(half <= 0):
             raise ValueError("layer_half_length_mm needs one positive half-length per layer "
                              f"({len(radii)}); got {self.layer_half_length_mm}")
         if not (isinstance(self.pileup, (int, np.integer)) and self.pileup >= 1):
-            raise ValueError(f"pileup (number of overlaid vertices) must be an int ≥ 1; got {self.pileup!r}")
+            raise ValueError(f"pileup must be an int ≥ 1; got {self.pileup!r}")
         if not 0 < self.pt_min_gev < self.pt_max_gev:
             raise ValueError(f"need 0 < pt_min_gev < pt_max_gev; got {self.pt_min_gev}, {self.pt_max_gev}")
         for name in ("hit_inefficiency",):
@@ -290,5 +294,6 @@ def generate_tracking_events(
     if not (isinstance(seed, (int, np.integer)) and seed >= 0):
         raise ValueError(f"seed must be an int ≥ 0; got {seed!r}")
     if not (isinstance(world_size, (int, np.integer)) and world_size >= 1 and 0 <= rank < world_size):
-        raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size; got rank={rank}, world_size={world_size}")
+        raise ValueError(f"need world_size ≥ 1 and 0 ≤ rank < world_size; got rank={rank}, "
+                         f"world_size={world_size}")
     return [generate_tracking_event(cfg, int(seed), i) for i in range(rank, n_events, world_size)]

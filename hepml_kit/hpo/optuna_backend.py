@@ -37,7 +37,7 @@ from hepml_kit.hpo.space import SearchSpace
 
 __all__ = [
     "PRUNERS", "SAMPLERS", "StudyBusy", "StudyMismatch", "StudySpec", "make_pruner", "make_sampler",
-    "open_storage", "open_study", "run_study", "study_history", "trial_loop",
+    "open_storage", "open_study", "retry_stale_trials", "run_study", "study_history", "trial_loop",
 ]
 
 SAMPLERS = ("random", "grid", "tpe", "cmaes")
@@ -130,8 +130,18 @@ def open_storage(storage: str | None):
         return optuna.storages.RDBStorage(storage)
     from optuna.storages.journal import JournalFileBackend
 
+    path = os.fspath(storage)
+    if os.path.exists(path) and os.path.getsize(path) > 0:
+        with open(path, "rb") as f:
+            first = f.readline()
+        try:
+            ok = "op_code" in json.loads(first)
+        except (ValueError, TypeError):
+            ok = False
+        if not ok:
+            raise StudyMismatch(f"{path} is not an Optuna journal file (its first line is {first[:60]!r})")
     try:
-        return optuna.storages.JournalStorage(JournalFileBackend(os.fspath(storage)))
+        return optuna.storages.JournalStorage(JournalFileBackend(path))
     except Exception as e:  # not a journal (e.g. some other file): say which file
         raise StudyMismatch(f"{storage} is not an Optuna journal file ({type(e).__name__}: {e})") from e
 
@@ -203,83 +213,100 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _next_trial(study: optuna.Study, spec: StudySpec, n_trials, budget_epochs):
-    """Ask for a trial unless the study is done: queued retries always run; then the trial count, the
-    trial-epoch budget and an exhausted grid stop it. (Parallel workers may overshoot by the trials in flight.)"""
+def _study_done(study: optuna.Study, spec: StudySpec, n_trials, budget_epochs) -> bool:
+    """Whether to stop asking for trials: queued retries always run; then the trial count, the trial-epoch
+    budget and an exhausted grid stop the study. (Parallel workers may overshoot by the trials in flight.)"""
     trials = study.get_trials(deepcopy=False)
-    if not any(t.state == TrialState.WAITING for t in trials):
-        # trials that used up a place: finished, running, or failed by themselves (diverged, raised);
-        # a stale trial (failed by `retry_stale_trials`, no "error") is replaced by its retry instead
-        started = sum(t.state in _FINISHED or t.state == TrialState.RUNNING
-                      or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in trials)
-        spent = sum(len(t.intermediate_values) for t in trials)
-        if n_trials is not None and started >= n_trials:
-            return None
-        if budget_epochs is not None and spent >= budget_epochs:
-            return None
-        if spec.sampler == "grid" and study.sampler.is_exhausted(study):
-            return None
-    trial = study.ask()
-    trial.set_user_attr("host", socket.gethostname())
-    trial.set_user_attr("pid", os.getpid())
-    return trial
+    if any(t.state == TrialState.WAITING for t in trials):
+        return False
+    # trials that used up a place: finished, running, or failed by themselves (diverged, raised);
+    # a stale trial (failed by `retry_stale_trials`, no "error") is replaced by its retry instead
+    started = sum(t.state in _FINISHED or t.state == TrialState.RUNNING
+                  or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in trials)
+    spent = sum(len(t.intermediate_values) for t in trials)
+    return ((n_trials is not None and started >= n_trials)
+            or (budget_epochs is not None and spent >= budget_epochs)
+            or (spec.sampler == "grid" and study.sampler.is_exhausted(study)))
+
+
+def _train_trial(spec: StudySpec, params: dict, trial, group, leader: int) -> float:
+    """Every rank of a trial: train epoch by epoch; the leader reports and asks the pruner, all ranks obey."""
+    import torch.distributed as dist
+
+    run = spec.objective.start(params, group=group)
+    value = None
+    for epoch in range(1, spec.objective.epochs + 1):
+        metrics = run.train_epoch()
+        value = run.value(metrics)
+        decision = [False]
+        if trial is not None:
+            trial.report(value, step=epoch)
+            decision = [epoch < spec.objective.epochs and trial.should_prune()]  # the last epoch completes
+        if group is not None:
+            dist.broadcast_object_list(decision, src=leader, group=group)  # all ranks stop together
+        if decision[0]:
+            raise optuna.TrialPruned(f"pruned after epoch {epoch}")
+    return value
 
 
 def trial_loop(spec: StudySpec, n_trials=None, budget_epochs=None, *, study=None, group=None, leader: int = 0,
-               worker: int = 0) -> int:
-    """Run trials until the study is done; returns how many this process (group) ran.
+               worker: int = 0) -> list[dict]:
+    """Run trials until the study is done; returns the parameters of the trials this rank trained.
 
-    With a process `group` of several ranks every rank calls this; `leader` (a global rank) talks to the study.
+    With a process `group` of several ranks every rank calls this; `leader` (a global rank) talks to the
+    study through `study.optimize`, the other ranks follow the parameters and decisions it broadcasts.
     """
     import torch.distributed as dist
 
-    is_leader = group is None or dist.get_rank() == leader
-    if is_leader and study is None:
+    ran: list[dict] = []
+    if group is not None and dist.get_rank() != leader:  # a follower: train whatever the leader sends
+        while True:
+            msg = [None]
+            dist.broadcast_object_list(msg, src=leader, group=group)
+            if msg[0] is None:
+                return ran
+            ran.append(msg[0])
+            try:
+                _train_trial(spec, msg[0], None, group, leader)
+            except (optuna.TrialPruned, TrialDiverged):
+                pass
+
+    if study is None:
         study = open_study(spec, worker, resume=False)  # the driver resumed it before starting the workers
-    ran = 0
-    while True:
-        trial, msg = None, [None]
-        if is_leader:
-            trial = _next_trial(study, spec, n_trials, budget_epochs)
-            msg = [None if trial is None else spec.space.suggest(trial)]
+
+    def objective(trial: optuna.Trial) -> float:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        params = spec.space.suggest(trial)
         if group is not None:
-            dist.broadcast_object_list(msg, src=leader, group=group)  # every rank trains the same params
-        params = msg[0]
-        if params is None:
-            return ran
-        ran += 1
+            dist.broadcast_object_list([params], src=leader, group=group)  # every rank trains the same params
+        ran.append(params)
         try:
-            run = spec.objective.start(params, group=group)
-            for epoch in range(1, spec.objective.epochs + 1):
-                metrics = run.train_epoch()
-                decision = [False]
-                if is_leader:
-                    trial.report(run.value(metrics), step=epoch)
-                    decision = [trial.should_prune()]
-                if group is not None:
-                    dist.broadcast_object_list(decision, src=leader, group=group)  # all ranks stop together
-                if decision[0]:
-                    break
-        except TrialDiverged as e:
-            if is_leader:
-                trial.set_user_attr("error", str(e))
-                study.tell(trial, state=TrialState.FAIL)
-            continue
-        except BaseException as e:
-            if is_leader:
-                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-                study.tell(trial, state=TrialState.FAIL)
+            return _train_trial(spec, params, trial, group, leader)
+        except optuna.TrialPruned:
             raise
-        if is_leader:
-            if decision[0]:
-                study.tell(trial, state=TrialState.PRUNED)
-            else:
-                study.tell(trial, run.value(metrics))
+        except BaseException as e:  # recorded, so the trial is not mistaken for a stale one later
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            raise
+
+    def stop_when_done(study: optuna.Study, trial) -> None:
+        if _study_done(study, spec, n_trials, budget_epochs):
+            study.stop()
+
+    try:
+        if not _study_done(study, spec, n_trials, budget_epochs):
+            study.optimize(objective, callbacks=[stop_when_done], catch=(TrialDiverged,), gc_after_trial=False)
+    finally:
+        if group is not None:
+            dist.broadcast_object_list([None], src=leader, group=group)
+    return ran
 
 
-def _optimize_on_rank(spec: StudySpec, n_trials, budget_epochs, ranks_per_trial: int) -> int:
+def _optimize_on_rank(spec: StudySpec, n_trials, budget_epochs, ranks_per_trial: int) -> list[dict]:
     """Runs on every worker: split the ranks into trial groups and run the loop (one study, many groups)."""
     import torch.distributed as dist
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one line per trial per engine is noise
 
     rank, world = dist.get_rank(), dist.get_world_size()
     groups = [dist.new_group(list(range(s, s + ranks_per_trial))) for s in range(0, world, ranks_per_trial)]
@@ -298,7 +325,8 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: in
         ranks_per_trial: ranks per trial; 2 makes each trial a 2-rank DDP job (``workers.n`` must be a multiple).
         resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`).
     Returns:
-        the `optuna.Study` (reloaded from storage after parallel runs).
+        the `optuna.Study` (reloaded from storage after parallel runs, with ``params_by_rank``: the parameters
+        each rank trained in this run).
     """
     if spec.sampler == "grid" and n_trials is None and budget_epochs is None:
         n_trials = spec.space.grid_size()
@@ -315,8 +343,10 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: in
     if workers is None:
         trial_loop(spec, n_trials, budget_epochs, study=study)
         return study
-    workers.run(_optimize_on_rank, spec, n_trials, budget_epochs, ranks_per_trial, timeout=timeout)
-    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage))
+    trained = workers.run(_optimize_on_rank, spec, n_trials, budget_epochs, ranks_per_trial, timeout=timeout)
+    study = optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage))
+    study.params_by_rank = trained  # what each rank trained in this run (followers mirror their leader)
+    return study
 
 
 def study_history(study: optuna.Study):

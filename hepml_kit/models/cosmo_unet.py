@@ -71,7 +71,7 @@ class UNetConfig:
 
 
 PRESETS = {
-    "tiny": dict(channels=(8, 16, 32), crop=16, crops_per_box=8,
+    "tiny": dict(channels=(8, 16, 32), crop=16, crops_per_box=8, density_loss_weight=0.1,
                  data=CosmologyConfig(grid=32, box_size=10.0)),
     "small": dict(channels=(32, 64, 128, 256), crop=32, crops_per_box=8,
                   data=CosmologyConfig(grid=64, box_size=20.0)),
@@ -309,9 +309,9 @@ def threshold(m: dict) -> bool:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 24, "epochs": 20, "batch_size": 8, "lr": 3e-3},
-    "small": {"events": 64, "epochs": 20, "batch_size": 8, "lr": 1e-3},
-    "full": {"events": 256, "epochs": 50, "batch_size": 1, "lr": 2e-4},
+    "tiny": {"events": 24, "test_events": 4, "epochs": 40, "batch_size": 8, "lr": 3e-3},
+    "small": {"events": 64, "test_events": 8, "epochs": 20, "batch_size": 8, "lr": 1e-3},
+    "full": {"events": 256, "test_events": 8, "epochs": 50, "batch_size": 64, "lr": 2e-4},
 }
 
 TESTBED = Testbed(

@@ -172,7 +172,7 @@ class AttentionPooling(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         score = self.gate(x).squeeze(-1)  # (B, T)
-        score = score.masked_fill(~mask, torch.finfo(score.dtype).min)
+        score = score.masked_fill(~mask, float("-inf"))  # mask has >= 1 True per jet (see forward)
         w = torch.softmax(score, dim=1)  # (B, T), zero on padding
         return (w.unsqueeze(-1) * x).sum(1)  # (B, E)
 
@@ -307,7 +307,7 @@ def metrics(model: nn.Module, data: dict) -> dict:
 
 
 def threshold(m: dict) -> bool:
-    return m["light_rejection"] >= 1.5 * m["baseline_light_rejection"]
+    return m["light_rejection"] >= 3.0 * m["baseline_light_rejection"]
 
 
 # ---- Lightning ------------------------------------------------------------------------------------

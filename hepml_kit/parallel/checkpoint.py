@@ -19,8 +19,10 @@ Taught in curriculum/03_sharded.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -71,35 +73,47 @@ class TrainState(Stateful):
         self.extra = json.loads(state["extra"])
 
 
+@contextlib.contextmanager
+def _quiet_single_process():
+    """Without a process group DCP warns that it assumes one process: that is the intended use here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
 def save(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-         step: int = 0, extra: dict | None = None) -> Path:
+         step: int = 0, extra: dict | None = None, no_dist: bool = False) -> Path:
     """Write a checkpoint of `model` (and `optimizer`) to the folder `path`; call on every rank.
 
     Works for plain modules (no process group needed), DDP, FSDP2 and DTensor tensor-parallel models.
-    `extra` must be JSON-serialisable (seed, config name, metrics...). Returns the folder.
+    `extra` must be JSON-serialisable (seed, config name, metrics...). ``no_dist=True``: this process
+    saves alone although a process group exists (one rank training an unsharded model). Returns the folder.
     """
     path = Path(path)
     if extra is not None:
         json.dumps(extra)  # fail before any collective if it cannot be stored
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if no_dist or not dist.is_initialized() or dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
-    dcp.save({"train": TrainState(model, optimizer, step, extra)}, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.save({"train": TrainState(model, optimizer, step, extra)}, checkpoint_id=str(path), no_dist=no_dist)
     return path
 
 
-def load(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None
-         ) -> dict[str, Any]:
+def load(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+         no_dist: bool = False) -> dict[str, Any]:
     """Restore `model` (and `optimizer`) in place from the checkpoint folder `path`; call on every rank.
 
     The model must already be built, moved and wrapped/sharded as it will be trained; the number of ranks
-    may differ from the one that saved (FSDP2 and plain/DDP layouts reshard on load). Returns
+    may differ from the one that saved (FSDP2 and plain/DDP layouts reshard on load). ``no_dist``: as in
+    `save`. Returns
     ``{"step": int, "extra": dict}``.
     """
     path = Path(path)
     if not (path / ".metadata").exists():
         raise FileNotFoundError(f"no checkpoint at {path} (missing {path / '.metadata'})")
     state = TrainState(model, optimizer)
-    dcp.load({"train": state}, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load({"train": state}, checkpoint_id=str(path), no_dist=no_dist)
     return {"step": state.step, "extra": state.extra}
 
 

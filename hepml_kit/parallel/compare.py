@@ -1,10 +1,15 @@
 """Train one testbed model under each data-parallel strategy and compare them in one table.
 
-`train_strategy` is the per-rank function (run it with ``hk.launch``/``Workers.run``, or directly in one
-process for ``"single"``): it builds the same model from the same seed on every rank, cuts every global
-batch into rank slices (`shard_batch`), trains `steps` steps and reports the loss curve, the final
-parameters (rank 0), throughput, model-state memory per rank, and the communication share: the part of the
-step time that the same local step on an unwrapped copy of the model does not need.
+`train_strategy` is the per-rank function (run it with ``hk.launch``/``Workers.run``; ``"single"`` runs
+in one process, or on rank 0 alone of a pool, with the threads of all ranks): every rank builds the same model from the same seed, draws the same shuffled global
+batches and keeps its share (`shard_batch`), trains, and reports the loss curve, the final parameters,
+the `StepProfiler` summary (throughput, phases, peak memory), the model-state bytes it holds, and the
+communication share: the part of the step time that the same local step on an unwrapped copy of the model
+does not need (NERSC's "DDP on vs off", made to work for every strategy).
+
+The single-process reference with ``micro_batches=N`` accumulates gradients over the same N shares of
+each global batch, so it optimises exactly what N data-parallel ranks optimise (the mean of the shares'
+losses; see `hepml_kit.parallel.ddp`), and the tests can compare them at float32 rounding.
 
 `table` turns results into a pandas DataFrame; `lines_of_code` counts the lines a user writes.
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import copy
 import inspect
 import io
+import textwrap
 import time
 import tokenize
 from typing import Any, Callable
@@ -28,8 +34,9 @@ from hepml_kit.models import Testbed, get, to_device
 from hepml_kit.parallel import checkpoint
 from hepml_kit.parallel.ddp import DataParallelBucket, DataParallelNaive, shard_batch, wrap_ddp
 from hepml_kit.parallel.fsdp import mixed_precision, model_state_bytes, shard_model
+from hepml_kit.profile.step import StepProfiler
 
-__all__ = ["STRATEGIES", "train_strategy", "full_parameters", "table", "lines_of_code"]
+__all__ = ["STRATEGIES", "train_strategy", "full_parameters", "table", "lines_of_code", "source_of"]
 
 STRATEGIES = ("single", "naive", "bucket", "ddp", "fsdp", "fsdp_bf16")
 
@@ -58,15 +65,13 @@ def _wrap(strategy: str, model: nn.Module, bucket_cap_mb: float) -> nn.Module:
     raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    return (t.full_tensor() if hasattr(t, "full_tensor") else t).detach().float().cpu().clone()
+
+
 def full_parameters(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded fp32 copies of all parameters on CPU, keyed by name (collective for sharded models)."""
-    out = {}
-    for name, p in model.named_parameters():
-        t = p.detach()
-        if hasattr(t, "full_tensor"):
-            t = t.full_tensor()
-        out[name.removeprefix("module.")] = t.float().cpu().clone()
-    return out
+    return {name.removeprefix("module."): _full(p) for name, p in model.named_parameters()}
 
 
 def train_strategy(
@@ -78,6 +83,7 @@ def train_strategy(
     global_batch: int = 32,
     lr: float = 1e-3,
     seed: int = 0,
+    micro_batches: int = 1,
     bucket_cap_mb: float = 25.0,
     timing_steps: int = 3,
     return_params: bool = True,
@@ -88,18 +94,23 @@ def train_strategy(
 ) -> dict[str, Any]:
     """Train `steps` optimizer steps of `testbed` under `strategy` on this rank; call on every rank.
 
-    All ranks generate the same data, draw the same shuffled global batches of `global_batch` samples and
-    keep their contiguous slice, so every strategy takes exactly the steps of ``"single"`` (up to rounding).
+    Args:
+        strategy: one of `STRATEGIES`. ``"single"`` is one process without communication; called on every
+            rank of a pool it runs on rank 0 alone, with all the pool's CPU threads (or rank 0's GPU),
+            and the other ranks return None at once.
+        testbed: a `hepml_kit.models` name or a `Testbed`.
+        global_batch: samples per step over all ranks (divisible by the number of ranks).
+        micro_batches: ``"single"`` only: accumulate over this many shares of each global batch (set it
+            to the number of ranks of the run you compare with).
+        checkpoint_dir, stop_after, resume: with `stop_after` the run saves a `checkpoint` after that many
+            steps and stops; with `resume` it first loads `checkpoint_dir` (written by any strategy and
+            number of ranks that can be resharded) and continues from the saved step.
 
-    Returns a dict with ``losses`` (global mean loss per step), ``samples_per_s`` (global samples over the
-    steps after the first), ``seconds_per_step``, ``state_bytes`` (`model_state_bytes` of this rank),
-    ``comm_share``, ``peak_bytes`` (GPU only, else 0), ``world_size``, ``rank`` and, on rank 0,
-    ``params`` (the final full parameters on CPU) and with `return_grads` ``grads`` (the full gradients
-    of the first step, before the optimizer used them).
-
-    Checkpoints (`hepml_kit.parallel.checkpoint`): with `stop_after` the run saves to `checkpoint_dir`
-    after that many steps and stops; with `resume` it first loads `checkpoint_dir` (written by any strategy
-    and number of ranks that can be resharded) and continues from the saved step.
+    Returns a dict: ``losses`` (mean loss per step over the global batch), ``profile`` (the
+    `StepProfiler` summary over all ranks), ``samples_per_s`` (global), ``state_bytes`` (this rank's
+    parameter/gradient/optimizer bytes after the last optimizer step), ``comm_share``, ``n_params``, ``world_size``, ``rank`` and, on
+    rank 0, ``params`` (final full parameters on CPU) and, with `return_grads`, ``grads`` (the full
+    averaged gradients of the first step).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -115,9 +126,26 @@ def train_strategy(
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if strategy == "single" and world > 1:
-        raise ValueError("strategy 'single' is the one-process reference: run it without launch")
-    if global_batch % world:
-        raise ValueError(f"global_batch={global_batch} must be divisible by the {world} ranks")
+        if rank != 0:
+            return None
+        threads = torch.get_num_threads()
+        torch.set_num_threads(threads * world if _device().type == "cpu" else threads)
+        try:
+            return _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb,
+                          timing_steps, return_params, return_grads, checkpoint_dir, stop_after, resume, 0, 1)
+        finally:
+            torch.set_num_threads(threads)
+    return _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb,
+                  timing_steps, return_params, return_grads, checkpoint_dir, stop_after, resume, rank, world)
+
+
+def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb, timing_steps,
+           return_params, return_grads, checkpoint_dir, stop_after, resume, rank, world) -> dict[str, Any]:
+    if micro_batches != 1 and strategy != "single":
+        raise ValueError("micro_batches is for the single-process reference only")
+    if global_batch % (world * micro_batches):
+        raise ValueError(f"global_batch={global_batch} must be divisible by {world * micro_batches} "
+                         f"(ranks x micro-batches)")
     device = _device()
 
     cfg = tb.config(preset)
@@ -128,119 +156,144 @@ def train_strategy(
     wrapped = _wrap(strategy, model, bucket_cap_mb)
     optimizer = tb.optimizer(model, cfg, lr)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    batches = [to_device(shard_batch(b, rank, world), device)
+    # this rank's share of every global batch, cut into micro-batches (one unless accumulating)
+    batches = [[to_device(shard_batch(shard_batch(b, rank, world), j, micro_batches), device)
+                for j in range(micro_batches)]
                for b in tb.batches(data, global_batch, shuffle=True, seed=seed)][:steps]
-    owner = wrapped if strategy == "ddp" else model  # checkpoint API handles DDP's "module." prefix
-    start = checkpoint.load(checkpoint_dir, owner, optimizer)["step"] if resume else 0
+    owner = wrapped if strategy == "ddp" else model  # the checkpoint API strips DDP's "module." itself
+    alone = world == 1  # one process, possibly rank 0 of a pool: no collectives
+    start = checkpoint.load(checkpoint_dir, owner, optimizer, no_dist=alone)["step"] if resume else 0
     end = stop_after if stop_after is not None else steps
-    losses, grads, t0 = [], None, 0.0
+
+    flops = tb.flops_per_sample(cfg) if tb.flops_per_sample else None
+    prof = StepProfiler(samples_per_step=global_batch // world, flops_per_sample=flops, unit=tb.unit,
+                        device=device, warmup_steps=1 if end - start > 1 else 0)
+    if strategy == "ddp":
+        prof.attach_ddp(wrapped)
+    losses, grads = [], None
     for i in range(start, end):
-        batch = batches[i]
-        if i == start + 1:
-            sync()
-            t0 = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = tb.loss(wrapped, batch)
-        loss.backward()
-        if return_grads and i == start:
-            grads = {n.removeprefix("module."): (p.grad.full_tensor() if hasattr(p.grad, "full_tensor")
-                                                 else p.grad).float().cpu().clone()
-                     for n, p in model.named_parameters() if p.grad is not None}
-        optimizer.step()
-        mean = loss.detach().float().clone()
+        with prof.step():
+            total = torch.zeros((), device=device)
+            for micro in batches[i]:
+                with prof.phase("forward"):
+                    loss = tb.loss(wrapped, micro) / micro_batches
+                with prof.phase("backward"):
+                    loss.backward()
+                total += loss.detach().float()
+            if return_grads and i == start:
+                grads = {n.removeprefix("module."): _full(p.grad) for n, p in model.named_parameters()
+                         if p.grad is not None}
+            with prof.phase("optimizer"):
+                optimizer.step()
+            if i == end - 1:  # everything is allocated now: parameters, gradients, optimizer state
+                state_bytes = model_state_bytes(model, optimizer)
+            optimizer.zero_grad(set_to_none=True)
         if world > 1:
-            dist.all_reduce(mean)
-            mean /= world
-        losses.append(float(mean))
-    sync()
-    seconds = (time.perf_counter() - t0) / max(end - start - 1, 1) if end - start > 1 else float("nan")
+            dist.all_reduce(total)
+            total /= world
+        losses.append(float(total))
+    summary = prof.summary(gather=world > 1)  # a collective: every rank
     if stop_after is not None:
-        checkpoint.save(checkpoint_dir, owner, optimizer, step=stop_after, extra={"strategy": strategy})
+        checkpoint.save(checkpoint_dir, owner, optimizer, step=stop_after, extra={"strategy": strategy},
+                        no_dist=alone)
 
     result = {
-        "strategy": strategy, "rank": rank, "world_size": world, "losses": losses,
-        "seconds_per_step": seconds, "samples_per_s": global_batch / seconds,
-        "state_bytes": model_state_bytes(model, optimizer),
-        "peak_bytes": torch.cuda.max_memory_allocated() if device.type == "cuda" else 0,
+        "strategy": strategy, "rank": rank, "world_size": world, "losses": losses, "profile": summary,
+        "samples_per_s": summary["global_samples_per_s"],
+        "state_bytes": state_bytes,
         "n_params": sum(p.numel() for p in plain.parameters()),
     }
-    params = full_parameters(model) if return_params else None
-    if rank == 0 and params is not None:
-        result["params"] = params
-    if rank == 0 and grads is not None:
-        result["grads"] = grads
-
-    # Communication share: the same local step on an unwrapped copy needs no collective at all.
-    plain_opt = tb.optimizer(plain, cfg, lr)
-    times = []
-    for batch in batches[: max(2, timing_steps + 1)]:
-        sync()
-        t = time.perf_counter()
-        plain_opt.zero_grad(set_to_none=True)
-        tb.loss(plain, batch).backward()
-        plain_opt.step()
-        sync()
-        times.append(time.perf_counter() - t)
-    compute = sorted(times[1:])[len(times[1:]) // 2]
-    result["compute_seconds_per_step"] = compute
-    result["comm_share"] = max(0.0, 1.0 - compute / seconds) if strategy != "single" else 0.0
+    params = full_parameters(model) if return_params else None  # a collective for FSDP
+    if rank == 0:
+        if params is not None:
+            result["params"] = params
+        if grads is not None:
+            result["grads"] = grads
+    result["comm_share"] = 0.0 if strategy == "single" else _comm_share(tb, cfg, lr, plain, batches,
+                                                                         summary["step_s"], timing_steps, sync)
     return result
 
 
-def table(results: dict[str, list[dict]] | dict[str, dict], lines: dict[str, int] | None = None):
-    """One row per strategy: throughput, model-state MB per rank, communication share, lines of user code.
+def _comm_share(tb, cfg, lr, plain, batches, step_s, timing_steps, sync) -> float:
+    """1 - (the same local step without any wrapper) / (the measured parallel step)."""
+    opt = tb.optimizer(plain, cfg, lr)
+    times = []
+    for micro_list in batches[: max(2, timing_steps + 1)]:
+        sync()
+        t = time.perf_counter()
+        for micro in micro_list:
+            tb.loss(plain, micro).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        times.append(time.perf_counter() - t)
+    compute = sorted(times[1:])[len(times[1:]) // 2]
+    return max(0.0, 1.0 - compute / step_s)
 
-    `results` maps a label to the per-rank list returned by ``launch(train_strategy, ...)`` (or one dict
-    for a single-process run). Throughput is global samples/s; memory is the largest rank's.
+
+def table(results: dict[str, list[dict] | dict], lines: dict[str, int] | None = None):
+    """One row per strategy: throughput, memory per rank, communication share, lines of user code.
+
+    `results` maps a label to what ``Workers.run(train_strategy, ...)`` returned (a list over ranks; ranks
+    that returned None are skipped), to one result dict, or to any dict with ``losses``, ``world_size`` and
+    a `StepProfiler` ``profile`` (e.g. `fit_lightning`'s). ``samples/s`` is global; memory columns are
+    the largest rank's: ``state MB/rank`` (parameters + gradients + optimizer state held) and
+    ``peak MB/rank`` (CUDA max allocated on GPU, process RSS on CPU, from `StepProfiler`).
     """
     import pandas as pd
 
+    nan = float("nan")
     rows = []
     for label, res in results.items():
-        ranks = res if isinstance(res, list) else [res]
-        r0 = ranks[0]
+        ranks = [r for r in (res if isinstance(res, list) else [res]) if r is not None]
+        r0, prof = ranks[0], ranks[0]["profile"]
+        states = [r["state_bytes"]["total"] for r in ranks if "state_bytes" in r]
         row = {
             "strategy": label,
             "ranks": r0["world_size"],
-            "samples/s": max(r["samples_per_s"] for r in ranks) if r0["world_size"] == 1
-            else min(r["samples_per_s"] for r in ranks),
-            "state MB/rank": max(r["state_bytes"]["total"] for r in ranks) / 2**20,
-            "comm share": max(r["comm_share"] for r in ranks),
+            "samples/s": prof["global_samples_per_s"],
+            "state MB/rank": max(states) / 2**20 if states else nan,
+            "peak MB/rank": prof.get("peak_memory_bytes_max", prof.get("peak_memory_bytes", nan)) / 2**20,
+            "comm share": max((r["comm_share"] for r in ranks if "comm_share" in r), default=nan),
             "final loss": r0["losses"][-1],
         }
-        if any(r.get("peak_bytes") for r in ranks):
-            row["peak GPU MB/rank"] = max(r["peak_bytes"] for r in ranks) / 2**20
         if lines is not None:
             row["user lines"] = lines.get(label)
         rows.append(row)
     return pd.DataFrame(rows).set_index("strategy")
 
 
+def source_of(obj: Callable | type) -> str:
+    """The source of a function or class; for a class made inside a function (inspect cannot find it),
+    its ``class`` line followed by the source of each method defined in it."""
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        if not isinstance(obj, type):
+            raise
+        methods = [v for v in vars(obj).values() if inspect.isfunction(v)]
+        bases = ", ".join(f"{b.__module__.split('.')[0]}.{b.__qualname__}" for b in obj.__bases__)
+        body = "\n".join(textwrap.indent(textwrap.dedent(inspect.getsource(m)), "    ") for m in methods)
+        return f"class {obj.__name__}({bases}):\n{body}"
+
+
 def lines_of_code(*objects: Callable | type) -> int:
     """Lines of code in functions/classes, not counting blank lines, comments or docstrings."""
     total = 0
     for obj in objects:
-        source = inspect.getsource(obj)
+        source = source_of(obj)
+        lines = source.splitlines()
         code_lines: set[int] = set()
-        prev = None
+        start_of_statement = True
         for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-            if tok.type in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
+            if tok.type in (tokenize.NEWLINE, tokenize.NL, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT,
                             tokenize.ENDMARKER):
-                if tok.type == tokenize.NEWLINE:
-                    prev = tok
+                start_of_statement = start_of_statement or tok.type == tokenize.NEWLINE
                 continue
-            is_docstring = tok.type == tokenize.STRING and (prev is None or prev.type in (
-                tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT)) and _statement_is_string(tok, source)
-            prev = tok
-            if not is_docstring:
+            rest = lines[tok.end[0] - 1][tok.end[1]:].strip()
+            docstring = tok.type == tokenize.STRING and start_of_statement and (rest == "" or rest.startswith("#"))
+            start_of_statement = False
+            if not docstring:
                 code_lines.update(range(tok.start[0], tok.end[0] + 1))
         total += len(code_lines)
     return total
-
-
-def _statement_is_string(tok, source: str) -> bool:
-    line = source.splitlines()[tok.end[0] - 1][tok.end[1]:].strip()
-    return line == "" or line.startswith("#")

@@ -13,8 +13,10 @@ arXiv:2006.15704). Read top to bottom, picotron style:
    `measure_gradient_sync` shows, by measurement, what each of the two ideas buys.
 3. `wrap_ddp`: torch's `DistributedDataParallel` with the settings this kit uses.
 
-`shard_batch` cuts a global batch into this rank's contiguous slice; with a loss that is a mean over samples
-the average of the ranks' gradients equals the single-process gradient of the global batch.
+`shard_batch` gives this rank its share of a global batch. The ranks' averaged gradient is the gradient of
+the *mean of the ranks' losses*: for a loss that is a plain mean over samples that is the global-batch loss;
+for a loss averaged over a varying count (tracks, hits, pixels) it is the mean of per-rank means, the loss
+one process gets by accumulating gradients over the same micro-batches.
 
 Taught in curriculum/02_data_parallel.
 """
@@ -72,6 +74,8 @@ class DataParallelNaive(nn.Module):
 
     The hook fires while the backward pass is still running, but the all-reduce blocks it: computation and
     communication take turns, and a model with P parameter tensors pays P collective latencies per step.
+    The hook runs after the gradient is accumulated into ``p.grad``, so gradients accumulated under
+    `no_sync` are averaged too.
     """
 
     def __init__(self, module: nn.Module):
@@ -80,18 +84,17 @@ class DataParallelNaive(nn.Module):
         self.require_backward_grad_sync = True
         self.collectives = 0  # counts all-reduce calls, for measurements
         broadcast_parameters(module)
-        self._hooks = [p.register_hook(self._allreduce_grad) for p in module.parameters() if p.requires_grad]
+        self._hooks = [p.register_post_accumulate_grad_hook(self._allreduce_grad)
+                       for p in module.parameters() if p.requires_grad]
 
     def forward(self, *args, **kwargs):
         return self.module(*args, **kwargs)
 
-    def _allreduce_grad(self, grad: torch.Tensor) -> torch.Tensor:
+    def _allreduce_grad(self, p: nn.Parameter) -> None:
         if self.require_backward_grad_sync and _world() > 1:
-            grad = grad.clone()  # the hook may see a tensor autograd still uses elsewhere
-            dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-            grad.div_(_world())
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(_world())
             self.collectives += 1
-        return grad
 
     def remove_hooks(self) -> None:
         """Unwrap: the inner module no longer all-reduces its gradients."""
@@ -218,12 +221,16 @@ def wrap_ddp(module: nn.Module, bucket_cap_mb: float = 25.0, **kwargs) -> nn.par
 
 
 def shard_batch(batch: dict, rank: int | None = None, world_size: int | None = None) -> dict:
-    """This rank's contiguous slice (along dim 0) of every tensor in a global batch.
+    """This rank's share of a global batch: samples ``rank, rank + N, rank + 2N, ...`` of every tensor.
 
-    The global batch must split evenly: then the mean of the ranks' mean losses is the global mean loss.
+    The same split as `torch.utils.data.DistributedSampler` (and so Lightning) makes, so a hand-written
+    loop and a Lightning run see the same samples on the same ranks. The global batch must split evenly.
     """
-    rank = dist.get_rank() if rank is None and dist.is_initialized() else (rank or 0)
+    if rank is None:
+        rank = dist.get_rank() if dist.is_initialized() else 0
     world_size = world_size or _world()
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
     out = {}
     for k, v in batch.items():
         if torch.is_tensor(v) and v.dim() > 0:
@@ -232,8 +239,7 @@ def shard_batch(batch: dict, rank: int | None = None, world_size: int | None = N
                     f"global batch of {v.shape[0]} ({k!r}) does not split over {world_size} ranks; "
                     f"use a batch size divisible by the number of ranks"
                 )
-            n = v.shape[0] // world_size
-            v = v[rank * n : (rank + 1) * n]
+            v = v[rank::world_size]
         out[k] = v
     return out
 

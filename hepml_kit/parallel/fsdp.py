@@ -49,18 +49,21 @@ def mixed_precision(dtype: str | torch.dtype | None = "auto") -> MixedPrecisionP
 
 
 def find_blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated blocks of a model: the elements of its outermost ``ModuleList``/``Sequential``
-    containers that hold parameters (transformer layers, U-Net levels, message-passing steps)."""
+    """The repeated blocks of a model: the elements of its outermost ``ModuleList``s that hold parameters
+    (transformer layers, U-Net levels, message-passing steps). A model without a ``ModuleList`` gives its
+    direct children that hold parameters."""
     blocks: list[nn.Module] = []
 
     def visit(module: nn.Module) -> None:
         for child in module.children():
-            if isinstance(child, (nn.ModuleList, nn.Sequential)) and len(child) > 1:
+            if isinstance(child, nn.ModuleList):
                 blocks.extend(m for m in child if any(True for _ in m.parameters()))
             else:
                 visit(child)
 
     visit(model)
+    if not blocks:
+        blocks = [m for m in model.children() if any(True for _ in m.parameters())]
     return blocks
 
 

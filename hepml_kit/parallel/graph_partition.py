@@ -36,6 +36,7 @@ from torch import nn
 __all__ = [
     "GraphPartition",
     "HaloExchange",
+    "HaloPlan",
     "balanced_phi_partition",
     "halo_exchange",
     "partition_graph",
@@ -103,60 +104,106 @@ def balanced_phi_partition(phi: torch.Tensor, edge_index: torch.Tensor, n_parts:
 
 
 @dataclass
+class HaloPlan:
+    """Who sends which rows to whom in one halo exchange (nodes or edges).
+
+    ``send_index[q]``: local indices of the rows this rank owns that rank q needs, in q's halo order;
+    ``recv_counts[q]``: how many halo rows come from rank q (the halo is stored grouped by owner).
+    """
+
+    send_index: list[torch.Tensor]
+    recv_counts: list[int]
+
+    def to(self, device) -> "HaloPlan":
+        return HaloPlan([s.to(device) for s in self.send_index], list(self.recv_counts))
+
+
+@dataclass
 class GraphPartition:
-    """What one rank holds. Local node order: owned nodes, then halo nodes grouped by owner rank.
+    """What one rank holds. It *owns* some nodes and the edges whose outer hit (dst) it owns, and keeps
+    their states; it also holds a two-hop halo: every edge touching an owned node or a neighbour of one,
+    and every node at the end of such an edge. Local order: owned rows first, then halo rows grouped by
+    owner rank. With a two-hop halo, one exchange per layer gives exact owned states for any layer that
+    updates nodes then edges or edges then nodes (the tracking GNN updates nodes first).
 
     Attributes:
-        x: (N_own, F) features of the owned nodes only.
-        edge_index: (2, E_loc) local indices into [owned | halo] of every edge touching an owned node.
-        edge_attr: (E_loc, F_e); y: (E_loc,) labels; loss_edges: (E_loc,) bool, True where this rank
-            counts the edge in the loss (it owns the edge's outer hit), so each edge counts once overall.
-        send_index: per peer rank, the local indices of owned nodes that peer needs as halo.
-        recv_counts: per peer rank, how many halo nodes come from it (halo order = peer order).
+        x: (N_own, F) features of the owned nodes.
+        edge_attr: (E_own, F_e), y: (E_own,) of the owned edges (each edge is owned by one rank).
+        edge_index: (2, E_loc) local node indices of all local edges (owned edges first).
+        nodes, edges: exchange plans for the halo node and halo edge states.
         n_edges_total: edges in the whole graph (the loss denominator).
-        owned, halo: global node ids (for diagnostics and for comparing with the full graph).
+        owned_nodes, halo_nodes, owned_edges, halo_edges: global ids, for diagnostics and tests.
     """
 
     rank: int
     world_size: int
     x: torch.Tensor
-    edge_index: torch.Tensor
     edge_attr: torch.Tensor
     y: torch.Tensor
-    loss_edges: torch.Tensor
-    send_index: list[torch.Tensor]
-    recv_counts: list[int]
+    edge_index: torch.Tensor
+    nodes: HaloPlan
+    edges: HaloPlan
     n_edges_total: int
-    owned: torch.Tensor
-    halo: torch.Tensor
-    global_edges: torch.Tensor  # (E_loc,) index of each local edge in the full graph
+    owned_nodes: torch.Tensor
+    halo_nodes: torch.Tensor
+    owned_edges: torch.Tensor
+    halo_edges: torch.Tensor
 
     @property
-    def n_owned(self) -> int:
-        return len(self.owned)
+    def n_owned_nodes(self) -> int:
+        return len(self.owned_nodes)
+
+    @property
+    def n_owned_edges(self) -> int:
+        return len(self.owned_edges)
 
     def to(self, device) -> "GraphPartition":
         move = lambda t: t.to(device)  # noqa: E731
         return GraphPartition(
-            self.rank, self.world_size, move(self.x), move(self.edge_index), move(self.edge_attr), move(self.y),
-            move(self.loss_edges), [move(s) for s in self.send_index], list(self.recv_counts), self.n_edges_total,
-            self.owned, self.halo, self.global_edges,
+            self.rank, self.world_size, move(self.x), move(self.edge_attr), move(self.y), move(self.edge_index),
+            self.nodes.to(device), self.edges.to(device), self.n_edges_total,
+            self.owned_nodes, self.halo_nodes, self.owned_edges, self.halo_edges,
         )
 
 
-def _halo_of(part: torch.Tensor, edge_index: torch.Tensor, r: int) -> torch.Tensor:
-    """Sorted global ids of the nodes rank `r` needs but does not own (ends of edges touching its nodes)."""
+def _local_sets(part: torch.Tensor, edge_index: torch.Tensor, r: int):
+    """Rank r's owned nodes/edges and its two-hop halo (global ids, sorted by owner then id)."""
+    n = len(part)
     src, dst = edge_index
-    touching = (part[src] == r) | (part[dst] == r)
-    ends = torch.unique(torch.cat([src[touching], dst[touching]]))
-    return ends[part[ends] != r]
+    edge_owner = part[dst]
+    own = part == r  # (N,) bool
+    near = own.clone()  # owned nodes and their neighbours
+    touching = own[src] | own[dst]
+    near[src[touching]] = True
+    near[dst[touching]] = True
+    local_edge = near[src] | near[dst]  # edges touching an owned node or a neighbour of one
+    ends = torch.zeros(n, dtype=torch.bool)
+    ends[src[local_edge]] = True
+    ends[dst[local_edge]] = True
+    halo_nodes = torch.nonzero(ends & ~own).flatten()
+    halo_nodes = halo_nodes[torch.argsort(part[halo_nodes] * n + halo_nodes)]
+    owned_edges = torch.nonzero(edge_owner == r).flatten()
+    halo_edges = torch.nonzero(local_edge & (edge_owner != r)).flatten()
+    m = len(edge_owner)
+    halo_edges = halo_edges[torch.argsort(edge_owner[halo_edges] * m + halo_edges)]
+    return torch.nonzero(own).flatten(), halo_nodes, owned_edges, halo_edges
+
+
+def _plan(owner: torch.Tensor, halos: list[torch.Tensor], owned_local: torch.Tensor, rank: int) -> HaloPlan:
+    """Exchange plan for `rank`: `owner` (items,) -> rank; `halos[q]` sorted halo ids of rank q;
+    `owned_local` (items,) -> local index of the item on its owner."""
+    world = len(halos)
+    send = [owned_local[halos[q][owner[halos[q]] == rank]] if q != rank else owned_local[:0] for q in range(world)]
+    recv = [int((owner[halos[rank]] == q).sum()) for q in range(world)]
+    return HaloPlan(send, recv)
 
 
 def partition_graph(graph: dict, part: torch.Tensor, rank: int, world_size: int) -> GraphPartition:
     """Cut `graph` (keys ``x, edge_attr, edge_index, y`` as in ``tracking_gnn.batches``) for `rank`.
 
     `part` (N,) is the owner rank of every node, in ``[0, world_size)`` (e.g. from `balanced_phi_partition`).
-    Every rank calls this with the same `graph` and `part` and keeps only its share.
+    Every rank calls this with the same `graph` and `part` (a cheap O(world × E) pass; a production
+    pipeline would write each rank's share to disk once) and keeps only its share.
     """
     x, edge_index = graph["x"], graph["edge_index"]
     n, world = len(x), world_size
@@ -166,52 +213,51 @@ def partition_graph(graph: dict, part: torch.Tensor, rank: int, world_size: int)
         raise ValueError(f"rank {rank} is outside world_size {world}")
     if n and (int(part.min()) < 0 or int(part.max()) >= world):
         raise ValueError(f"part holds ranks outside [0, {world}): min {int(part.min())}, max {int(part.max())}")
-    src, dst = edge_index
-    owned = torch.nonzero(part == rank).flatten()  # sorted global ids
-    halos = [_halo_of(part, edge_index, q) for q in range(world)]
-    halo = halos[rank]
-    halo = halo[torch.argsort(part[halo] * n + halo)]  # grouped by owner, then id
-    local_of = torch.full((n,), -1, dtype=torch.long)
-    local_of[owned] = torch.arange(len(owned))
-    local_of[halo] = len(owned) + torch.arange(len(halo))
-    edges = torch.nonzero((part[src] == rank) | (part[dst] == rank)).flatten()
-    send_index = []
-    for q in range(world):  # what q needs from me, in q's halo order (sorted by id within my block)
-        need = halos[q][part[halos[q]] == rank] if q != rank else halos[q][:0]
-        send_index.append(local_of[torch.sort(need).values])
-    recv_counts = [int((part[halo] == q).sum()) for q in range(world)]
+    sets = [_local_sets(part, edge_index, q) for q in range(world)]
+    owned_nodes, halo_nodes, owned_edges, halo_edges = sets[rank]
+    edge_owner = part[edge_index[1]]
+    node_local = torch.empty(n, dtype=torch.long)  # index of each node among its owner's owned nodes
+    edge_local = torch.empty(len(edge_owner), dtype=torch.long)
+    for q in range(world):
+        node_local[sets[q][0]] = torch.arange(len(sets[q][0]))
+        edge_local[sets[q][2]] = torch.arange(len(sets[q][2]))
+    here = torch.full((n,), -1, dtype=torch.long)  # global node id -> local row on this rank
+    here[owned_nodes] = torch.arange(len(owned_nodes))
+    here[halo_nodes] = len(owned_nodes) + torch.arange(len(halo_nodes))
+    local_edges = torch.cat([owned_edges, halo_edges])
     return GraphPartition(
         rank=rank,
         world_size=world,
-        x=x[owned],
-        edge_index=local_of[edge_index[:, edges]],
-        edge_attr=graph["edge_attr"][edges],
-        y=graph["y"][edges],
-        loss_edges=part[dst[edges]] == rank,
-        send_index=send_index,
-        recv_counts=recv_counts,
+        x=x[owned_nodes],
+        edge_attr=graph["edge_attr"][owned_edges],
+        y=graph["y"][owned_edges],
+        edge_index=here[edge_index[:, local_edges]],
+        nodes=_plan(part, [s[1] for s in sets], node_local, rank),
+        edges=_plan(edge_owner, [s[3] for s in sets], edge_local, rank),
         n_edges_total=int(edge_index.shape[1]),
-        owned=owned,
-        halo=halo,
-        global_edges=edges,
+        owned_nodes=owned_nodes,
+        halo_nodes=halo_nodes,
+        owned_edges=owned_edges,
+        halo_edges=halo_edges,
     )
 
 
-def partition_stats(graph: dict, part: torch.Tensor) -> dict[str, float]:
-    """Balance and cut of a partition: edges per rank (max/mean), halo share, cut-edge share."""
-    world = int(part.max()) + 1 if len(part) else 1
-    src, dst = graph["edge_index"]
-    local_edges = torch.tensor([int(((part[src] == r) | (part[dst] == r)).sum()) for r in range(world)], dtype=torch.float64)
-    halo = torch.tensor([len(_halo_of(part, graph["edge_index"], r)) for r in range(world)], dtype=torch.float64)
-    owned = torch.bincount(part, minlength=world).double()
-    n_edges = max(int(graph["edge_index"].shape[1]), 1)
+def partition_stats(graph: dict, part: torch.Tensor, world_size: int | None = None) -> dict[str, float]:
+    """Balance and cost of a partition: cut-edge share, owned edges per rank (max/mean), and the largest
+    rank's local graph (owned + two-hop halo) as a share of the full graph: its activation memory."""
+    world = world_size or (int(part.max()) + 1 if len(part) else 1)
+    edge_index = graph["edge_index"]
+    n_nodes, n_edges = max(len(part), 1), max(int(edge_index.shape[1]), 1)
+    sets = [_local_sets(part, edge_index, q) for q in range(world)]
+    owned_edges = torch.tensor([len(s[2]) for s in sets], dtype=torch.float64)
+    local_nodes = torch.tensor([len(s[0]) + len(s[1]) for s in sets], dtype=torch.float64)
+    local_edges = torch.tensor([len(s[2]) + len(s[3]) for s in sets], dtype=torch.float64)
     return {
         "ranks": world,
-        "edge_imbalance": float(local_edges.max() / local_edges.mean()),
-        "cut_edge_share": _cut_edges(part, graph["edge_index"]) / n_edges,
-        "halo_share": float((halo / owned.clamp(min=1)).mean()),
+        "cut_edge_share": _cut_edges(part, edge_index) / n_edges,
+        "edge_imbalance": float(owned_edges.max() / owned_edges.mean().clamp(min=1)),
+        "max_local_nodes_share": float(local_nodes.max() / n_nodes),
         "max_local_edges_share": float(local_edges.max() / n_edges),
-        "max_local_nodes_share": float(((owned + halo).max()) / max(len(part), 1)),
     }
 
 
@@ -222,32 +268,32 @@ def partition_stats(graph: dict, part: torch.Tensor) -> dict[str, float]:
 
 class HaloExchange(torch.autograd.Function):
     """Forward: every rank sends the rows its peers need as halo and receives its own halo rows.
-    Backward: the reverse all-to-all; each owner adds the gradients its peers computed for its nodes."""
+    Backward: the reverse all-to-all; each owner adds the gradients its peers computed for its rows."""
 
     @staticmethod
-    def forward(ctx, h_owned, send_index, recv_counts, group):
-        send = torch.cat(send_index)  # (S,) local ids, grouped by destination rank
-        send_counts = [len(s) for s in send_index]
+    def forward(ctx, owned, plan: HaloPlan, group):
+        send = torch.cat(plan.send_index)  # (S,) local row ids, grouped by destination rank
+        send_counts = [len(s) for s in plan.send_index]
         ctx.save_for_backward(send)
-        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = len(h_owned), send_counts, recv_counts, group
-        out = h_owned.new_empty((sum(recv_counts), *h_owned.shape[1:]))  # (N_halo, H)
-        dist.all_to_all_single(out, h_owned[send].contiguous(), recv_counts, send_counts, group=group)
-        return out
+        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = len(owned), send_counts, plan.recv_counts, group
+        halo = owned.new_empty((sum(plan.recv_counts), *owned.shape[1:]))  # (N_halo, H)
+        dist.all_to_all_single(halo, owned[send].contiguous(), plan.recv_counts, send_counts, group=group)
+        return halo
 
     @staticmethod
     def backward(ctx, grad_halo):
         (send,) = ctx.saved_tensors
-        back = grad_halo.new_empty((len(send), *grad_halo.shape[1:]))  # (S, H) grads for rows I sent
+        back = grad_halo.new_empty((len(send), *grad_halo.shape[1:]))  # (S, H): grads of the rows I sent
         dist.all_to_all_single(back, grad_halo.contiguous(), ctx.send_counts, ctx.recv_counts, group=ctx.group)
         grad_owned = grad_halo.new_zeros((ctx.n_owned, *grad_halo.shape[1:])).index_add_(0, send, back)
-        return grad_owned, None, None, None
+        return grad_owned, None, None
 
 
-def halo_exchange(h_owned: torch.Tensor, part: GraphPartition, group=None) -> torch.Tensor:
-    """(N_own, H) -> (N_own + N_halo, H): the owned rows followed by the halo rows from their owners."""
-    if part.world_size == 1:
-        return h_owned
-    return torch.cat([h_owned, HaloExchange.apply(h_owned, part.send_index, part.recv_counts, group)])
+def halo_exchange(owned: torch.Tensor, plan: HaloPlan, group=None) -> torch.Tensor:
+    """(N_own, H) -> (N_own + N_halo, H): this rank's rows followed by the halo rows from their owners."""
+    if len(plan.recv_counts) == 1:
+        return owned
+    return torch.cat([owned, HaloExchange.apply(owned, plan, group)])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -256,33 +302,34 @@ def halo_exchange(h_owned: torch.Tensor, part: GraphPartition, group=None) -> to
 
 
 def partitioned_forward(model: nn.Module, part: GraphPartition, group=None) -> torch.Tensor:
-    """Edge logits (E_loc,) of this rank's edges: `model`'s forward with a halo exchange before each layer.
+    """Logits (E_own,) of this rank's owned edges: `model`'s forward with one halo exchange per layer.
 
     Mirrors ``InteractionNetwork.forward`` (`encode_nodes`, `encode_edges`, `layers`, `classify`),
-    including its activation checkpointing, on the local graph [owned | halo].
+    including its activation checkpointing. Each layer runs on the local graph [owned | halo]; only the
+    owned rows are kept (the halo rows' sums are incomplete) and refreshed by the next exchange.
     """
-    n_own = part.n_owned
-    h_own = model.encode_nodes(part.x)  # (N_own, H)
-    h_edges = model.encode_edges(part.edge_attr)  # (E_loc, H)
+    n_nodes, n_edges = part.n_owned_nodes, part.n_owned_edges
+    h_nodes = model.encode_nodes(part.x)  # (N_own, H)
+    h_edges = model.encode_edges(part.edge_attr)  # (E_own, H)
     for layer in model.layers:
-        h_local = halo_exchange(h_own, part, group)  # (N_own + N_halo, H)
+        nodes_local = halo_exchange(h_nodes, part.nodes, group)  # (N_own + N_halo, H)
+        edges_local = halo_exchange(h_edges, part.edges, group)  # (E_own + E_halo, H)
         if getattr(model, "checkpointing", False) and model.training:
             from torch.utils.checkpoint import checkpoint
 
-            h_local, h_edges = checkpoint(layer, h_local, h_edges, part.edge_index, use_reentrant=False)
+            nodes_local, edges_local = checkpoint(layer, nodes_local, edges_local, part.edge_index, use_reentrant=False)
         else:
-            h_local, h_edges = layer(h_local, h_edges, part.edge_index)
-        h_own = h_local[:n_own]  # halo rows are incomplete sums: dropped, refreshed next step
+            nodes_local, edges_local = layer(nodes_local, edges_local, part.edge_index)
+        h_nodes, h_edges = nodes_local[:n_nodes], edges_local[:n_edges]
     return model.classify(h_edges)
 
 
 def partitioned_loss(model: nn.Module, part: GraphPartition, group=None) -> torch.Tensor:
     """This rank's share of the full-graph loss; the shares of all ranks add up to ``tracking_gnn.loss``
     (BCE with ``model.pos_weight``, mean over all edges of the graph)."""
-    logits = partitioned_forward(model, part, group)[part.loss_edges]
+    logits = partitioned_forward(model, part, group)
     pos_weight = torch.tensor(getattr(model, "pos_weight", 1.0), device=logits.device, dtype=logits.dtype)
-    target = part.y[part.loss_edges].to(logits.dtype)
-    total = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight, reduction="sum")
+    total = F.binary_cross_entropy_with_logits(logits, part.y.to(logits.dtype), pos_weight=pos_weight, reduction="sum")
     return total / part.n_edges_total
 
 

@@ -52,6 +52,25 @@ __all__ = ["PHASES", "StepProfiler", "combine_rank_summaries", "count_samples"]
 PHASES = ("data", "forward", "backward", "optimizer", "communication", "other")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux ≥ 4.0: ``5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    """Peak resident memory of this process since the last reset (VmHWM), in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
 def count_samples(batch: Any) -> int:
     """Samples in a batch: the leading dimension of its first tensor (dict, list, tuple or tensor)."""
     if torch.is_tensor(batch):
@@ -142,6 +161,7 @@ class StepProfiler:
         self._pending: list[_Step] = []  # CUDA steps whose events are not read yet
         self.records: list[dict] = []  # one dict per finished step: step_s, samples, <phase>_s, comm
         self._rss_peak = 0
+        self._vm_hwm = False  # True once the kernel's peak-RSS mark was reset (Linux): read it at summary
         self._proc = None
         if track_memory and not self.cuda:
             import psutil
@@ -171,8 +191,11 @@ class StepProfiler:
     def begin_step(self, samples: int | None = None) -> None:
         if self._open is not None:
             raise RuntimeError("a step is already open: end_step() (or leave `with prof.step()`) first")
-        if self.cuda and self.track_memory and not self.records and not self._pending:
-            torch.cuda.reset_peak_memory_stats(self.device)
+        if self.track_memory and not self.records and not self._pending:  # first step: reset the peak
+            if self.cuda:
+                torch.cuda.reset_peak_memory_stats(self.device)
+            else:
+                self._vm_hwm = _reset_peak_rss()
         if self.nvtx:
             torch.cuda.nvtx.range_push(f"step {len(self.records) + len(self._pending)}")
         self._open = _Step(samples, self._stamp())
@@ -215,8 +238,8 @@ class StepProfiler:
             step.samples = self.samples_per_step
         if self.nvtx:
             torch.cuda.nvtx.range_pop()
-        if self._proc is not None:
-            self._rss_peak = max(self._rss_peak, self._proc.memory_info().rss)
+        if self._proc is not None and not self._vm_hwm and len(self.records) % 8 == 0:
+            self._rss_peak = max(self._rss_peak, self._proc.memory_info().rss)  # ~30 us: not every step
         if self.cuda:
             self._pending.append(step)
             self._resolve(block=False)
@@ -335,7 +358,7 @@ class StepProfiler:
             "samples_per_step": samples / len(recs),
             "step_s": total_s / len(recs),
             "step_s_median": statistics.median(step_times),
-            "step_s_std": statistics.pstdev(step_times),
+            "step_s_std": math.sqrt(sum((t - total_s / len(recs)) ** 2 for t in step_times) / len(recs)),
         }
         names = sorted({k for r in recs for k in r if k.endswith("_s") and k != "step_s"},
                        key=lambda k: (PHASES.index(k[:-2]) if k[:-2] in PHASES else len(PHASES), k))
@@ -352,9 +375,12 @@ class StepProfiler:
             if self.cuda:
                 out["peak_memory_bytes"] = float(torch.cuda.max_memory_allocated(self.device))
                 out["memory_kind"] = "cuda max allocated"
+            elif self._vm_hwm:
+                out["peak_memory_bytes"] = float(_peak_rss())
+                out["memory_kind"] = "process peak RSS"
             else:
                 out["peak_memory_bytes"] = float(self._rss_peak)
-                out["memory_kind"] = "process RSS"
+                out["memory_kind"] = "process RSS, sampled"
         if self.flops_per_sample:
             peak, source = self.peak_flops()
             out["flops_per_s"] = self.flops_per_sample * out["samples_per_s"]
@@ -398,11 +424,18 @@ class StepProfiler:
         if "peak_memory_bytes" in s:
             lines.append(f"peak memory ({s['memory_kind']}): {s['peak_memory_bytes'] / 2**30:.3f} GiB")
         if "mfu" in s:
-            lines.append(f"{s['flops_per_s'] / 1e12:.3f} TFLOP/s achieved, MFU {100 * s['mfu']:.1f}% "
-                         f"of {s['peak_flops'] / 1e12:.1f} TFLOP/s ({s['peak_source']})")
+            lines.append(f"{_si(s['flops_per_s'])}FLOP/s achieved, MFU {100 * s['mfu']:.2f}% "
+                         f"of {_si(s['peak_flops'])}FLOP/s ({s['peak_source']})")
         text = "\n".join(lines) + "\n" + self.table(s).round(3).to_string()
         print(text)
         return text
+
+
+def _si(x: float) -> str:
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {prefix}"
+    return f"{x:.3g} "
 
 
 def combine_rank_summaries(summaries: list[dict]) -> dict:
@@ -416,7 +449,8 @@ def combine_rank_summaries(summaries: list[dict]) -> dict:
     for key, value in first.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             values = [s[key] for s in summaries if key in s]
-            out[key] = sum(values) / len(values)
+            same_int = isinstance(value, int) and all(v == value for v in values)
+            out[key] = value if same_int else sum(values) / len(values)
             if len(summaries) > 1:
                 out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
         else:

@@ -1,1 +1,61 @@
+"""Inference as a service: the testbed models behind a real NVIDIA Triton Inference Server.
 
+* `server.py`    — `InferenceServer`: Triton through PyTriton, dynamic batching, loopback, clean shutdown
+* `encoding.py`  — how variable-size jets and graphs travel in fixed-shape requests
+* `testbeds.py`  — the served models: a small MLP, the jet flavour tagger, the tracking GNN
+* `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2 server
+* `loadtest.py`  — latency percentiles and throughput vs concurrency and batch size; in-process baseline; plots
+* `export.py`    — the production path: a Triton model repository (TorchScript + config.pbtxt)
+* `gpu_check.py` — TorchScript latency on a GPU, for hosts without PyTriton
+
+Importing this package needs neither PyTriton nor tritonclient (they are imported when used), so the export
+and the GPU check run where only torch is installed. Taught in curriculum/08_inference_service;
+running the Triton container on Perlmutter: docs/serving.md.
+"""
+
+from hepml_kit.serve.client import ServiceClient, ServiceError
+from hepml_kit.serve.encoding import GraphEncoding, JetEncoding, TensorSpec
+from hepml_kit.serve.export import check_model_repository, export_model_repository, model_config_pbtxt, read_model_config
+from hepml_kit.serve.gpu_check import gpu_check_serving
+from hepml_kit.serve.loadtest import (
+    LoadResult,
+    client_process,
+    in_process_baseline,
+    load_test,
+    plot_load_test,
+    project_gpus,
+    results_table,
+    sweep,
+)
+from hepml_kit.serve.server import Batching, InferenceServer, ServedModel, serving_processes, start_server
+from hepml_kit.serve.testbeds import jet_tagger_model, mlp_model, served_model, tracking_gnn_model
+
+__all__ = [
+    "Batching",
+    "GraphEncoding",
+    "InferenceServer",
+    "JetEncoding",
+    "LoadResult",
+    "ServedModel",
+    "ServiceClient",
+    "ServiceError",
+    "TensorSpec",
+    "check_model_repository",
+    "client_process",
+    "export_model_repository",
+    "gpu_check_serving",
+    "in_process_baseline",
+    "jet_tagger_model",
+    "load_test",
+    "mlp_model",
+    "model_config_pbtxt",
+    "plot_load_test",
+    "project_gpus",
+    "read_model_config",
+    "results_table",
+    "serving_processes",
+    "start_server",
+    "sweep",
+    "served_model",
+    "tracking_gnn_model",
+]

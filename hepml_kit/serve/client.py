@@ -13,6 +13,7 @@ Taught in curriculum/08_inference_service.
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -130,8 +131,11 @@ class ServiceClient:
 
 
 def _last_line_of_traceback(message: str) -> str:
-    """PyTriton forwards a Python error as its full traceback; keep the error line itself."""
+    """PyTriton forwards a Python error as its traceback (wrapped by Triton); keep the error line itself."""
     if "Traceback (most recent call last)" not in message:
         return message.strip()
-    lines = [ln for ln in message.strip().splitlines() if ln.strip()]
-    return lines[-1].strip()
+    errors = [ln.strip() for ln in message.splitlines() if _ERROR_LINE.match(ln.strip())]
+    return errors[-1] if errors else message.strip().splitlines()[-1].strip()
+
+
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*")

@@ -23,9 +23,9 @@ Graphs (interaction-network edge classifier, `tracking_gnn`; one graph = one eve
     num_edges  [B, 1]     int64    true edge count of each graph
     ->  edge_logits__0 [B, E] float32     one logit per edge; zeros beyond num_edges
 
-Server side, `PaddedGraphEdgeClassifier` turns a batch of padded graphs into one disjoint-union graph (node
-numbers offset by ``b * N``, padded edges dropped), runs the GNN once, and scatters the logits back. Padded
-nodes carry no edges, so they never reach a real node's aggregation: results equal per-graph inference.
+Server side, `PaddedGraphEdgeClassifier` turns a batch of padded graphs into one disjoint-union graph (padded
+nodes and edges dropped, node numbers offset by the nodes of the graphs before), runs the GNN once, and
+scatters the logits back: results equal per-graph inference, and padding costs no model compute.
 
 Output names end in ``__<index>``: that is the Triton libtorch backend's naming convention for outputs (inputs
 may use the forward-argument names), and PyTriton serves the same names so one client fits both servers.
@@ -212,7 +212,7 @@ class MaskedJetTagger(nn.Module):
 
 class PaddedGraphEdgeClassifier(nn.Module):
     """Serve an edge classifier ``forward(x, edge_attr, edge_index) -> logits [E]`` on a batch of padded
-    graphs: one disjoint-union graph per batch (after PyG's batching; Fey & Lenssen, arXiv:1903.02428).
+    graphs: one disjoint-union graph per batch (as PyG batches graphs; Fey & Lenssen, arXiv:1903.02428).
 
     Written with shape-following ops only (no Python ints from data, no device constants), so
     `torch.jit.trace` gives a TorchScript model that works for any batch, capacity and device.
@@ -226,15 +226,17 @@ class PaddedGraphEdgeClassifier(nn.Module):
         # x [B, N, Fn], edge_attr [B, E, Fe], edge_index [B, 2, E], num_nodes/num_edges [B, 1]
         b, n, fn = x.shape
         e = edge_attr.shape[1]
-        slot = torch.ones_like(edge_index[:, 0, :]).cumsum(1) - 1  # [B, E]: 0 .. E-1
-        valid = (slot < num_edges).reshape(-1)  # [B*E]
-        offset = (torch.ones_like(num_nodes).cumsum(0) - 1) * n  # [B, 1]: b * N
-        flat_index = (edge_index + offset.unsqueeze(1)).permute(1, 0, 2).reshape(2, -1)  # [2, B*E]
+        node_slot = torch.ones_like(x[:, :, 0], dtype=torch.long).cumsum(1) - 1  # [B, N]: 0 .. N-1
+        edge_slot = torch.ones_like(edge_index[:, 0, :]).cumsum(1) - 1  # [B, E]: 0 .. E-1
+        node_valid = (node_slot < num_nodes).reshape(-1)  # [B*N]
+        edge_valid = (edge_slot < num_edges).reshape(-1)  # [B*E]
+        first_node = num_nodes.cumsum(0) - num_nodes  # [B, 1]: where graph b starts in the union
+        union_index = (edge_index + first_node.unsqueeze(1)).permute(1, 0, 2).reshape(2, -1)  # [2, B*E]
         logits = self.model(
-            x.reshape(-1, fn),  # [B*N, Fn]; padded nodes have no edges
-            edge_attr.reshape(b * e, -1)[valid],  # [E_valid, Fe]
-            flat_index[:, valid],  # [2, E_valid]
+            x.reshape(-1, fn)[node_valid],  # [N_valid, Fn]: the real nodes of all graphs, in order
+            edge_attr.reshape(b * e, -1)[edge_valid],  # [E_valid, Fe]
+            union_index[:, edge_valid],  # [2, E_valid]
         )
         out = x.new_zeros(b * e)
-        out[valid] = logits.reshape(-1).to(out.dtype)
+        out[edge_valid] = logits.reshape(-1).to(out.dtype)
         return (out.reshape(b, e),)

@@ -140,6 +140,10 @@ class _Stats:
         self.lock = threading.Lock()
         self.executions = self.requests = self.samples = 0
 
+    def reset(self) -> None:
+        with self.lock:
+            self.executions = self.requests = self.samples = 0
+
     def add(self, requests: int, samples: int) -> None:
         with self.lock:
             self.executions += 1
@@ -287,7 +291,8 @@ class InferenceServer:
 
             warnings.warn(f"binding Triton to {self.host}: every host that reaches it can run the models", stacklevel=2)
         _prepend_interpreter_libdir()
-        self._dir = Path(tempfile.mkdtemp(prefix="hepml-serve-"))
+        _remove_stale_folders()
+        self._dir = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         config = TritonConfig(
             http_address=self.host, http_port=self.http_port, grpc_address=self.host, grpc_port=self.grpc_port,
             allow_metrics=False, log_file=self._dir / "tritonserver.log", exit_timeout_secs=5,
@@ -379,7 +384,8 @@ class InferenceServer:
         return self._stats[model].snapshot()
 
     def reset_stats(self) -> None:
-        self._stats = {name: _Stats() for name in self.models}
+        for stats in self._stats.values():
+            stats.reset()
 
     def log_tail(self, lines: int = 30) -> str:
         path = self._dir / "tritonserver.log" if self._dir else None
@@ -390,6 +396,19 @@ class InferenceServer:
     def __repr__(self) -> str:
         state = "running" if self._triton is not None else "stopped"
         return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {state})"
+
+
+_FOLDER_PREFIX = "hepml-serve-"
+
+
+def _remove_stale_folders() -> None:
+    """Delete server folders (~30 MB: a copy of Triton) left by processes that were SIGKILLed."""
+    import psutil
+
+    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+        pid = folder.name[len(_FOLDER_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _is_ours(proc, root: Path | None) -> bool:

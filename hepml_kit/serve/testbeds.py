@@ -22,7 +22,7 @@ from hepml_kit.serve.encoding import (
 )
 from hepml_kit.serve.server import Batching, ServedModel
 
-__all__ = ["mlp_model", "jet_tagger_model", "tracking_gnn_model", "testbed_model"]
+__all__ = ["mlp_model", "jet_tagger_model", "tracking_gnn_model", "served_model"]
 
 
 def mlp_model(name: str = "mlp", features: int = 16, hidden: int = 256, classes: int = 4,
@@ -49,3 +49,82 @@ class _TupleOutput(nn.Module):
 
     def forward(self, x):
         return (self.model(x),)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple
+
+
+def jet_tagger_model(model: nn.Module | None = None, cfg=None, *, preset: str = "tiny", name: str = "jet_transformer",
+                     batching: Batching | None = None, device: str = "cpu", pool: int = 512,
+                     seed: int = 0) -> ServedModel:
+    """The GN2-style flavour tagger behind the jet encoding: ``tracks, mask -> flavour_logits__0,
+    origin_logits__1``. `model` defaults to a freshly initialised `preset` model (pass a trained one);
+    example requests are jets from the testbed generator, padded by `JetEncoding.encode`."""
+    from hepml_kit.data.jets import FLAVOURS, TRACK_ORIGINS, normalise_tracks
+    from hepml_kit.models import get
+
+    testbed = get("jet_transformer")
+    cfg = cfg if cfg is not None else testbed.config(preset)
+    if model is None:
+        torch.manual_seed(seed)
+        model = testbed.build(cfg)
+    encoding = JetEncoding(max_tracks=cfg.data.max_tracks, track_features=cfg.n_features,
+                           n_flavours=len(FLAVOURS), n_origins=len(TRACK_ORIGINS))
+    data = testbed.generate(cfg, pool, seed + 1)
+    tracks = normalise_tracks(data["tracks"], data["mask"])
+    jets = [tracks[i][data["mask"][i]] for i in range(pool)]  # variable-size: [n_tracks_i, F]
+
+    def example(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        idx = np.random.default_rng(seed).integers(0, pool, batch)
+        return encoding.encode([jets[i] for i in idx])
+
+    return ServedModel(
+        name=name, module=MaskedJetTagger(model), example=example, batching=batching or Batching(),
+        device=device, inputs=encoding.input_specs(), outputs=encoding.output_specs(),
+        validate=encoding.validate, unit="jets",
+    )
+
+
+def tracking_gnn_model(model: nn.Module | None = None, cfg=None, *, preset: str = "tiny",
+                       name: str = "tracking_gnn", batching: Batching | None = None, device: str = "cpu",
+                       max_nodes: int | None = None, max_edges: int | None = None, pool: int = 16,
+                       seed: int = 0) -> ServedModel:
+    """Tracking as a service: the interaction-network edge classifier behind the padded-graph encoding.
+
+    Capacity defaults to twice the preset's typical graph (``cfg.graph_nodes``/``graph_edges``), rounded up
+    to a multiple of 128, and at least the largest example event."""
+    from hepml_kit.models import get
+    from hepml_kit.models.tracking_gnn import event_to_graph
+
+    testbed = get("tracking_gnn")
+    cfg = cfg if cfg is not None else testbed.config(preset)
+    if model is None:
+        torch.manual_seed(seed)
+        model = testbed.build(cfg)
+    graphs = [event_to_graph(ev) for ev in testbed.generate(cfg, pool, seed + 1)]
+    graphs = [(g["x"].numpy(), g["edge_attr"].numpy(), g["edge_index"].numpy()) for g in graphs]
+    max_nodes = max_nodes or _round_up(max(2 * cfg.graph_nodes, *(len(g[0]) for g in graphs)), 128)
+    max_edges = max_edges or _round_up(max(2 * cfg.graph_edges, *(g[2].shape[1] for g in graphs)), 128)
+    encoding = GraphEncoding(max_nodes=max_nodes, max_edges=max_edges, node_features=graphs[0][0].shape[1],
+                             edge_features=graphs[0][1].shape[1])
+
+    def example(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        idx = np.random.default_rng(seed).integers(0, pool, batch)
+        return encoding.encode([graphs[i] for i in idx])
+
+    return ServedModel(
+        name=name, module=PaddedGraphEdgeClassifier(model), example=example,
+        batching=batching or Batching(max_batch_size=16), device=device, inputs=encoding.input_specs(),
+        outputs=encoding.output_specs(), validate=encoding.validate, unit="events",
+    )
+
+
+def served_model(testbed: str, **kwargs) -> ServedModel:
+    """`mlp_model`, `jet_tagger_model` or `tracking_gnn_model` by testbed name (``"mlp"``,
+    ``"jet_transformer"``, ``"tracking_gnn"``); keyword arguments (``name=``, ``preset=``, ...) go to it."""
+    makers = {"mlp": mlp_model, "jet_transformer": jet_tagger_model, "tracking_gnn": tracking_gnn_model}
+    key = testbed.replace("-", "_")
+    if key not in makers:
+        raise ValueError(f"no served version of {testbed!r}; choose one of {', '.join(makers)}")
+    return makers[key](**kwargs)

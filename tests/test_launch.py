@@ -201,3 +201,53 @@ def test_doctor_reports_and_exits_zero():
     out = subprocess.run([exe, "doctor"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "backend gloo" in out.stdout and "site" in out.stdout
+
+
+def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
+    """Multi-node on one machine: two `hepml-kit launch` "nodes" of 2 ranks each, world size 4."""
+    from hepml_kit.launch.rendezvous import free_port
+
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import os, torch, torch.distributed as dist
+        from hepml_kit.launch.script import init_from_env
+        init_from_env()
+        t = torch.ones(1); dist.all_reduce(t)
+        print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['GROUP_RANK']} "
+              f"sum={t.item()}", flush=True)
+        dist.destroy_process_group()
+    """))
+    exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [subprocess.Popen([exe, "launch", "--nprocs", "2", "--nnodes", "2", "--node-rank", str(i),
+                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}", str(script)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in nodes]
+    assert [p.returncode for p in nodes] == [0, 0], [o[1][-2000:] for o in outs]
+    lines = sorted(l for o in outs for l in o[0].splitlines() if l.startswith("RESULT"))
+    assert [l.split()[1] for l in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
+    assert all("world=4" in l and "sum=4.0" in l for l in lines)
+    assert {l.split()[3] for l in lines} == {"node=0", "node=1"}
+
+
+@pytest.fixture(scope="module")
+def mpiexec():
+    import shutil
+
+    if not shutil.which("mpiexec"):
+        out = subprocess.run(["bash", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                              "--no-install-recommends openmpi-bin >/dev/null || (apt-get update -qq && "
+                              "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin)"],
+                             capture_output=True, text=True, timeout=600)
+        if out.returncode != 0 or not shutil.which("mpiexec"):
+            pytest.fail(f"could not install Open MPI (openmpi-bin): {out.stderr[-1000:]}")
+    return shutil.which("mpiexec")
+
+
+def test_workers_on_mpi_engines(mpiexec):
+    before = ipp_processes()
+    with hk.Workers(n=2, engines="mpi") as w:
+        assert w.run(_rank_and_env)[1][:2] == (1, 2)
+        assert w.run(_allreduce) == [3.0, 3.0]
+    time.sleep(1)
+    assert ipp_processes() - before == set()

@@ -202,6 +202,8 @@ class Workers:
                       engine_timeout=int(self.start_timeout))
         if self.engines_kind != "local":
             kwargs.update(controller_ip="*", controller_location=_routable())
+        if self.engines_kind == "mpi":
+            kwargs.setdefault("config", _mpi_config(self.n))
         kwargs.update(self.cluster_kwargs)
         _live_pools.add(self)
         cwd = os.getcwd()
@@ -434,6 +436,19 @@ def _show_output(ars: dict) -> None:
         for stream, text in ((sys.stdout, out), (sys.stderr, err)):
             for line in text.splitlines():
                 print(f"[rank {rank}] {line}", file=stream)
+
+
+def _mpi_config(n: int):
+    """mpiexec settings for engines: Open MPI refuses root and oversubscription unless told."""
+    from traitlets.config import Config
+
+    args = []
+    if os.geteuid() == 0:  # containers and CI run as root; Open MPI needs both variables then
+        os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        os.environ.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    if n > (os.cpu_count() or 1) and "SLURM_JOB_ID" not in os.environ:
+        args.append("--oversubscribe")
+    return Config({"MPILauncher": {"mpi_args": args}})
 
 
 def _local_gpu_count() -> int:

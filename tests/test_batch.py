@@ -31,22 +31,17 @@ def _notebook(path: Path, body: str, params: str = 'LABEL = "x"\nN = 1') -> Path
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory):
-    """The one-node Slurm cluster; stopped at the end if this module started it."""
-    conf = Path(os.environ.get("HEPML_SLURM_DIR", "/tmp/hepml-slurm")) / "slurm.conf"
-    was_up = conf.exists() and subprocess.run(["sinfo"], env={**os.environ, "SLURM_CONF": str(conf)},
-                                              capture_output=True).returncode == 0
-    out = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=600)
-    if out.returncode != 0:
-        pytest.fail(f"could not start the one-node Slurm cluster:\n{out.stderr[-2000:]}")
-    old = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(conf)
+    """The one-node Slurm cluster started for the session by conftest.py (started here when run alone)."""
+    from conftest import SLURM_DIR, slurm_up
+
+    if not slurm_up():
+        out = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
+        if out.returncode != 0:
+            pytest.fail(f"could not start the one-node Slurm cluster:\n{out.stderr[-2000:]}")
+    os.environ["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
     os.environ["HEPML_KIT_JOBS"] = str(tmp_path_factory.mktemp("jobs-index"))
     sbatch.JOBS_INDEX = Path(os.environ["HEPML_KIT_JOBS"])
-    yield conf
-    if old is None:
-        os.environ.pop("SLURM_CONF", None)
-    if not was_up:
-        subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120)
+    yield SLURM_DIR / "slurm.conf"
 
 
 def test_dry_run_quotes_hostile_values(tmp_path):

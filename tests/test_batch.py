@@ -165,3 +165,50 @@ def test_kernel_install_and_papermill_runs_a_lesson_with_it(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     out_nb = nbformat.read(tmp_path / "o.ipynb", as_version=4)
     assert "".join(o.get("text", "") for o in out_nb.cells[-1].outputs).strip() == "hepml-test"
+
+
+def test_cancelled_job_leaves_no_engines_behind(slurm, tmp_path):
+    import psutil
+
+    pids_file = tmp_path / "engine_pids.json"
+    body = textwrap.dedent(f"""
+        import json, time, hepml_kit as hk
+        pool = hk.Workers(n=2).start()
+        pids = [e.pid for e in pool._engines] + [h for e in pool._engines for h in e.helpers]
+        open({str(pids_file)!r}, "w").write(json.dumps(pids))
+        time.sleep(300)
+    """)
+    nb = _notebook(tmp_path / "long.ipynb", body)
+    job = sbatch.BatchJob(notebook=str(nb), time="00:10:00", venv=str(Path(sys.executable).parents[1]),
+                          execution_timeout=600, out_dir=str(tmp_path / "jobs"))
+    job_id, _, _ = sbatch.submit(job)
+    deadline = time.monotonic() + 180
+    while not pids_file.exists() and time.monotonic() < deadline:
+        time.sleep(1)
+    assert pids_file.exists(), "the job never started its engines"
+    pids = json.loads(pids_file.read_text())
+    assert all(psutil.pid_exists(p) for p in pids[:2])
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + 90
+    while any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids) \
+            and time.monotonic() < deadline:
+        time.sleep(1)
+    left = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert left == [], f"engine processes outlived the cancelled job: {left}"
+
+
+def test_ex10_check_passes_on_solution_and_explains_wrong_rank_count():
+    from hepml_kit import checks as check
+    from hepml_kit.batch import BatchJob
+
+    def good():
+        return BatchJob(notebook="02_data_parallel.ipynb", parameters={"SCALE": "small", "NPROCS": 16}, nodes=4,
+                        gpus_per_node=4, time="00:30:00", account="m0000", constraint="gpu")
+
+    def one_node_ranks():
+        return BatchJob(notebook="02_data_parallel.ipynb", parameters={"SCALE": "small", "NPROCS": 4}, nodes=4,
+                        gpus_per_node=4, time="00:30:00", account="m0000", constraint="gpu")
+
+    check.ex10_perlmutter_job(good)
+    with pytest.raises(check.CheckFailed, match="one rank per GPU over 4 nodes is 16"):
+        check.ex10_perlmutter_job(one_node_ranks)

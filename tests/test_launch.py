@@ -10,6 +10,7 @@ import time
 
 import psutil
 import pytest
+import torch.distributed as dist
 
 import hepml_kit as hk
 from hepml_kit.launch.rendezvous import from_slurm
@@ -96,6 +97,24 @@ def test_args_and_kwargs_reach_every_rank(pool):
         return (dist.get_rank() + x) * factor
 
     assert pool.run(scaled, 10, factor=2) == [20, 22]
+
+
+class _HasConfig:
+    def config(self, preset):
+        return {"preset": preset}
+
+
+_TESTBED_LIKE = _HasConfig()
+
+
+def _uses_dist_and_a_config_attribute():
+    # cloudpickle alone fails here: it finds `torch.distributed.config` (a ModuleType subclass) from the names
+    # `dist` and `config` and cannot pickle it
+    return dist.get_rank(), _TESTBED_LIKE.config("tiny")["preset"]
+
+
+def test_functions_using_dist_and_config_names_can_be_sent(pool):
+    assert pool.run(_uses_dist_and_a_config_attribute) == [(0, "tiny"), (1, "tiny")]
 
 
 def test_rank_output_is_prefixed_in_rank_order(pool, capsys):

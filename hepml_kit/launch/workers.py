@@ -14,6 +14,8 @@ Taught in curriculum/00_setup.
 from __future__ import annotations
 
 import atexit
+import importlib
+import io
 import os
 import re
 import shutil
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -123,13 +126,32 @@ def _check_sendable(fn, args, kwargs) -> bytes:
     if module is not None and module.__name__ not in ("__main__",) and not _importable_everywhere(module):
         cloudpickle.register_pickle_by_value(module)
     try:
-        return cloudpickle.dumps((fn, args, kwargs))
+        return _dumps((fn, args, kwargs))
     except Exception as e:
         raise TypeError(
             f"cannot send {getattr(fn, '__qualname__', fn)!r} and its arguments to the engines: {e}. "
             "Define the function at the top level of the notebook/module and pass plain data "
             "(no open files, locks, CUDA tensors or live process groups)."
         ) from e
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle, plus: modules of a ModuleType subclass (torch's config modules, e.g.
+    ``torch.distributed.config``, which cloudpickle finds when a function uses both ``dist`` and a name
+    ``config``) travel by name like ordinary modules instead of failing to pickle."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.ModuleType) and type(obj) is not types.ModuleType:
+            name = getattr(obj, "__name__", None)
+            if name and sys.modules.get(name) is obj:
+                return importlib.import_module, (name,)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
+    return buf.getvalue()
 
 
 def _importable_everywhere(module) -> bool:

@@ -270,3 +270,30 @@ def test_workers_on_mpi_engines(mpiexec):
         assert w.run(_allreduce) == [3.0, 3.0]
     time.sleep(1)
     assert ipp_processes() - before == set()
+
+
+def test_rendezvous_port_taken_by_another_program_is_retried(pool, monkeypatch):
+    import socket
+
+    from hepml_kit.launch import workers
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    ports = iter([squatter.getsockname()[1]])
+    real = workers.free_port
+    monkeypatch.setattr(workers, "free_port", lambda: next(ports, None) or real())
+    try:
+        assert pool.run(_allreduce, timeout=120) == [3.0, 3.0]
+    finally:
+        squatter.close()
+
+
+def test_functions_passed_as_arguments_travel_by_value(pool):
+    def apply_twice(f):
+        return f(f(1))
+
+    def plus_rank(x):
+        return x + dist.get_rank()
+
+    assert pool.run(apply_twice, plus_rank) == [1, 3]

@@ -36,6 +36,7 @@ from hepml_kit.launch.rendezvous import RankInfo, free_port
 __all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
 
 ENGINE_KINDS = ("local", "mpi", "slurm")
+_PORT_TAKEN = "EADDRINUSE"
 _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish or fail by themselves
 _POLL_S = 0.005
 _live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
@@ -121,10 +122,12 @@ def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payl
 def _check_sendable(fn, args, kwargs) -> bytes:
     if not callable(fn):
         raise TypeError(f"launch needs a callable, got {type(fn).__name__}")
-    module = sys.modules.get(getattr(fn, "__module__", None) or "")
-    # Functions from test files or user scripts that engines cannot import travel by value.
-    if module is not None and module.__name__ not in ("__main__",) and not _importable_everywhere(module):
-        cloudpickle.register_pickle_by_value(module)
+    # Functions (the one to run, or ones passed as arguments, e.g. to an exercise check) from test files or
+    # user scripts that the engines cannot import travel by value.
+    for f in (fn, *_callables_in(args), *_callables_in(tuple(kwargs.values()))):
+        module = sys.modules.get(getattr(f, "__module__", None) or "")
+        if module is not None and module.__name__ != "__main__" and not _importable_everywhere(module):
+            cloudpickle.register_pickle_by_value(module)
     try:
         return _dumps((fn, args, kwargs))
     except Exception as e:
@@ -133,6 +136,18 @@ def _check_sendable(fn, args, kwargs) -> bytes:
             "Define the function at the top level of the notebook/module and pass plain data "
             "(no open files, locks, CUDA tensors or live process groups)."
         ) from e
+
+
+def _callables_in(values: tuple) -> list:
+    found = []
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            found += _callables_in(tuple(v))
+        elif isinstance(v, dict):
+            found += _callables_in(tuple(v.values()))
+        elif callable(v) and hasattr(v, "__module__"):
+            found.append(v)
+    return found
 
 
 class _Pickler(cloudpickle.Pickler):
@@ -266,6 +281,7 @@ class Workers:
                 client.close()
             except Exception:
                 pass
+        self._terminate(procs)  # engines first (ipyparallel's own stop waits on each in turn): ~1 s not ~5 s
         if cluster is not None:
             try:
                 cluster.stop_cluster_sync()
@@ -292,6 +308,18 @@ class Workers:
                 except psutil.NoSuchProcess:
                     pass
         return procs
+
+    @staticmethod
+    def _terminate(procs, wait_s: float = 3.0) -> None:
+        import psutil
+
+        alive = [p for p in procs if p.is_running()]
+        for p in alive:
+            try:
+                p.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=wait_s)
 
     @staticmethod
     def _reap(procs, wait_s: float = 5.0) -> None:
@@ -342,6 +370,17 @@ class Workers:
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         payload = _check_sendable(fn, args, kwargs)
+        for attempt in range(3):
+            try:
+                return self._run_once(payload, timeout, quiet)
+            except WorkerError as e:
+                # another program took the rendezvous port between our choice and rank 0's bind: nothing of
+                # `fn` ran yet (it starts after the rendezvous), so retry with a fresh port
+                if attempt == 2 or not any(_PORT_TAKEN in t for t in e.failures.values()):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _run_once(self, payload: bytes, timeout: float, quiet: bool) -> list:
         self.start()
         infos = self.rank_infos()
         backend = self._backend()

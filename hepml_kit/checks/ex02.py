@@ -11,9 +11,9 @@ from hepml_kit.checks import CheckFailed, passed
 __all__ = ["ex02_shard", "ex02_average_gradients", "HINTS"]
 
 HINTS = {
-    "ex02_shard": "Rank r of N keeps samples r, r+N, r+2N, ... of every tensor in the batch dict (slicing with a "
-    "step: v[r::N]); values that are not tensors pass through unchanged. Refuse (raise ValueError) a batch "
-    "that does not split evenly.",
+    "ex02_shard": "Rank r of N keeps samples r, r+N, r+2N, ... of every tensor in the batch dict "
+    "(slicing with a step: v[r::N]); values that are not tensors pass through unchanged. Refuse (raise "
+    "ValueError) a batch that does not split evenly.",
     "ex02_average_gradients": "Loop over model.parameters(); for each p whose p.grad is not None, "
     "dist.all_reduce(p.grad) sums it over ranks in place, then divide it in place by dist.get_world_size(). "
     "The optimizer reads p.grad, so change that tensor, do not return a new one.",
@@ -46,7 +46,8 @@ def ex02_shard(fn) -> None:
                 raise CheckFailed("every tensor of the batch must be split the same way (check 'y')")
             seen += got
         if sorted(seen) != list(range(12)):
-            raise CheckFailed(f"with {world} ranks the shares do not cover the batch exactly once: {sorted(seen)}")
+            raise CheckFailed(f"with {world} ranks the shares do not cover the batch exactly once: "
+                              f"{sorted(seen)}")
     try:
         fn({"x": torch.arange(10)}, 0, 3)
     except ValueError:
@@ -80,7 +81,10 @@ def ex02_average_gradients(fn, nprocs: int = 2, workers=None) -> None:
     import hepml_kit as hk
 
     n = max(2, nprocs)
-    results = workers.run(_trial, fn, timeout=120) if workers else hk.launch(_trial, fn, nprocs=n, timeout=120)
+    if workers is not None:
+        results = workers.run(_trial, fn, timeout=120)
+    else:
+        results = hk.launch(_trial, fn, nprocs=n, timeout=120)
     n = len(results)
     if n < 2:
         raise ValueError("this check needs at least 2 ranks")
@@ -95,8 +99,8 @@ def ex02_average_gradients(fn, nprocs: int = 2, workers=None) -> None:
             raise CheckFailed(f"rank {rank}: the weight gradient is still this rank's own ({own_w}); it must "
                               f"become the mean over ranks ({mean_w}).{hint}")
         if abs(w - n * mean_w) < 1e-6:
-            raise CheckFailed(f"rank {rank}: weight gradient {w} is the sum over ranks; divide by the world size "
-                              f"to get the mean {mean_w} (the loss is a mean, so its gradient must be too)")
+            raise CheckFailed(f"rank {rank}: weight gradient {w} is the sum over ranks; divide by the world "
+                              f"size to get the mean {mean_w} (the loss is a mean, so is its gradient)")
         if abs(w - mean_w) > 1e-6:
             raise CheckFailed(f"rank {rank}: weight gradient {w}, expected the mean over ranks {mean_w}")
         if abs(b - mean_b) > 1e-5:

@@ -8,8 +8,8 @@ can be loaded by 1 plain process, or by 4, without a conversion step.
 return sharded DTensors for FSDP2/TP, and key optimizer state by parameter name (not by position), which
 is what makes optimizer state portable across layouts.
 
-    save("ckpt/step_100", model, optimizer, step=100, extra={"seed": 0})   # on every rank
-    info = load("ckpt/step_100", model, optimizer)                          # on every rank; info["step"] == 100
+    save("ckpt/step_100", model, optimizer, step=100, extra={"seed": 0})  # on every rank
+    info = load("ckpt/step_100", model, optimizer)  # on every rank; info["step"] == 100
 
 Build (and wrap/shard) the model and optimizer exactly as for training before calling `load`. Resuming is
 exact when the rest of training is a function of (seed, step), as in `hepml_kit.parallel.compare`.
@@ -31,6 +31,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
     get_model_state_dict,
     get_state_dict,
     set_model_state_dict,
@@ -39,6 +40,10 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 __all__ = ["TrainState", "save", "load", "saved_keys"]
+
+# Optimizer state keyed by parameter name, not by position in param_groups: pipeline stages hold different
+# parameters, and positional keys from two stages collide in one checkpoint.
+_FLAT = StateDictOptions(flatten_optimizer_state_dict=True)
 
 
 class TrainState(Stateful):
@@ -56,7 +61,7 @@ class TrainState(Stateful):
         if self.optimizer is None:
             state = {"model": get_model_state_dict(self.model)}
         else:
-            model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
+            model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=_FLAT)
             state = {"model": model_sd, "optim": optim_sd}
         # Tensors and plain strings survive any world size; a JSON string carries the extras.
         state["step"] = torch.tensor(self.step, dtype=torch.int64)
@@ -68,7 +73,7 @@ class TrainState(Stateful):
             set_model_state_dict(self.model, state["model"])
         else:
             set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
-                           optim_state_dict=state["optim"])
+                           optim_state_dict=state["optim"], options=_FLAT)
         self.step = int(state["step"])
         self.extra = json.loads(state["extra"])
 
@@ -77,7 +82,7 @@ class TrainState(Stateful):
 def _quiet_single_process():
     """Without a process group DCP warns that it assumes one process: that is the intended use here."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable")
         yield
 
 
@@ -95,7 +100,8 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optim
     if no_dist or not dist.is_initialized() or dist.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     with _quiet_single_process():
-        dcp.save({"train": TrainState(model, optimizer, step, extra)}, checkpoint_id=str(path), no_dist=no_dist)
+        state = {"train": TrainState(model, optimizer, step, extra)}
+        dcp.save(state, checkpoint_id=str(path), no_dist=no_dist)
     return path
 
 

@@ -1,11 +1,12 @@
 """Train one testbed model under each data-parallel strategy and compare them in one table.
 
 `train_strategy` is the per-rank function (run it with ``hk.launch``/``Workers.run``; ``"single"`` runs
-in one process, or on rank 0 alone of a pool, with the threads of all ranks): every rank builds the same model from the same seed, draws the same shuffled global
-batches and keeps its share (`shard_batch`), trains, and reports the loss curve, the final parameters,
-the `StepProfiler` summary (throughput, phases, peak memory), the model-state bytes it holds, and the
-communication share: the part of the step time that the same local step on an unwrapped copy of the model
-does not need (NERSC's "DDP on vs off", made to work for every strategy).
+in one process, or on rank 0 alone of a pool, with one rank's share of the machine): every rank builds
+the same model from the same seed, draws the same shuffled global batches and keeps its share
+(`shard_batch`), trains, and reports the loss curve, the final parameters, the `StepProfiler` summary
+(throughput, phases, peak memory), the model-state bytes it holds, and the communication share: the part
+of the step time that the same local step on an unwrapped copy of the model does not need (NERSC's "DDP
+on vs off", made to work for every strategy).
 
 The single-process reference with ``micro_batches=N`` accumulates gradients over the same N shares of
 each global batch, so it optimises exactly what N data-parallel ranks optimise (the mean of the shares'
@@ -24,6 +25,7 @@ import io
 import textwrap
 import time
 import tokenize
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -51,7 +53,8 @@ def _wrap(strategy: str, model: nn.Module, bucket_cap_mb: float) -> nn.Module:
     if strategy == "single":
         return model
     if not dist.is_initialized():
-        raise RuntimeError(f"strategy {strategy!r} needs torch.distributed: run it with hk.launch / Workers.run")
+        raise RuntimeError(f"strategy {strategy!r} needs torch.distributed: run it with hk.launch or "
+                           "Workers.run")
     if strategy == "naive":
         return DataParallelNaive(model)
     if strategy == "bucket":
@@ -96,8 +99,8 @@ def train_strategy(
 
     Args:
         strategy: one of `STRATEGIES`. ``"single"`` is one process without communication; called on every
-            rank of a pool it runs on rank 0 alone, with all the pool's CPU threads (or rank 0's GPU),
-            and the other ranks return None at once.
+            rank of a pool it runs on rank 0 alone, with that rank's threads or GPU (one device: the
+            unit of a speed-up), and the other ranks return None at once.
         testbed: a `hepml_kit.models` name or a `Testbed`.
         global_batch: samples per step over all ranks (divisible by the number of ranks).
         micro_batches: ``"single"`` only: accumulate over this many shares of each global batch (set it
@@ -108,9 +111,9 @@ def train_strategy(
 
     Returns a dict: ``losses`` (mean loss per step over the global batch), ``profile`` (the
     `StepProfiler` summary over all ranks), ``samples_per_s`` (global), ``state_bytes`` (this rank's
-    parameter/gradient/optimizer bytes after the last optimizer step), ``comm_share``, ``n_params``, ``world_size``, ``rank`` and, on
-    rank 0, ``params`` (final full parameters on CPU) and, with `return_grads`, ``grads`` (the full
-    averaged gradients of the first step).
+    parameter/gradient/optimizer bytes after the last optimizer step), ``comm_share``, ``n_params``,
+    ``world_size``, ``rank`` and, on rank 0, ``params`` (final full parameters on CPU) and, with
+    `return_grads`, ``grads`` (the full averaged gradients of the first step).
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -122,19 +125,14 @@ def train_strategy(
         raise ValueError(f"stop_after must be in 1..{steps - 1}, got {stop_after}")
     tb = get(testbed) if isinstance(testbed, str) else testbed
     if tb.loss is None:
-        raise ValueError(f"{tb.name} trains with a custom train_step; these strategies need a loss(model, batch)")
+        raise ValueError(f"{tb.name} trains with a custom train_step; these strategies need "
+                         "a loss(model, batch)")
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if strategy == "single" and world > 1:
         if rank != 0:
             return None
-        threads = torch.get_num_threads()
-        torch.set_num_threads(threads * world if _device().type == "cpu" else threads)
-        try:
-            return _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb,
-                          timing_steps, return_params, return_grads, checkpoint_dir, stop_after, resume, 0, 1)
-        finally:
-            torch.set_num_threads(threads)
+        rank, world = 0, 1
     return _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb,
                   timing_steps, return_params, return_grads, checkpoint_dir, stop_after, resume, rank, world)
 
@@ -170,7 +168,39 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
                         device=device, warmup_steps=1 if end - start > 1 else 0)
     if strategy == "ddp":
         prof.attach_ddp(wrapped)
-    losses, grads = [], None
+    with warnings.catch_warnings():
+        # FSDP2 warns that a unit returned a view; the testbed losses never modify model outputs in place
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
+        losses, grads, state_bytes = _loop(tb, wrapped, model, optimizer, prof, batches, start, end,
+                                           micro_batches, return_grads, world, device)
+    summary = prof.summary(gather=world > 1)  # a collective: every rank
+    if stop_after is not None:
+        checkpoint.save(checkpoint_dir, owner, optimizer, step=stop_after, extra={"strategy": strategy},
+                        no_dist=alone)
+
+    result = {
+        "strategy": strategy, "rank": rank, "world_size": world, "losses": losses, "profile": summary,
+        "samples_per_s": summary["global_samples_per_s"],
+        "state_bytes": state_bytes,
+        "n_params": sum(p.numel() for p in plain.parameters()),
+    }
+    params = full_parameters(model) if return_params else None  # a collective for FSDP
+    if rank == 0:
+        if params is not None:
+            result["params"] = params
+        if grads is not None:
+            result["grads"] = grads
+    if strategy == "single":
+        result["comm_share"] = 0.0
+    else:
+        result["comm_share"] = _comm_share(tb, cfg, lr, plain, batches, summary["step_s"], timing_steps, sync)
+    return result
+
+
+def _loop(tb, wrapped, model, optimizer, prof, batches, start, end, micro_batches, return_grads, world,
+          device):
+    """The training steps; returns (losses, first-step gradients or None, model-state bytes at the end)."""
+    losses, grads, state_bytes = [], None, {}
     for i in range(start, end):
         with prof.step():
             total = torch.zeros((), device=device)
@@ -192,26 +222,7 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
             dist.all_reduce(total)
             total /= world
         losses.append(float(total))
-    summary = prof.summary(gather=world > 1)  # a collective: every rank
-    if stop_after is not None:
-        checkpoint.save(checkpoint_dir, owner, optimizer, step=stop_after, extra={"strategy": strategy},
-                        no_dist=alone)
-
-    result = {
-        "strategy": strategy, "rank": rank, "world_size": world, "losses": losses, "profile": summary,
-        "samples_per_s": summary["global_samples_per_s"],
-        "state_bytes": state_bytes,
-        "n_params": sum(p.numel() for p in plain.parameters()),
-    }
-    params = full_parameters(model) if return_params else None  # a collective for FSDP
-    if rank == 0:
-        if params is not None:
-            result["params"] = params
-        if grads is not None:
-            result["grads"] = grads
-    result["comm_share"] = 0.0 if strategy == "single" else _comm_share(tb, cfg, lr, plain, batches,
-                                                                         summary["step_s"], timing_steps, sync)
-    return result
+    return losses, grads, state_bytes
 
 
 def _comm_share(tb, cfg, lr, plain, batches, step_s, timing_steps, sync) -> float:
@@ -291,7 +302,8 @@ def lines_of_code(*objects: Callable | type) -> int:
                 start_of_statement = start_of_statement or tok.type == tokenize.NEWLINE
                 continue
             rest = lines[tok.end[0] - 1][tok.end[1]:].strip()
-            docstring = tok.type == tokenize.STRING and start_of_statement and (rest == "" or rest.startswith("#"))
+            alone_on_line = rest == "" or rest.startswith("#")
+            docstring = tok.type == tokenize.STRING and start_of_statement and alone_on_line
             start_of_statement = False
             if not docstring:
                 code_lines.update(range(tok.start[0], tok.end[0] + 1))

@@ -91,7 +91,7 @@ class DataParallelNaive(nn.Module):
         return self.module(*args, **kwargs)
 
     def _allreduce_grad(self, p: nn.Parameter) -> None:
-        if self.require_backward_grad_sync and _world() > 1:
+        if self.require_backward_grad_sync and dist.is_initialized():
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad.div_(_world())
             self.collectives += 1
@@ -116,7 +116,8 @@ class _Bucket:
 
     def __init__(self, params: list[nn.Parameter]):
         self.params = params
-        self.buffer = torch.zeros(sum(p.numel() for p in params), dtype=params[0].dtype, device=params[0].device)
+        numel = sum(p.numel() for p in params)
+        self.buffer = torch.zeros(numel, dtype=params[0].dtype, device=params[0].device)
         self.views, offset = {}, 0
         for p in params:
             self.views[p] = self.buffer[offset : offset + p.numel()].view_as(p)
@@ -165,7 +166,7 @@ class DataParallelBucket(nn.Module):
         return self.module(*args, **kwargs)
 
     def _grad_ready(self, p: nn.Parameter) -> None:
-        if not self.require_backward_grad_sync or _world() == 1:
+        if not self.require_backward_grad_sync or not dist.is_initialized():
             return
         if not self._callback_queued:
             torch.autograd.Variable._execution_engine.queue_callback(self.finish_gradient_synchronization)
@@ -189,9 +190,13 @@ class DataParallelBucket(nn.Module):
         for bucket in self.buckets:
             if bucket.handle is None:
                 for p in bucket.params:
-                    if p not in bucket.ready:
-                        bucket.views[p].zero_() if p.grad is None else bucket.views[p].copy_(p.grad)
-                        p.grad = bucket.views[p]
+                    if p in bucket.ready:
+                        continue
+                    if p.grad is None:
+                        bucket.views[p].zero_()
+                    else:
+                        bucket.views[p].copy_(p.grad)
+                    p.grad = bucket.views[p]
                 self._launch(bucket)
         for bucket in self.buckets:
             bucket.handle.wait()
@@ -257,7 +262,11 @@ def _timed(fn: Callable[[], None], repeats: int) -> float:
 
 
 def measure_gradient_sync(
-    model: nn.Module, loss_fn: Callable[[nn.Module], torch.Tensor], *, bucket_cap_mb: float = 25.0, repeats: int = 5
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module], torch.Tensor],
+    *,
+    bucket_cap_mb: float = 25.0,
+    repeats: int = 5,
 ) -> dict[str, dict[str, float]]:
     """Time one backward pass plus gradient sync four ways on this rank (call on every rank).
 

@@ -81,6 +81,7 @@ def balanced_phi_partition(phi: torch.Tensor, edge_index: torch.Tensor, n_parts:
     """
     if n_parts < 1:
         raise ValueError(f"n_parts must be >= 1, got {n_parts}")
+    phi, edge_index = phi.cpu(), edge_index.cpu()  # bookkeeping on the host
     n = len(phi)
     work = torch.ones(n, dtype=torch.float64)
     work.index_add_(0, edge_index.reshape(-1), torch.ones(edge_index.numel(), dtype=torch.float64))
@@ -203,8 +204,11 @@ def partition_graph(graph: dict, part: torch.Tensor, rank: int, world_size: int)
 
     `part` (N,) is the owner rank of every node, in ``[0, world_size)`` (e.g. from `balanced_phi_partition`).
     Every rank calls this with the same `graph` and `part` (a cheap O(world × E) pass; a production
-    pipeline would write each rank's share to disk once) and keeps only its share.
+    pipeline would write each rank's share to disk once) and keeps only its share, on `graph`'s device.
     """
+    device = graph["x"].device
+    graph = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in graph.items()}  # bookkeeping on the host
+    part = part.cpu()
     x, edge_index = graph["x"], graph["edge_index"]
     n, world = len(x), world_size
     if part.shape != (n,):
@@ -239,14 +243,14 @@ def partition_graph(graph: dict, part: torch.Tensor, rank: int, world_size: int)
         halo_nodes=halo_nodes,
         owned_edges=owned_edges,
         halo_edges=halo_edges,
-    )
+    ).to(device)
 
 
 def partition_stats(graph: dict, part: torch.Tensor, world_size: int | None = None) -> dict[str, float]:
     """Balance and cost of a partition: cut-edge share, owned edges per rank (max/mean), and the largest
     rank's local graph (owned + two-hop halo) as a share of the full graph: its activation memory."""
+    part, edge_index = part.cpu(), graph["edge_index"].cpu()
     world = world_size or (int(part.max()) + 1 if len(part) else 1)
-    edge_index = graph["edge_index"]
     n_nodes, n_edges = max(len(part), 1), max(int(edge_index.shape[1]), 1)
     sets = [_local_sets(part, edge_index, q) for q in range(world)]
     owned_edges = torch.tensor([len(s[2]) for s in sets], dtype=torch.float64)

@@ -15,7 +15,12 @@ running the Triton container on Perlmutter: docs/serving.md.
 
 from hepml_kit.serve.client import ServiceClient, ServiceError
 from hepml_kit.serve.encoding import GraphEncoding, JetEncoding, TensorSpec
-from hepml_kit.serve.export import check_model_repository, export_model_repository, model_config_pbtxt, read_model_config
+from hepml_kit.serve.export import (
+    check_model_repository,
+    export_model_repository,
+    model_config_pbtxt,
+    read_model_config,
+)
 from hepml_kit.serve.gpu_check import gpu_check_serving
 from hepml_kit.serve.loadtest import (
     LoadResult,
@@ -53,9 +58,9 @@ __all__ = [
     "project_gpus",
     "read_model_config",
     "results_table",
+    "served_model",
     "serving_processes",
     "start_server",
     "sweep",
-    "served_model",
     "tracking_gnn_model",
 ]

@@ -72,7 +72,7 @@ class ServiceClient:
                 and self._client.is_server_ready()
                 and all(self._client.is_model_ready(m) for m in models)
             )
-        except Exception:
+        except Exception:  # noqa: BLE001 - refused connections and 5xx while starting mean "not ready"
             return False
 
     def wait_ready(self, models: list[str] = (), timeout_s: float = 120.0, poll_s: float = 0.1) -> None:
@@ -80,8 +80,10 @@ class ServiceClient:
         deadline = time.monotonic() + timeout_s
         while not self.is_ready(models):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.protocol}://{self.url} not ready after {timeout_s:.0f} s "
-                                   f"(server and models {list(models)})")
+                raise TimeoutError(
+                    f"{self.protocol}://{self.url} not ready after {timeout_s:.0f} s "
+                    f"(server and models {list(models)})"
+                )
             time.sleep(poll_s)
 
     def model_metadata(self, model: str) -> dict:
@@ -90,25 +92,34 @@ class ServiceClient:
             if self.protocol == "grpc":
                 return self._client.get_model_metadata(model, as_json=True)
             return self._client.get_model_metadata(model)
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - refusals and network errors alike become ServiceError
             raise self._error(err, model) from None
 
     # --- inference ---------------------------------------------------------------------------------------------
-    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
-              version: str = "") -> dict[str, np.ndarray]:
-        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`) outputs."""
+    def prepare(self, inputs: dict[str, np.ndarray]) -> list:
+        """Serialise a request once (tritonclient `InferInput`s), to send it many times with `send`."""
         request = []
         for name, array in inputs.items():
             array = np.ascontiguousarray(array)
             tensor = self._module.InferInput(name, list(array.shape), triton_datatype(array.dtype))
             tensor.set_data_from_numpy(array)
             request.append(tensor)
+        return request
+
+    def send(self, model: str, request: list, outputs: list[str] | None = None, version: str = ""):
+        """Send a `prepare`d request; returns tritonclient's result (raises `ServiceError` on refusal)."""
         wanted = [self._module.InferRequestedOutput(n) for n in outputs] if outputs else None
         try:
             kwargs = {"client_timeout": self._timeout_s} if self.protocol == "grpc" else {}
-            result = self._client.infer(model, request, outputs=wanted, model_version=version, **kwargs)
-        except Exception as err:
+            return self._client.infer(model, request, outputs=wanted, model_version=version, **kwargs)
+        except Exception as err:  # noqa: BLE001 - refusals and network errors alike become ServiceError
             raise self._error(err, model) from None
+
+    def infer(
+        self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: str = ""
+    ) -> dict[str, np.ndarray]:
+        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`) outputs."""
+        result = self.send(model, self.prepare(inputs), outputs, version)
         response = result.get_response(as_json=True) if self.protocol == "grpc" else result.get_response()
         return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
 
@@ -117,13 +128,15 @@ class ServiceClient:
         status = status() if callable(status) else status
         message = err.message() if hasattr(err, "message") and callable(err.message) else str(err)
         message = _last_line_of_traceback(message)
-        return ServiceError(f"{self.protocol} request to model {model!r} failed ({status}): {message}", str(status))
+        return ServiceError(
+            f"{self.protocol} request to model {model!r} failed ({status}): {message}", str(status)
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> "ServiceClient":
+    def __enter__(self) -> ServiceClient:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,7 @@ TorchScript model repository (`export.py`), so one client talks to both.
 Jets (GN2-style flavour tagger, `jet_transformer`)::
 
     tracks  [B, T, F] float32   zero-padded to T = max_tracks tracks (the generator's track order is kept)
-    mask    [B, T]    bool      True for a real track, False for padding
+    mask    [B, T]    bool      True for a real track, False for padding (a jet may have no track)
     ->  flavour_logits__0 [B, C] float32      (b, c, light)
         origin_logits__1  [B, T, K] float32   per-track origin; rows where mask is False are padding
 
@@ -37,19 +37,19 @@ Taught in curriculum/08_inference_service.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 __all__ = [
-    "TensorSpec",
-    "JetEncoding",
     "GraphEncoding",
+    "JetEncoding",
     "MaskedJetTagger",
     "PaddedGraphEdgeClassifier",
+    "TensorSpec",
     "triton_datatype",
 ]
 
@@ -71,7 +71,9 @@ def triton_datatype(dtype) -> str:
     """KServe v2 datatype of a numpy dtype: ``float32 -> "FP32"``, ``bool -> "BOOL"``."""
     name = np.dtype(dtype).name
     if name not in _TRITON_DATATYPES:
-        raise ValueError(f"dtype {name} has no KServe v2 datatype here; use one of {', '.join(_TRITON_DATATYPES)}")
+        raise ValueError(
+            f"dtype {name} has no KServe v2 datatype here; use one of {', '.join(_TRITON_DATATYPES)}"
+        )
     return _TRITON_DATATYPES[name]
 
 
@@ -123,12 +125,6 @@ class JetEncoding:
             mask[i, : len(jet)] = True
         return {"tracks": tracks, "mask": mask}
 
-    def validate(self, request: dict[str, np.ndarray]) -> None:
-        """Content checks the server runs on each request before batching (shapes are Triton's job)."""
-        mask = request["mask"]
-        if not mask.any(axis=1).all():
-            raise ValueError("a jet has no valid track (mask all False)")
-
 
 @dataclass(frozen=True)
 class GraphEncoding:
@@ -169,7 +165,9 @@ class GraphEncoding:
                     f"graph {i}: {n} nodes / {e} edges exceed capacity {self.max_nodes} / {self.max_edges}"
                 )
             if e and (edge_index.min() < 0 or edge_index.max() >= n):
-                raise ValueError(f"graph {i}: edge_index must lie in [0, {n}) (node numbers within the graph)")
+                raise ValueError(
+                    f"graph {i}: edge_index must lie in [0, {n}) (node numbers within the graph)"
+                )
             out["x"][i, :n] = x
             out["edge_attr"][i, :e] = edge_attr
             out["edge_index"][i, :, :e] = edge_index
@@ -191,7 +189,9 @@ class GraphEncoding:
         bad = ((idx < 0) | (idx >= n[:, None, None])) & valid[:, None, :]
         if bad.any():
             g = int(np.nonzero(bad.any(axis=(1, 2)))[0][0])
-            raise ValueError(f"graph {g} of the request: edge_index points outside [0, num_nodes={int(n[g])})")
+            raise ValueError(
+                f"graph {g} of the request: edge_index points outside [0, num_nodes={int(n[g])})"
+            )
 
 
 class MaskedJetTagger(nn.Module):
@@ -224,7 +224,7 @@ class PaddedGraphEdgeClassifier(nn.Module):
 
     def forward(self, x, edge_attr, edge_index, num_nodes, num_edges):
         # x [B, N, Fn], edge_attr [B, E, Fe], edge_index [B, 2, E], num_nodes/num_edges [B, 1]
-        b, n, fn = x.shape
+        b, _, fn = x.shape
         e = edge_attr.shape[1]
         node_slot = torch.ones_like(x[:, :, 0], dtype=torch.long).cumsum(1) - 1  # [B, N]: 0 .. N-1
         edge_slot = torch.ones_like(edge_index[:, 0, :]).cumsum(1) - 1  # [B, E]: 0 .. E-1

@@ -27,6 +27,7 @@ import atexit
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,9 +35,9 @@ import sysconfig
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ from torch import nn
 
 from hepml_kit.serve.encoding import TensorSpec
 
-__all__ = ["Batching", "ServedModel", "InferenceServer", "start_server", "serving_processes", "stop_all"]
+__all__ = ["Batching", "InferenceServer", "ServedModel", "serving_processes", "start_server", "stop_all"]
 
 PROCESS_NAMES = ("tritonserver", "triton_python_backend_stub")
 
@@ -97,7 +98,7 @@ class ServedModel:
     def __post_init__(self):
         self.module = self.module.to(self.device).eval()
 
-    def with_batching(self, batching: Batching, name: str | None = None) -> "ServedModel":
+    def with_batching(self, batching: Batching, name: str | None = None) -> ServedModel:
         """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name + "_b1")``."""
         return replace(self, batching=batching, name=name or self.name)
 
@@ -106,8 +107,10 @@ class ServedModel:
         """In-process inference on one (batched) request: the baseline, and what the server executes."""
         args = [torch.from_numpy(np.ascontiguousarray(request[s.name])).to(self.device) for s in self.inputs]
         outs = self.module(*args)
-        return {s.name: o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
-                for s, o in zip(self.outputs, outs)}
+        return {
+            s.name: o.detach().float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
+            for s, o in zip(self.outputs, outs)
+        }
 
 
 def _free_port(host: str) -> int:
@@ -152,8 +155,12 @@ class _Stats:
 
     def snapshot(self) -> dict:
         with self.lock:
-            return {"executions": self.executions, "requests": self.requests, "samples": self.samples,
-                    "requests_per_execution": self.requests / max(self.executions, 1)}
+            return {
+                "executions": self.executions,
+                "requests": self.requests,
+                "samples": self.samples,
+                "requests_per_execution": self.requests / max(self.executions, 1),
+            }
 
 
 def _infer_function(model: ServedModel, stats: _Stats):
@@ -177,7 +184,7 @@ def _infer_function(model: ServedModel, stats: _Stats):
     return infer
 
 
-_LIVE: set["InferenceServer"] = set()
+_LIVE: set[InferenceServer] = set()
 _LIVE_LOCK = threading.Lock()
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
 
@@ -223,14 +230,11 @@ def serving_processes(root: str | Path | None = None) -> list:
     import psutil
 
     found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        try:
-            cmd = " ".join(p.info["cmdline"] or [])
-            if any(n in (p.info["name"] or "") or n in cmd for n in PROCESS_NAMES):
-                if root is None or str(root) in cmd:
-                    found.append(p)
-        except psutil.Error:
-            continue
+    for p in psutil.process_iter(["cmdline"]):
+        cmdline = p.info["cmdline"] or []
+        ours = root is None or str(root) in " ".join(cmdline)
+        if cmdline and os.path.basename(cmdline[0]) in PROCESS_NAMES and ours:
+            found.append(p)
     return found
 
 
@@ -245,14 +249,29 @@ class InferenceServer:
         ready_timeout_s: how long `start` waits for the server and every model to be ready.
     """
 
-    def __init__(self, models: Sequence[ServedModel], *, host: str = "127.0.0.1", http_port: int | None = None,
-                 grpc_port: int | None = None, ready_timeout_s: float = 120.0):
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        ready_timeout_s: float = 120.0,
+    ):
         models = list(models)
         if not models:
             raise ValueError("InferenceServer needs at least one ServedModel")
         names = [m.name for m in models]
         if len(set(names)) != len(names):
             raise ValueError(f"model names must be unique, got {names}")
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+                raise ValueError(
+                    f"model name {name!r}: use letters, digits, '.', '_' and '-' only (a URL path part)"
+                )
+        for port in (http_port, grpc_port):
+            if port is not None and not 0 < port < 65536:
+                raise ValueError(f"port {port} is not a TCP port")
         self.models = {m.name: m for m in models}
         self.host = host
         self.http_port = http_port or _free_port(host)
@@ -262,6 +281,7 @@ class InferenceServer:
         self._triton = None
         self._dir: Path | None = None
         self._pids: set[int] = set()
+        self._model_copies: list[Path] = []  # Triton's temporary copies of the model folders
         self._lock = threading.Lock()
         self.startup_s: float | None = None  # seconds from `start` to every model ready
 
@@ -278,7 +298,7 @@ class InferenceServer:
         return {"http": self.http_url, "grpc": self.grpc_url}[protocol]
 
     # --- lifecycle -------------------------------------------------------------------------------------------
-    def start(self) -> "InferenceServer":
+    def start(self) -> InferenceServer:
         """Start Triton, bind the models, and return once the server and every model report ready."""
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
@@ -289,13 +309,20 @@ class InferenceServer:
         if not _is_loopback(self.host):
             import warnings
 
-            warnings.warn(f"binding Triton to {self.host}: every host that reaches it can run the models", stacklevel=2)
+            warnings.warn(
+                f"binding Triton to {self.host}: every host that reaches it can run the models", stacklevel=2
+            )
         _prepend_interpreter_libdir()
         _remove_stale_folders()
         self._dir = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
         config = TritonConfig(
-            http_address=self.host, http_port=self.http_port, grpc_address=self.host, grpc_port=self.grpc_port,
-            allow_metrics=False, log_file=self._dir / "tritonserver.log", exit_timeout_secs=5,
+            http_address=self.host,
+            http_port=self.http_port,
+            grpc_address=self.host,
+            grpc_port=self.grpc_port,
+            allow_metrics=False,
+            log_file=self._dir / "tritonserver.log",
+            exit_timeout_secs=5,
         )
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -304,13 +331,23 @@ class InferenceServer:
             self._triton = Triton(config=config, workspace=self._dir / "workspace")
             for m in self.models.values():
                 b = m.batching
-                batcher = DynamicBatcher(max_queue_delay_microseconds=b.max_queue_delay_us,
-                                         preferred_batch_size=list(b.preferred_batch_sizes) or None) if b.dynamic else None
+                batcher = (
+                    DynamicBatcher(
+                        max_queue_delay_microseconds=b.max_queue_delay_us,
+                        preferred_batch_size=list(b.preferred_batch_sizes) or None,
+                    )
+                    if b.dynamic
+                    else None
+                )
                 self._triton.bind(
                     model_name=m.name,
                     infer_func=_infer_function(m, self._stats[m.name]),
-                    inputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.inputs],
-                    outputs=[Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.outputs],
+                    inputs=[
+                        Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.inputs
+                    ],
+                    outputs=[
+                        Tensor(name=s.name, dtype=np.dtype(s.dtype).type, shape=s.shape) for s in m.outputs
+                    ],
                     config=ModelConfig(max_batch_size=b.max_batch_size, batcher=batcher),
                     strict=True,
                 )
@@ -333,14 +370,19 @@ class InferenceServer:
             client.wait_ready(models=list(self.models), timeout_s=self.ready_timeout_s)
 
     def _remember_processes(self) -> None:
-        self._pids = {p.pid for p in serving_processes(self._dir)}
+        procs = serving_processes(self._dir)
+        self._pids = {p.pid for p in procs}
+        self._model_copies = _model_copies(procs)
 
     def processes(self) -> list:
         """This server's live tritonserver and stub processes."""
         return serving_processes(self._dir) if self._dir else []
 
     def stop(self) -> None:
-        """Stop the server and its stubs, delete the workspace; safe to call twice, from any thread."""
+        """Stop the server and its stubs, delete the workspace; safe to call twice, from any thread.
+
+        Close clients first: Triton waits for open HTTP connections (up to 5 s) before it unloads the models,
+        then this kills whatever is left."""
         with self._lock:
             triton, self._triton = self._triton, None
             with _LIVE_LOCK:
@@ -369,10 +411,12 @@ class InferenceServer:
                 p.kill()
         psutil.wait_procs(alive, timeout=grace_s)
         self._pids.clear()
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        for folder in [self._dir, *self._model_copies]:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
+        self._model_copies = []
 
-    def __enter__(self) -> "InferenceServer":
+    def __enter__(self) -> InferenceServer:
         return self.start() if self._triton is None else self
 
     def __exit__(self, *exc) -> None:
@@ -395,7 +439,9 @@ class InferenceServer:
 
     def __repr__(self) -> str:
         state = "running" if self._triton is not None else "stopped"
-        return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {state})"
+        return (
+            f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {state})"
+        )
 
 
 _FOLDER_PREFIX = "hepml-serve-"
@@ -411,11 +457,26 @@ def _remove_stale_folders() -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _model_copies(procs) -> list[Path]:
+    """The temporary folders Triton copied our models to (``/tmp/folderXXXXXX``, named in each stub's command
+    line); Triton deletes them when it exits cleanly, not when it is killed."""
+    folders = []
+    for p in procs:
+        with contextlib.suppress(Exception):
+            for arg in p.cmdline()[1:2]:
+                path = Path(arg)
+                if path.name == "model.py" and path.parent.parent.name.startswith("folder"):
+                    folders.append(path.parent.parent)
+    return folders
+
+
 def _is_ours(proc, root: Path | None) -> bool:
     """A pid from our list still names a serving process of our workspace (pids can be reused)."""
+    import psutil
+
     try:
         cmd = " ".join(proc.cmdline())
-    except Exception:
+    except psutil.Error:
         return False
     return root is not None and str(root) in cmd and any(n in cmd for n in PROCESS_NAMES)
 

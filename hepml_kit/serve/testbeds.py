@@ -22,21 +22,39 @@ from hepml_kit.serve.encoding import (
 )
 from hepml_kit.serve.server import Batching, ServedModel
 
-__all__ = ["mlp_model", "jet_tagger_model", "tracking_gnn_model", "served_model"]
+__all__ = ["jet_tagger_model", "mlp_model", "served_model", "tracking_gnn_model"]
 
 
-def mlp_model(name: str = "mlp", features: int = 16, hidden: int = 256, classes: int = 4,
-              batching: Batching | None = None, device: str = "cpu", seed: int = 0) -> ServedModel:
+def mlp_model(
+    name: str = "mlp",
+    features: int = 16,
+    hidden: int = 256,
+    classes: int = 4,
+    batching: Batching | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> ServedModel:
     """A 3-layer MLP ``x [B, features] -> logits__0 [B, classes]``: the smallest thing worth serving."""
     torch.manual_seed(seed)
-    module = _TupleOutput(nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
-                                        nn.ReLU(), nn.Linear(hidden, classes)))
+    module = _TupleOutput(
+        nn.Sequential(
+            nn.Linear(features, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+    )
 
     def example(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         return {"x": np.random.default_rng(seed).normal(size=(batch, features)).astype(np.float32)}
 
     return ServedModel(
-        name=name, module=module, example=example, batching=batching or Batching(), device=device,
+        name=name,
+        module=module,
+        example=example,
+        batching=batching or Batching(),
+        device=device,
         inputs=(TensorSpec("x", "float32", (features,)),),
         outputs=(TensorSpec("logits__0", "float32", (classes,)),),
     )
@@ -55,9 +73,17 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-int(n) // multiple) * multiple
 
 
-def jet_tagger_model(model: nn.Module | None = None, cfg=None, *, preset: str = "tiny", name: str = "jet_transformer",
-                     batching: Batching | None = None, device: str = "cpu", pool: int = 512,
-                     seed: int = 0) -> ServedModel:
+def jet_tagger_model(
+    model: nn.Module | None = None,
+    cfg=None,
+    *,
+    preset: str = "tiny",
+    name: str = "jet_transformer",
+    batching: Batching | None = None,
+    device: str = "cpu",
+    pool: int = 512,
+    seed: int = 0,
+) -> ServedModel:
     """The GN2-style flavour tagger behind the jet encoding: ``tracks, mask -> flavour_logits__0,
     origin_logits__1``. `model` defaults to a freshly initialised `preset` model (pass a trained one);
     example requests are jets from the testbed generator, padded by `JetEncoding.encode`."""
@@ -69,8 +95,12 @@ def jet_tagger_model(model: nn.Module | None = None, cfg=None, *, preset: str = 
     if model is None:
         torch.manual_seed(seed)
         model = testbed.build(cfg)
-    encoding = JetEncoding(max_tracks=cfg.data.max_tracks, track_features=cfg.n_features,
-                           n_flavours=len(FLAVOURS), n_origins=len(TRACK_ORIGINS))
+    encoding = JetEncoding(
+        max_tracks=cfg.data.max_tracks,
+        track_features=cfg.n_features,
+        n_flavours=len(FLAVOURS),
+        n_origins=len(TRACK_ORIGINS),
+    )
     data = testbed.generate(cfg, pool, seed + 1)
     tracks = normalise_tracks(data["tracks"], data["mask"])
     jets = [tracks[i][data["mask"][i]] for i in range(pool)]  # variable-size: [n_tracks_i, F]
@@ -80,16 +110,30 @@ def jet_tagger_model(model: nn.Module | None = None, cfg=None, *, preset: str = 
         return encoding.encode([jets[i] for i in idx])
 
     return ServedModel(
-        name=name, module=MaskedJetTagger(model), example=example, batching=batching or Batching(),
-        device=device, inputs=encoding.input_specs(), outputs=encoding.output_specs(),
-        validate=encoding.validate, unit="jets",
+        name=name,
+        module=MaskedJetTagger(model),
+        example=example,
+        batching=batching or Batching(),
+        device=device,
+        inputs=encoding.input_specs(),
+        outputs=encoding.output_specs(),
+        unit="jets",
     )
 
 
-def tracking_gnn_model(model: nn.Module | None = None, cfg=None, *, preset: str = "tiny",
-                       name: str = "tracking_gnn", batching: Batching | None = None, device: str = "cpu",
-                       max_nodes: int | None = None, max_edges: int | None = None, pool: int = 16,
-                       seed: int = 0) -> ServedModel:
+def tracking_gnn_model(
+    model: nn.Module | None = None,
+    cfg=None,
+    *,
+    preset: str = "tiny",
+    name: str = "tracking_gnn",
+    batching: Batching | None = None,
+    device: str = "cpu",
+    max_nodes: int | None = None,
+    max_edges: int | None = None,
+    pool: int = 16,
+    seed: int = 0,
+) -> ServedModel:
     """Tracking as a service: the interaction-network edge classifier behind the padded-graph encoding.
 
     Capacity defaults to twice the preset's typical graph (``cfg.graph_nodes``/``graph_edges``), rounded up
@@ -106,17 +150,27 @@ def tracking_gnn_model(model: nn.Module | None = None, cfg=None, *, preset: str 
     graphs = [(g["x"].numpy(), g["edge_attr"].numpy(), g["edge_index"].numpy()) for g in graphs]
     max_nodes = max_nodes or _round_up(max(2 * cfg.graph_nodes, *(len(g[0]) for g in graphs)), 128)
     max_edges = max_edges or _round_up(max(2 * cfg.graph_edges, *(g[2].shape[1] for g in graphs)), 128)
-    encoding = GraphEncoding(max_nodes=max_nodes, max_edges=max_edges, node_features=graphs[0][0].shape[1],
-                             edge_features=graphs[0][1].shape[1])
+    encoding = GraphEncoding(
+        max_nodes=max_nodes,
+        max_edges=max_edges,
+        node_features=graphs[0][0].shape[1],
+        edge_features=graphs[0][1].shape[1],
+    )
 
     def example(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         idx = np.random.default_rng(seed).integers(0, pool, batch)
         return encoding.encode([graphs[i] for i in idx])
 
     return ServedModel(
-        name=name, module=PaddedGraphEdgeClassifier(model), example=example,
-        batching=batching or Batching(max_batch_size=16), device=device, inputs=encoding.input_specs(),
-        outputs=encoding.output_specs(), validate=encoding.validate, unit="events",
+        name=name,
+        module=PaddedGraphEdgeClassifier(model),
+        example=example,
+        batching=batching or Batching(max_batch_size=16),
+        device=device,
+        inputs=encoding.input_specs(),
+        outputs=encoding.output_specs(),
+        validate=encoding.validate,
+        unit="events",
     )
 
 

@@ -1,0 +1,88 @@
+"""GPU check for serving, for hosts without PyTriton or tritonclient: export the served models to a Triton
+model repository, load the TorchScript with `torch.jit.load` onto the GPU (as Triton's libtorch backend
+does), check it reproduces eager inference, and time it against batch size: the in-process latency and
+throughput a Triton server on that GPU would add its queueing and network to.
+
+    from hepml_kit.serve.gpu_check import gpu_check_serving
+    rows = gpu_check_serving()      # list of dicts, one per (model, batch size)
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+__all__ = ["gpu_check_serving"]
+
+
+def _time(fn, repeats: int, sync) -> np.ndarray:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return np.array(times)
+
+
+@torch.no_grad()
+def gpu_check_serving(
+    presets: dict | None = None, device: str | None = None, repeats: int = 30, batch_sizes: dict | None = None
+) -> list[dict]:
+    """Rows ``{check, model, preset, batch_size, eager_ms, torchscript_p50_ms, torchscript_p99_ms,
+    samples_per_s, max_abs_diff, ok}``; `ok` is False when TorchScript on the device differs from eager.
+
+    `presets` maps a testbed to the presets to check (default: the jet tagger tiny/small/full, the
+    tracking GNN tiny/small); `batch_sizes` maps it to the batch sizes to time."""
+    from hepml_kit.serve.export import export_model_repository, load_torchscript
+    from hepml_kit.serve.testbeds import served_model
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    presets = presets or {"jet_transformer": ("tiny", "small", "full"), "tracking_gnn": ("tiny", "small")}
+    batch_sizes = {"jet_transformer": (1, 8, 64, 512), "tracking_gnn": (1, 4, 16), **(batch_sizes or {})}
+    rows = []
+    for name, names_presets in presets.items():
+        sizes = batch_sizes[name]
+        for preset in names_presets:
+            served = served_model(name, preset=preset, device=device, name=f"{name}_{preset}")
+            with tempfile.TemporaryDirectory() as repo:
+                export_model_repository([served], repo, instance_kind="KIND_GPU")
+                scripted = load_torchscript(f"{repo}/{served.name}/1/model.pt", device)
+            for b in sizes:
+                request = served.example(b, 0)
+                args = [torch.from_numpy(request[s.name]).to(device) for s in served.inputs]
+                eager = served.module(*args)
+                got = scripted(*args)
+                diff = max(float((x - y).abs().max()) for x, y in zip(got, eager))
+                for _ in range(3):
+                    scripted(*args)
+                sync()
+                t_script = _time(lambda f=scripted, a=args: f(*a), repeats, sync)
+                t_eager = _time(lambda f=served.module, a=args: f(*a), repeats, sync)
+                rows.append(
+                    {
+                        "check": "serve/torchscript",
+                        "device": device,
+                        "model": name,
+                        "preset": preset,
+                        "batch_size": b,
+                        "eager_ms": float(np.median(t_eager) * 1e3),
+                        "torchscript_p50_ms": float(np.percentile(t_script, 50) * 1e3),
+                        "torchscript_p99_ms": float(np.percentile(t_script, 99) * 1e3),
+                        "samples_per_s": float(b / np.median(t_script)),
+                        "max_abs_diff": diff,
+                        "ok": diff < 1e-3,
+                    }
+                )
+    return rows
+
+
+if __name__ == "__main__":
+    import json
+
+    for row in gpu_check_serving():
+        print(json.dumps(row))

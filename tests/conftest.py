@@ -6,6 +6,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("IPP_NONINTERACTIVE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 # OpenMP threads that spin while waiting for a core make a shared 2-core machine crawl (20-60x measured).
@@ -50,3 +52,13 @@ def pytest_sessionstart(session):
 def pytest_sessionfinish(session, exitstatus):
     if _started_slurm:
         subprocess.run([str(CLUSTER), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def pool():
+    """One warm 2-rank pool shared by every test module that runs functions on ranks (starting one costs
+    ~10 s on 2 cores); a test that breaks it (a killed rank) gets a fresh one on the next call."""
+    import hepml_kit as hk
+
+    with hk.Workers(n=2) as w:
+        yield w

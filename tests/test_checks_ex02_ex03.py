@@ -8,19 +8,12 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-import hepml_kit as hk
 from hepml_kit import checks as check
 from hepml_kit.checks import CheckFailed
 
 # The learner's functions travel to the ranks as arguments of the check's own rank function; engines cannot
 # import this test file, so send its functions by value (notebook functions travel by value anyway).
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 # ---- ex02 ------------------------------------------------------------------------------------------------

@@ -7,17 +7,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import hepml_kit as hk
 from hepml_kit import checks as check
 from hepml_kit.checks import CheckFailed
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the answers below travel to the engines by value
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 # ---- ex04: row-parallel linear -------------------------------------------------------------------

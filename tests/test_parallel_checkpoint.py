@@ -11,7 +11,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.testing import assert_close
 
-import hepml_kit as hk
 from hepml_kit.parallel import checkpoint
 from hepml_kit.parallel.compare import train_strategy
 
@@ -19,12 +18,6 @@ MODEL = "jet_transformer"
 RUN = dict(steps=4, global_batch=32, lr=1e-3, seed=0, return_params=True)
 STOP = 2
 TOL = dict(rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.testing import assert_close
 
-import hepml_kit as hk
 from hepml_kit import models as hk_models
 from hepml_kit.parallel.compare import lines_of_code, table, train_strategy
 from hepml_kit.parallel.ddp import (
@@ -30,12 +29,6 @@ from hepml_kit.parallel.ddp import (
 MODEL, STEPS, BATCH = "jet_transformer", 4, 32
 RUN = dict(steps=STEPS, global_batch=BATCH, lr=1e-3, seed=0)
 TOL = dict(rtol=1e-5, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import hepml_kit as hk
 from hepml_kit.parallel import graph_partition as gp
 from hepml_kit.parallel.hybrid import run_strategy
 
 RUN = dict(steps=3, global_batch=4, lr=0.05, seed=0)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 TOL = dict(rtol=1e-4, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 @pytest.fixture(scope="module")

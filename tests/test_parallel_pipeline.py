@@ -12,19 +12,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-import hepml_kit as hk
 from hepml_kit.parallel.hybrid import run_strategy
 from hepml_kit.parallel.pipeline import BubbleTimer, bubble_fraction, split_layers
 
 RUN = dict(steps=3, global_batch=32, lr=0.05, seed=0, micro_batches=4, num_layers=4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 TOL = dict(rtol=1e-4, atol=1e-6)
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with hk.Workers(n=2) as w:
-        yield w
 
 
 @pytest.fixture(scope="module")

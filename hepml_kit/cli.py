@@ -90,8 +90,52 @@ def _add_batch(sub) -> None:
     p.set_defaults(func=lambda a: __import__("hepml_kit.batch.kernel", fromlist=["cli"]).cli(a))
 
 
+def _add_models(sub) -> None:
+    from hepml_kit.testbeds_cli import MODEL_NAMES, model_name  # torch-free: the parser stays fast
+
+    run = lambda name: (lambda a: getattr(__import__("hepml_kit.testbeds_cli", fromlist=["x"]), name)(a))  # noqa: E731
+    p = sub.add_parser("models", help="list the testbed models and presets: parameters, FLOPs per sample")
+    p.add_argument("model", nargs="*", type=model_name, metavar="MODEL",
+                   help=f"only these models ({', '.join(MODEL_NAMES)})")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    p.set_defaults(func=run("models_main"))
+
+    p = sub.add_parser(
+        "validate", help="train a testbed preset from fresh Monte Carlo and check its physics threshold",
+        description="Generate fresh events with --seed (evaluation events with seed + 1), train the preset, "
+        "print the physics metrics, and end with one line 'RESULT name=value ... threshold_met=1|0'. "
+        "Exit status 0 whenever it ran (threshold_met carries the verdict; with --strict a missed "
+        "threshold exits 3), 2 for bad arguments, 1 on errors. Names with '-' instead of '_' are accepted.",
+    )
+    p.add_argument("model", type=model_name, choices=MODEL_NAMES, help="the testbed model")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training events (default 0)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model preset (default tiny)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto: tiny on the CPU, larger presets on a GPU when present")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default min(2, cores))")
+    p.add_argument("--strict", action="store_true", help="exit 3 when the threshold is not met")
+    p.set_defaults(func=run("validate_main"))
+
+    p = sub.add_parser("data", help="write a testbed's Monte Carlo as sharded HDF5; verify a data set")
+    data = p.add_subparsers(dest="action", required=True)
+    g = data.add_parser("generate", help="generate events and write them as K HDF5 shards plus manifest.json")
+    g.add_argument("model", type=model_name, choices=MODEL_NAMES, help="the testbed model")
+    g.add_argument("--events", type=int, required=True, help="number of events (N)")
+    g.add_argument("--shards", type=int, required=True, help="number of shard files (K)")
+    g.add_argument("--out", required=True, help="output folder")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="config preset of the model")
+    g.add_argument("--overwrite", action="store_true", help="replace a data set already in --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads (default min(2, cores))")
+    g.set_defaults(func=run("data_main"))
+    v = data.add_parser("verify", help="check every shard against the manifest, SHA-256 included")
+    v.add_argument("dir", help="the data set folder (holding manifest.json)")
+    v.set_defaults(func=run("data_main"))
+
+
 # Area registrations (each area adds one function above and one line here).
-_AREAS = [_add_core, _add_teach, _add_batch]
+_AREAS = [_add_core, _add_teach, _add_batch, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -65,6 +65,8 @@ def test_bad_input_is_refused_before_work(capsys):
             cli_main(argv)
         assert e.value.code == 2
     assert "invalid choice: 'jets'" in capsys.readouterr().err
+    assert cli_main(["validate", "calo_gan", "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="seed must be an integer >= 0"):
         validate_mod.validate("calo_gan", seed=-1)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):

@@ -107,7 +107,8 @@ def bbks_power(k, cfg: CosmologyConfig, normalise: bool = True):
     """Linear P(k) in (Mpc/h)^3 at `cfg.redshift`: A k^n_s T_BBKS^2(k), normalised to sigma_8 today."""
     k = np.asarray(k, dtype=np.float64)
     q = np.where(k > 0, k, 1.0) / (cfg.omega_m * cfg.h)
-    t = np.log(1 + 2.34 * q) / (2.34 * q) * (1 + 3.89 * q + (16.1 * q) ** 2 + (5.46 * q) ** 3 + (6.71 * q) ** 4) ** -0.25
+    poly = 1 + 3.89 * q + (16.1 * q) ** 2 + (5.46 * q) ** 3 + (6.71 * q) ** 4
+    t = np.log(1 + 2.34 * q) / (2.34 * q) * poly**-0.25
     p = np.where(k > 0, np.where(k > 0, k, 1.0) ** cfg.n_s * t**2, 0.0)
     if not normalise:
         return p
@@ -130,8 +131,9 @@ def wavenumbers(grid: int, box: float) -> tuple[np.ndarray, np.ndarray, np.ndarr
     return k1[:, None, None], k1[None, :, None], kz[None, None, :]
 
 
-def gaussian_random_field(rng: np.random.Generator, grid: int, box: float, power) -> tuple[np.ndarray, np.ndarray]:
-    """A periodic Gaussian field with spectrum `power(k)`: returns (delta (g, g, g), delta_k (rfftn layout))."""
+def gaussian_random_field(rng: np.random.Generator, grid: int, box: float,
+                          power) -> tuple[np.ndarray, np.ndarray]:
+    """A periodic Gaussian field with spectrum `power(k)`: (delta (g, g, g), delta_k in the rfftn layout)."""
     noise = rng.standard_normal((grid, grid, grid))
     kx, ky, kz = wavenumbers(grid, box)
     k = np.sqrt(kx**2 + ky**2 + kz**2)
@@ -155,7 +157,8 @@ def cic_deposit(pos: np.ndarray, grid: int, box: float, weights: np.ndarray | No
                 wx = f[:, 0] if dx else 1 - f[:, 0]
                 wy = f[:, 1] if dy else 1 - f[:, 1]
                 wz = f[:, 2] if dz else 1 - f[:, 2]
-                idx = (((i0[:, 0] + dx) % grid) * grid + (i0[:, 1] + dy) % grid) * grid + (i0[:, 2] + dz) % grid
+                ix, iy, iz = (i0[:, 0] + dx) % grid, (i0[:, 1] + dy) % grid, (i0[:, 2] + dz) % grid
+                idx = (ix * grid + iy) * grid + iz
                 out += np.bincount(idx, weights=w * wx * wy * wz, minlength=grid**3)
     return out.reshape(grid, grid, grid)
 
@@ -188,7 +191,7 @@ def _box(rng: np.random.Generator, cfg: CosmologyConfig) -> dict:
     kx, ky, kz = wavenumbers(g, box)
     k2 = kx**2 + ky**2 + kz**2
     k2[0, 0, 0] = 1.0
-    psi = np.stack([np.fft.irfftn(1j * ki * delta_k / k2, s=(g,) * 3) for ki in (kx, ky, kz)], axis=-1)  # (g,g,g,3)
+    psi = np.stack([np.fft.irfftn(1j * ki * delta_k / k2, s=(g,) * 3) for ki in (kx, ky, kz)], -1)  # g,g,g,3
     q = (np.stack(np.meshgrid(*(np.arange(g),) * 3, indexing="ij"), axis=-1) + 0.5) * cfg.cell_size
     pos = (q + psi).reshape(-1, 3) % box
     vel = (100.0 * e_z / (1 + cfg.redshift) * f_rate) * psi.reshape(-1, 3)  # km/s: v = a H f psi
@@ -212,7 +215,8 @@ def _box(rng: np.random.Generator, cfg: CosmologyConfig) -> dict:
     )
 
 
-def generate_cosmology(n: int, seed: int, cfg: CosmologyConfig | None = None, rank: int = 0, world_size: int = 1) -> dict:
+def generate_cosmology(n: int, seed: int, cfg: CosmologyConfig | None = None, rank: int = 0,
+                       world_size: int = 1) -> dict:
     """`rank`'s share of `n` boxes, deterministic given `seed` (box i's generator is seeded by (seed, i)).
 
     Returns numpy arrays, one row per box of side g = cfg.grid:
@@ -224,7 +228,8 @@ def generate_cosmology(n: int, seed: int, cfg: CosmologyConfig | None = None, ra
     """
     cfg = cfg or CosmologyConfig()
     if int(n) < 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} world_size={world_size}")
+        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} "
+                         f"world_size={world_size}")
     lo, hi = rank * int(n) // world_size, (rank + 1) * int(n) // world_size
     g = cfg.grid
     out = dict(

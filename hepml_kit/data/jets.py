@@ -124,7 +124,9 @@ def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return rank * n // world_size, (rank + 1) * n // world_size
 
 
-def generate_jets(n: int, seed: int, cfg: JetGenConfig | None = None, rank: int = 0, world_size: int = 1) -> dict:
+def generate_jets(
+    n: int, seed: int, cfg: JetGenConfig | None = None, rank: int = 0, world_size: int = 1
+) -> dict:
     """This rank's share of `n` jets (all of them when world_size == 1), as a dict of numpy arrays.
 
     Keys (N = this rank's jets, T = cfg.max_tracks, F = 21):
@@ -139,6 +141,9 @@ def generate_jets(n: int, seed: int, cfg: JetGenConfig | None = None, rank: int 
     cfg = cfg or JetGenConfig()
     if not isinstance(cfg, JetGenConfig):
         raise TypeError(f"cfg must be a JetGenConfig, got {type(cfg).__name__}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     start, stop = rank_range(int(n), rank, world_size)
     parts = [
         _block(seed, b, cfg)
@@ -153,7 +158,7 @@ def generate_jets(n: int, seed: int, cfg: JetGenConfig | None = None, rank: int 
 
 def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     """BLOCK events with global indices block*BLOCK ..., from the stream (seed, block)."""
-    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x1E75, block])
+    rng = np.random.default_rng([seed, 0x1E75, block])
     n = BLOCK
     flav_p = np.asarray(cfg.flavour_fractions, float) / sum(cfg.flavour_fractions)
     flavour = rng.choice(3, size=n, p=flav_p)
@@ -195,7 +200,9 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     n_dvtx = np.where(is_b | is_c, 1 + rng.poisson(cfg.d_vertex_tracks, n), 0)
     # In b-jets the B vertex tracks share the B momentum left after the D; the D tracks share the D's.
     b_rest_p = np.where(is_b, had_p - d_p, 0.0)
-    sources.append(_decay(rng, n_bvtx, 6, b_rest_p, had_eta, had_phi, had_vtx, cfg.b_mass_gev, origin=3, vertex=1))
+    sources.append(
+        _decay(rng, n_bvtx, 6, b_rest_p, had_eta, had_phi, had_vtx, cfg.b_mass_gev, origin=3, vertex=1)
+    )
     dp = np.where(is_b, d_p, had_p)
     deta, dphi = np.where(is_b, d_eta, had_eta), np.where(is_b, d_phi, had_phi)
     dvtx = np.where(is_b[:, None], d_vtx, had_vtx)
@@ -205,13 +212,16 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     # K_S-like V0: two tracks from a vertex centimetres away (mostly removed by the d0 cut).
     has_v0 = rng.random(n) < cfg.v0_probability
     v0_p = jet_pt * np.cosh(jet_eta) * rng.uniform(0.03, 0.25, n)
-    v0_eta, v0_phi = _open(jet_eta, jet_phi, rng.uniform(0, 0.25, n) / np.cosh(jet_eta), rng.uniform(0, 2 * np.pi, n))
+    v0_angle = rng.uniform(0, 0.25, n) / np.cosh(jet_eta)  # within Delta R < 0.25 of the jet axis
+    v0_eta, v0_phi = _open(jet_eta, jet_phi, v0_angle, rng.uniform(0, 2 * np.pi, n))
     v0_vtx = _vertex(np.zeros((n, 3)), v0_p / KS_MASS * KS_CTAU_MM * rng.exponential(1.0, n), v0_eta, v0_phi)
-    sources.append(_decay(rng, 2 * has_v0, 2, v0_p, v0_eta, v0_phi, v0_vtx, KS_MASS, origin=6, vertex=3, neutral=False))
+    v0 = _decay(rng, 2 * has_v0, 2, v0_p, v0_eta, v0_phi, v0_vtx, KS_MASS, origin=6, vertex=3, neutral=False)
+    sources.append(v0)
 
     # Hadronic interaction in the material (beam pipe at r = 23.5 mm or the IBL): 2-3 soft tracks.
     has_mi = rng.random(n) < cfg.material_probability
-    mi_eta, mi_phi = _open(jet_eta, jet_phi, rng.uniform(0, 0.3, n) / np.cosh(jet_eta), rng.uniform(0, 2 * np.pi, n))
+    mi_angle = rng.uniform(0, 0.3, n) / np.cosh(jet_eta)
+    mi_eta, mi_phi = _open(jet_eta, jet_phi, mi_angle, rng.uniform(0, 2 * np.pi, n))
     mi_r = np.where(rng.random(n) < 0.6, BEAM_PIPE_R_MM, PIXEL_R_MM[0]) + rng.normal(0, 0.3, n)
     mi_vtx = _vertex(np.zeros((n, 3)), mi_r * np.cosh(mi_eta), mi_eta, mi_phi)
     mi_p = rng.exponential(3.0, n) * np.cosh(jet_eta) + 1.0
@@ -230,7 +240,8 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     pu["vertex"][:] = 4
     sources.append(pu)
     n_fake = np.minimum(rng.poisson(cfg.fake_tracks, n), 2)
-    fake = _prompt(rng, n_fake, 2, rng.exponential(2.0, n) * np.maximum(n_fake, 1) + 1, jet_eta, jet_phi, 1.0, origin=1)
+    fake_pt = rng.exponential(2.0, n) * np.maximum(n_fake, 1) + 1
+    fake = _prompt(rng, n_fake, 2, fake_pt, jet_eta, jet_phi, 1.0, origin=1)
     fake["vtx"] = fake["vtx"] + rng.normal(0, 0.3, fake["vtx"].shape) * [1, 1, 3]
     fake["vertex"][:] = 5
     sources.append(fake)
@@ -247,11 +258,12 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
 def _vertex(origin, flight, eta, phi):
     """origin (n, 3) + flight (n,) mm along (eta, phi): the decay point (n, 3) in mm."""
     sin_t = 1 / np.cosh(eta)
-    return origin + flight[:, None] * np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), np.tanh(eta)], axis=1)
+    direction = np.stack([sin_t * np.cos(phi), sin_t * np.sin(phi), np.tanh(eta)], axis=1)  # unit vector
+    return origin + flight[:, None] * direction
 
 
 def _open(eta, phi, angle, psi):
-    """Directions opened by a small 3-D angle around (eta, phi); in (eta, phi) the angle grows by cosh(eta)."""
+    """Directions opened by a small 3-D angle around (eta, phi) (in eta-phi the angle grows by cosh(eta))."""
     scale = angle * np.cosh(eta)
     return eta + scale * np.sin(psi), phi + scale * np.cos(psi)
 
@@ -264,8 +276,10 @@ def _decay(rng, n_tracks, k, p_had, eta, phi, vtx, mass, origin, vertex, neutral
     p = share[:, :k] / np.maximum(share.sum(1, keepdims=True), 1e-9) * np.asarray(p_had)[:, None]
     p = np.maximum(p, 1e-3)
     pt_rel = np.abs(rng.normal(0, 1, (n, k))) * np.broadcast_to(np.asarray(mass, float), (n,))[:, None] / 5
-    t_eta, t_phi = _open(eta[:, None], phi[:, None], np.minimum(pt_rel / p, 1.0), rng.uniform(0, 2 * np.pi, (n, k)))
-    return _tracks(valid, p / np.cosh(t_eta), t_eta, t_phi, np.broadcast_to(vtx[:, None, :], (n, k, 3)), origin, vertex, rng)
+    psi = rng.uniform(0, 2 * np.pi, (n, k))
+    t_eta, t_phi = _open(eta[:, None], phi[:, None], np.minimum(pt_rel / p, 1.0), psi)
+    vtx = np.broadcast_to(vtx[:, None, :], (n, k, 3))
+    return _tracks(valid, p / np.cosh(t_eta), t_eta, t_phi, vtx, origin, vertex, rng)
 
 
 def _prompt(rng, n_tracks, k, pt_sum, eta, phi, pt_rel_mean, origin):
@@ -275,7 +289,8 @@ def _prompt(rng, n_tracks, k, pt_sum, eta, phi, pt_rel_mean, origin):
     share = rng.exponential(1.0, (n, k)) * valid
     pt = np.maximum(share / np.maximum(share.sum(1, keepdims=True), 1e-9) * pt_sum[:, None], 1e-3)
     angle = rng.exponential(pt_rel_mean, (n, k)) / (pt * np.cosh(eta[:, None]))
-    t_eta, t_phi = _open(eta[:, None], phi[:, None], np.minimum(angle, 1.0), rng.uniform(0, 2 * np.pi, (n, k)))
+    psi = rng.uniform(0, 2 * np.pi, (n, k))
+    t_eta, t_phi = _open(eta[:, None], phi[:, None], np.minimum(angle, 1.0), psi)
     return _tracks(valid, pt, t_eta, t_phi, np.zeros((n, k, 3)), origin, 0, rng)
 
 
@@ -311,6 +326,7 @@ def _measure(rng, c, jet_pt, jet_eta, jet_phi, flavour, cfg, block) -> dict:
     sct_hit = np.repeat(sct_on, 2, axis=-1) & (rng.random((n, k, 8)) < eff)
     pix_holes = (pix_on & ~pix_hit).sum(-1)
     n_pix, n_sct = pix_hit.sum(-1), sct_hit.sum(-1)
+    sct_holes = (np.repeat(sct_on, 2, axis=-1) & ~sct_hit).sum(-1)
     shared_p = np.minimum(0.3, 0.03 * jet_pt[:, None] / 50.0)
     n_shared = (pix_hit & (rng.random((n, k, 4)) < shared_p[..., None])).sum(-1)
 
@@ -341,7 +357,7 @@ def _measure(rng, c, jet_pt, jet_eta, jet_phi, flavour, cfg, block) -> dict:
             np.broadcast_to(np.log(jet_pt)[:, None], (n, k)), np.broadcast_to(jet_eta[:, None], (n, k)),
             d0_m, z0_m, sd0, sz0, dphi, deta, q_over_p, pt / jet_pt[:, None], np.hypot(dphi, deta),
             sigma_d0, sigma_z0, rel_qp,
-            pix_hit[..., 0], pix_hit[..., 1], n_pix, n_sct, n_shared, pix_holes, (sct_on.repeat(2, -1) & ~sct_hit).sum(-1),
+            pix_hit[..., 0], pix_hit[..., 1], n_pix, n_sct, n_shared, pix_holes, sct_holes,
         ],
         axis=-1,
     )  # fmt: skip

@@ -73,7 +73,8 @@ _LAR, _TILE = 0.2, 0.035  # sampling fractions (typ.)
 _EM_LAYERS = (  # ATLAS barrel: presampler (with ~2 X0 upstream), EMB1, EMB2, EMB3, TileBar0
     CaloLayer(0, (0, 5, 10, 20, 30, 50, 80, 130, 250), 1, 2.0, 0.10, _LAR),
     CaloLayer(1, (0, 1, 2, 3, 4, 6, 8, 10, 13, 16, 20, 25, 30, 40, 50, 80, 150), 10, 4.3, 0.20, _LAR),
-    CaloLayer(2, (0, 2, 4, 6, 8, 10, 13, 16, 20, 25, 30, 35, 40, 50, 60, 80, 100, 150, 200, 300), 10, 16.0, 0.75, _LAR),
+    CaloLayer(2, (0, 2, 4, 6, 8, 10, 13, 16, 20, 25, 30, 35, 40, 50, 60, 80, 100, 150, 200, 300), 10,
+              16.0, 0.75, _LAR),
     CaloLayer(3, (0, 20, 40, 80, 150, 300), 1, 2.0, 0.10, _LAR),
     CaloLayer(12, (0, 50, 100, 200, 400, 800), 1, 13.5, 1.5, _TILE),
 )
@@ -82,8 +83,10 @@ _PION_LAYERS = (
     CaloLayer(1, (0, 1, 4, 7, 10, 15, 30, 50, 90, 150, 200), 10, 4.3, 0.20, _LAR),
     CaloLayer(2, (0, 5, 10, 20, 30, 50, 80, 130, 200, 300, 450), 10, 16.0, 0.75, _LAR),
     CaloLayer(3, (0, 50, 100, 200, 400, 600), 1, 2.0, 0.10, _LAR),
-    CaloLayer(12, (0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 1000, 2000), 10, 13.5, 1.5, _TILE),
-    CaloLayer(13, (0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 600, 1000, 2000), 10, 36.9, 4.1, _TILE),
+    CaloLayer(12, (0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 1000, 2000), 10, 13.5, 1.5,
+              _TILE),
+    CaloLayer(13, (0, 10, 20, 30, 50, 80, 100, 130, 160, 200, 250, 300, 350, 400, 600, 1000, 2000), 10,
+              36.9, 4.1, _TILE),
     CaloLayer(14, (0, 50, 100, 150, 200, 250, 300, 400, 600, 1000, 2000), 1, 16.2, 1.8, _TILE),
 )
 
@@ -133,7 +136,8 @@ class ShowerConfig:
     def __post_init__(self):
         _check_particle(self.particle)
         if not (isinstance(self.eta_bin, (int, np.integer)) and 0 <= self.eta_bin < 100):
-            raise ValueError(f"eta_bin must be an integer in [0, 100) (|eta| slices of 0.05), got {self.eta_bin!r}")
+            raise ValueError(f"eta_bin must be an integer in [0, 100) (|eta| slices of 0.05), "
+                             f"got {self.eta_bin!r}")
         if len(self.energies_mev) == 0 or min(self.energies_mev) <= 0:
             raise ValueError(f"energies_mev must be positive, got {self.energies_mev!r}")
         object.__setattr__(self, "layers", calo_layers(self.particle))
@@ -158,7 +162,8 @@ def _check_particle(particle):
 def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     """Global index range [lo, hi) of `rank`'s contiguous share of `n` samples."""
     if n < 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} world_size={world_size}")
+        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} "
+                         f"world_size={world_size}")
     return rank * n // world_size, (rank + 1) * n // world_size
 
 
@@ -226,15 +231,17 @@ def _block(rng, idx, cfg):
         phi, layer_frac, t_max = _em_expectation(rng, energy, np.zeros(n), bounds_x0, cfg, c)
         spots = rng.poisson(energy[:, None] * phi / e_spot)
         deposited = spots * e_spot
-        truth = dict(t_max=t_max, em_fraction=np.ones(n), first_interaction=np.zeros(n), response_true=phi.sum(1))
+        truth = dict(t_max=t_max, em_fraction=np.ones(n), first_interaction=np.zeros(n),
+                     response_true=phi.sum(1))
     else:
         # first inelastic interaction and the MIP track before it (central radial bin of each layer)
         t_int = rng.exponential(1.0, n) * path[:, 0]
-        path_in = np.clip(np.minimum(bounds_lam[:, 1:], t_int[:, None]) - bounds_lam[:, :-1], 0.0, None)  # (B, L)
+        reach = np.minimum(bounds_lam[:, 1:], t_int[:, None])  # (B, L): how far the track gets in each layer
+        path_in = np.clip(reach - bounds_lam[:, :-1], 0.0, None)
         mip = path_in * cfg.mip_mev_per_lambda * np.exp(0.1 * rng.standard_normal((n, len(layers))))
         e_avail = np.clip(energy - mip.sum(1), 0.0, None)
-        mean_fem = np.clip(1 - (np.maximum(e_avail, 1.0) / (1e3 * cfg.em_fraction_e0_gev)) ** -cfg.em_fraction_exponent,
-                           0.02, 0.95)
+        e_scaled = np.maximum(e_avail, 1.0) / (1e3 * cfg.em_fraction_e0_gev)
+        mean_fem = np.clip(1 - e_scaled**-cfg.em_fraction_exponent, 0.02, 0.95)
         k = cfg.em_fraction_concentration
         f_em = rng.beta(k * mean_fem, k * (1 - mean_fem))
         # EM core: starts where the pion interacts, converted to X0 inside that layer
@@ -243,7 +250,8 @@ def _block(rng, idx, cfg):
         w = np.clip((t_int - bounds_lam[rows, j]) / (bounds_lam[rows, j + 1] - bounds_lam[rows, j]), 0, 1)
         start_x0 = bounds_x0[rows, j] + w * (bounds_x0[rows, j + 1] - bounds_x0[rows, j])
         e_em = f_em * e_avail
-        phi_em, frac_em, _ = _em_expectation(rng, np.maximum(e_em, 1.0), start_x0, bounds_x0, cfg, cfg.c_electron)
+        phi_em, frac_em, _ = _em_expectation(rng, np.maximum(e_em, 1.0), start_x0, bounds_x0, cfg,
+                                             cfg.c_electron)
         # hadronic part: Gamma profile in lambda_int, broad radial profile
         e_had = (1 - f_em) * e_avail
         t_max_h = np.clip(0.2 * np.log(np.maximum(e_had, 1.0) / 1e3) + 0.7, 0.1, None)
@@ -253,7 +261,7 @@ def _block(rng, idx, cfg):
         size = np.exp(0.15 * rng.standard_normal(n))
         rc, rt = cfg.hadronic_core_mm * size, cfg.hadronic_tail_mm * size
         p_h = np.full(n, cfg.hadronic_core_fraction)
-        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt) for i, ly in enumerate(layers)], axis=1)
+        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt) for i, ly in enumerate(layers)], 1)
         e_spot_h = cfg.hadronic_stochastic_term**2 * 1000.0
         dep_em = rng.poisson(e_em[:, None] * phi_em / e_spot) * e_spot
         dep_h = rng.poisson(e_had[:, None] * phi_h / e_spot_h) * e_spot_h * cfg.hadronic_h_over_e
@@ -265,13 +273,15 @@ def _block(rng, idx, cfg):
         response = (mip.sum(1) + e_em * phi_em.sum(1) + cfg.hadronic_h_over_e * e_had * phi_h.sum(1)) / energy
         truth = dict(t_max=t_int + t_max_h, em_fraction=f_em, first_interaction=t_int, response_true=response)
     voxels = deposited * sf[None, :] * gain[:, None]
-    out = dict(voxels=voxels.astype(np.float32), energy=energy, eta=eta, index=np.asarray(idx, dtype=np.int64),
+    out = dict(voxels=voxels.astype(np.float32), energy=energy, eta=eta,
+               index=np.asarray(idx, dtype=np.int64),
                layer_fraction_true=layer_frac.astype(np.float32))
     out.update({k: v.astype(np.float64) for k, v in truth.items()})
     return out
 
 
-def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: int = 0, world_size: int = 1) -> dict:
+def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: int = 0,
+                     world_size: int = 1) -> dict:
     """`rank`'s share of `n` showers (all of them for world_size 1), deterministic given `seed`.
 
     Returns a dict of numpy arrays, one row per shower:
@@ -299,7 +309,8 @@ def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: i
 
 
 def voxel_coordinates(cfg: ShowerConfig) -> dict:
-    """Per-voxel layer index, radius (bin centre, mm) and x/y of the bin centre (0 for 1-angular-bin layers)."""
+    """Per-voxel layer index, radius (bin centre, mm) and x/y of the bin centre (0 in layers with one
+    angular bin)."""
     layer_idx, r, x, y = [], [], [], []
     for i, ly in enumerate(cfg.layers):
         edges = np.asarray(ly.radial_edges_mm, dtype=np.float64)

@@ -12,19 +12,22 @@ apart: each `EncoderLayer` has `norm1`, `attn` (Linear `q_proj`, `k_proj`, `v_pr
 int `head_dim`; heads are `q.view(B, T, -1, head_dim)`, so a column-sharded q_proj holding fewer heads
 still works), `norm2` and `mlp` (Linear `fc1`, `fc2`); the layers are `model.encoder.layers`.
 ``forward(tracks, mask) -> (flavour_logits, origin_logits)`` takes and returns tensors only
-(TorchScript/ONNX-exportable, for serving). `mask` is True for real tracks, False for padding.
+(TorchScript and torch.export work, as tested; for serving). `mask` is True for real tracks, False
+for padding.
 
 Metric: light- and c-jet rejection (1 / mistag rate) at 70% b-jet efficiency with
 D_b = ln(p_b / (f_c p_c + (1 - f_c) p_light)), f_c = 0.018, beside the same figures for a cut-based
 track-counting tagger on the same jets (the 2nd-largest signed d0 significance, the classic IP
-baseline). Threshold (tiny preset): light rejection >= 1.5 x the baseline's. The baseline reaches
-~10 on these jets; a tagger that only learnt the d0 significances would tie it, so 1.5x shows the
-network combines tracks (multiplicity, z0, hits, vertex consistency) as GN2 does, with margin for
-the statistical error of a rejection measured on ~1,500 light jets (~10-15%).
+baseline). Threshold (tiny preset): light rejection >= 3 x the baseline's. The baseline reaches ~10
+on these jets; a network that only re-learnt the d0 significances would tie it, so 3x shows that it
+combines the tracks (multiplicity, z0, hits, vertex consistency) as GN2 does, which is why GN2 beats
+IP taggers by large factors. The tiny preset reaches 30-60x on ~6,700 test light jets (a rejection of
+~400 is then known to ~20%), so the bar holds for any seed with a wide margin.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -35,7 +38,7 @@ from torch import nn
 
 from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
 from hepml_kit.data.jets import generate_jets, normalise_tracks
-from hepml_kit.models._testbed import Testbed, iterate_batches
+from hepml_kit.models._testbed import Testbed, iterate_batches, to_device
 
 __all__ = [
     "AttentionPooling",
@@ -48,11 +51,16 @@ __all__ = [
     "batches",
     "build",
     "config",
+    "cuda_check",
+    "example_inputs",
+    "generate",
     "flops_per_sample",
     "lightning",
     "loss",
     "metrics",
+    "predict",
     "rejection_at",
+    "threshold",
 ]
 
 F_C = 0.018  # c-fraction in D_b
@@ -223,7 +231,8 @@ def generate(cfg: JetTransformerConfig, n: int, seed: int, rank: int = 0, world_
 
 
 def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
-    """Yield {"tracks" (B, T, F) float32 normalised, "mask" (B, T) bool, "flavour" (B,), "track_origin" (B, T)}."""
+    """Yield {"tracks" (B, T, F) float32 normalised, "mask" (B, T) bool, "flavour" (B,),
+    "track_origin" (B, T)}."""
     for idx in iterate_batches(len(data["flavour"]), batch_size, shuffle, seed):
         i = idx.numpy()
         mask = data["mask"][i]
@@ -239,7 +248,8 @@ def loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Flavour cross-entropy + 0.5 x track-origin cross-entropy (padding ignored)."""
     flavour_logits, origin_logits = model(batch["tracks"], batch["mask"])
     l_flav = F.cross_entropy(flavour_logits.float(), batch["flavour"])
-    l_orig = F.cross_entropy(origin_logits.flatten(0, 1).float(), batch["track_origin"].flatten(), ignore_index=-1)
+    origin = batch["track_origin"].flatten()  # (B*T,), -1 on padding
+    l_orig = F.cross_entropy(origin_logits.flatten(0, 1).float(), origin, ignore_index=-1)
     weight = _origin_weight(model)
     return l_flav + weight * l_orig
 
@@ -361,6 +371,43 @@ def example_inputs(cfg: JetTransformerConfig, batch_size: int = 2) -> tuple[torc
     T = cfg.data.max_tracks
     mask = torch.arange(T)[None, :] < torch.randint(1, T + 1, (batch_size, 1))
     return torch.randn(batch_size, T, cfg.n_features) * mask[..., None], mask
+
+
+def cuda_check(preset: str = "small", steps: int = 20, batch_size: int = 1000, compile: bool = True) -> dict:
+    """GPU-only check for the lead's GPU script: bf16-autocast training steps of `preset` on CUDA
+    (loss must fall), bf16 and torch.compile forwards against eager fp32, and jets/s with MFU inputs."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_check needs a CUDA device")
+    dev, cfg = torch.device("cuda"), config(preset)
+    torch.manual_seed(0)
+    bs = [to_device(b, dev) for b in batches(generate(cfg, 4 * batch_size, seed=0), batch_size)]
+    model = build(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
+    losses, t0 = [], 0.0
+    for i in range(2 * steps):  # the first half warms up, the second is timed
+        if i == steps:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            value = loss(model, bs[i % len(bs)])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
+    torch.cuda.synchronize()
+    per_s = steps * batch_size / (time.perf_counter() - t0)
+    model.eval()
+    b = bs[0]
+    with torch.no_grad():
+        ref = model(b["tracks"], b["mask"])[0].float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(b["tracks"], b["mask"])[0].float()
+        comp = torch.compile(model)(b["tracks"], b["mask"])[0].float() if compile else ref
+    return {"model": "jet_transformer", "preset": preset, "loss_first": losses[0], "loss_last": losses[-1],
+            "jets_per_s": per_s, "flops_per_sample": flops_per_sample(cfg),
+            "bf16_max_abs_diff": float((low - ref).abs().max()),
+            "compile_max_abs_diff": float((comp - ref).abs().max()),
+            "finite": bool(torch.isfinite(ref).all())}  # fmt: skip
 
 
 TESTBED = Testbed(

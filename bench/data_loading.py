@@ -1,0 +1,145 @@
+"""Benchmark: naive per-event reads against chunked shard reads, and generation speed, for every testbed.
+
+For each model (tiny preset config) it generates a data set (events/s of ``Testbed.generate`` and of
+`write_shards`, which adds HDF5 writing and checksums), then reads it back two ways, side by side in
+interleaved repeats (the machine is shared and noisy: medians):
+
+- naive: one event at a time in shuffled order (`ShardSet.read_event`, i.e. what a map-style Dataset does
+  under ``DataLoader(shuffle=True)``): one HDF5 read per array per event;
+- chunked: shuffled chunks of `CHUNK` consecutive events, at most a quarter of the set (`ShardSet.read`
+  over `rank_chunks`, what `ShardDataset` does): one HDF5 read per array per chunk.
+
+Both return the same events in the testbed's data format. Also timed: the full path to the model's batch
+dicts, `ShardDataset` against ``DataLoader(ShardEvents, batch_size, collate_fn)``. Goal: chunked reads
+>= 10x naive for the per-event-small testbeds (jets, waveforms, showers, tracking); a 3-D box of 2.5 MB
+(cosmology) is a large read either way, so its ratio is reported but not held to the goal.
+
+Tracking events are a list of per-event dicts of 16 ragged arrays (the testbed's data format), so its chunked
+path is bound by building those in Python and by page faults: glibc hands freed heap back to the OS, and each
+chunk's fresh buffers fault in again (``MALLOC_TRIM_THRESHOLD_=1000000000`` roughly doubles its chunked rate;
+a training process that holds its memory sees the faster figure). Measured with the default allocator.
+
+    .venv/bin/python bench/data_loading.py [--quick] [--only MODEL ...]
+
+Ends with one ``RESULT ...`` line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from hepml_kit import models  # noqa: E402
+from hepml_kit.data.shards import ShardDataset, ShardEvents, ShardSet, rank_chunks, write_shards  # noqa: E402
+
+# events per data set (full run, --quick); chosen so each generation takes seconds on 2 cores
+EVENTS = {"tracking_gnn": (400, 100), "waveform_vae": (20_000, 4096), "calo_gan": (20_000, 4096),
+          "jet_transformer": (20_000, 4096), "cosmo_unet": (32, 8)}
+SMALL_EVENTS = ("tracking_gnn", "waveform_vae", "calo_gan", "jet_transformer")  # held to the >= 10x goal
+CHUNK = 1024
+NAIVE_MAX = 2000  # naive reads are timed on at most this many events (rates, not totals, are compared)
+
+
+MIN_SECONDS = 0.3  # each timing repeats its pass until it has run this long: stable rates for small sets
+
+
+def time_naive(shards: ShardSet, rng) -> float:
+    """Events/s reading one event at a time, in shuffled order."""
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < MIN_SECONDS:
+        for i in rng.permutation(len(shards))[:NAIVE_MAX]:
+            shards.read_event(int(i))
+            n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def time_chunked(shards: ShardSet, epoch: int) -> float:
+    """Events/s reading shuffled chunks (new chunk order every pass)."""
+    chunk = min(CHUNK, max(1, len(shards) // 4))
+    n, t0 = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - t0 < MIN_SECONDS:
+        for a, b in rank_chunks(len(shards), chunk, shuffle=True, seed=0, epoch=epoch):
+            shards.read(a, b)
+            n += b - a
+        epoch += 1000
+    return n / (time.perf_counter() - t0)
+
+
+def time_batches(loader, samples_in, limit: int) -> float:
+    """Events/s delivered as the model's batch dicts (stops after `limit` events)."""
+    t0, n = time.perf_counter(), 0
+    for batch in loader:
+        n += samples_in(batch)
+        if n >= limit:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def bench_model(name: str, n: int, root: str, repeats: int) -> dict:
+    tb = models.get(name)
+    cfg = tb.config("tiny")
+    t0 = time.perf_counter()
+    tb.generate(cfg, n, 0)
+    gen = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    m = write_shards(name, n, 4, os.path.join(root, name), seed=0, progress=False)
+    write = n / (time.perf_counter() - t0)
+    mb = sum(s["bytes"] for s in m["shards"]) / 1e6
+    shards = ShardSet(os.path.join(root, name))
+    rng = np.random.default_rng(0)
+    naive, chunked = [], []
+    for r in range(repeats):
+        naive.append(time_naive(shards, rng))
+        chunked.append(time_chunked(shards, r))
+    bs = tb.train_defaults["tiny"]["batch_size"]
+    limit = min(n, NAIVE_MAX)
+    events = ShardEvents(shards)
+    naive_loader = torch.utils.data.DataLoader(events, batch_size=bs, shuffle=True, collate_fn=events.collate)
+    batched_naive = time_batches(naive_loader, tb.samples_in, limit)
+    batched_chunked = time_batches(ShardDataset(shards, batch_size=bs, shuffle=True), tb.samples_in, n)
+    med = statistics.median
+    out = {"gen": gen, "write": write, "mb": mb, "naive": med(naive), "chunked": med(chunked),
+           "ratio": med(chunked) / med(naive), "batch_naive": batched_naive, "batch_chunked": batched_chunked}
+    print(f"{name:16} n={n:6d} {mb:7.1f} MB  generate {gen:9.0f} ev/s  write {write:9.0f} ev/s  read naive "
+          f"{out['naive']:9.0f} ev/s  chunked {out['chunked']:10.0f} ev/s  x{out['ratio']:6.1f}  |  batches "
+          f"naive {batched_naive:8.0f}  chunked {batched_chunked:8.0f} ev/s", flush=True)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="smaller data sets, fewer repeats")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--only", nargs="*", choices=list(EVENTS), help="only these models")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    repeats = args.repeats or (2 if args.quick else 3)
+    print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d %H:%M')}; "
+          f"chunk {CHUNK} events, medians of {repeats} interleaved repeats")
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="hepml-bench-data-") as root:
+        for name, (full, quick) in EVENTS.items():
+            if not args.only or name in args.only:
+                results[name] = bench_model(name, quick if args.quick else full, root, repeats)
+    short = {"tracking_gnn": "tracking", "waveform_vae": "waveforms", "calo_gan": "showers",
+             "jet_transformer": "jets", "cosmo_unet": "cosmology"}
+    small = [results[m]["ratio"] for m in SMALL_EVENTS if m in results]
+    parts = [f"read_ratio_min_small_events={min(small):.1f}"] if small else []
+    for name, r in results.items():
+        s = short[name]
+        parts += [f"read_ratio_{s}={r['ratio']:.1f}", f"naive_{s}_events_per_s={r['naive']:.0f}",
+                  f"chunked_{s}_events_per_s={r['chunked']:.0f}", f"generate_{s}_events_per_s={r['gen']:.1f}",
+                  f"write_{s}_events_per_s={r['write']:.1f}"]
+    print("RESULT " + " ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -128,3 +128,18 @@ def test_bad_input_stops_a_study_before_any_trial(tmp_path):
     not_a_journal.write_text("these are my notes, not a study\n")
     with pytest.raises(StudyMismatch, match="notes.log"):
         run_study(StudySpec("s", space, TestbedObjective(**VAE), storage=str(not_a_journal)), n_trials=1)
+
+
+def test_trial_state_round_trip_keeps_the_receivers_learning_rate():
+    """What PBT does when a member copies another: weights and epoch from the donor, its own learning rate."""
+    import torch
+
+    objective = TestbedObjective(**{**VAE, "batch_size": 32})
+    donor = objective.start({"lr": 3e-3})
+    donor.train_epoch()
+    receiver = objective.start({"lr": 1e-3})
+    receiver.load_state_dict(donor.state_dict())
+    assert receiver.epoch == 1
+    assert {g["lr"] for g in receiver.optimizer.param_groups} == {1e-3}
+    for a, b in zip(donor.model.parameters(), receiver.model.parameters()):
+        torch.testing.assert_close(a, b)

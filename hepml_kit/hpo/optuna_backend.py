@@ -184,16 +184,23 @@ def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage
 def retry_stale_trials(study: optuna.Study, max_retry: int = 3) -> list[int]:
     """Mark RUNNING trials whose process is gone as FAIL and queue a retry of each; return their numbers.
 
-    Raises `StudyBusy` if a RUNNING trial's process is still alive on this host.
+    Raises `StudyBusy` if a RUNNING trial's process (or, for a trial asked for a moment ago that has no
+    pid yet, any process registered as working on the study) is still alive on this host. Processes on
+    other hosts cannot be checked: resuming assumes the earlier run there is over.
     """
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    here, me = socket.gethostname(), os.getpid()
+    live_workers = [int(k.rsplit(":", 1)[1]) for k in study.user_attrs if k.startswith(f"worker:{here}:")]
+    live_workers = [pid for pid in live_workers if pid != me and _alive(pid)]
     stale = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         host, pid = t.user_attrs.get("host"), t.user_attrs.get("pid")
-        if host == socket.gethostname() and pid is not None and pid != os.getpid() and _alive(pid):
-            raise StudyBusy(f"trial {t.number} of study {study.study_name!r} is still being run by pid {pid} on "
-                            f"{host}; wait for it or stop that process before resuming")
+        busy = (pid is None and live_workers) or (host == here and pid not in (None, me) and _alive(pid))
+        if busy:
+            who = pid if pid is not None else live_workers[0]
+            raise StudyBusy(f"trial {t.number} of study {study.study_name!r} is still being run by pid {who} on "
+                            f"{here}; wait for it or stop that process before resuming")
         stale.append(t)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -273,6 +280,7 @@ def trial_loop(spec: StudySpec, n_trials=None, budget_epochs=None, *, study=None
 
     if study is None:
         study = open_study(spec, worker, resume=False)  # the driver resumed it before starting the workers
+    study.set_user_attr(f"worker:{socket.gethostname()}:{os.getpid()}", True)  # see `retry_stale_trials`
 
     def objective(trial: optuna.Trial) -> float:
         trial.set_user_attr("host", socket.gethostname())

@@ -1,12 +1,15 @@
 """Seeing where time and memory go, how training scales, and what it would do on a machine you don't have.
 
-- `StepProfiler` (step.py): phases of each training step, throughput, peak memory, FLOP/s and MFU, across ranks.
+- `StepProfiler` (step.py): phases of each training step, throughput, peak memory, FLOP/s and MFU,
+  across ranks.
 - `ProfilerCallback` (lightning_callback.py): the same for a Lightning ``Trainer`` (imported on first use).
 - `profile_ops`, `nvtx_range` (trace.py): torch.profiler in a cell (top-operator table, Perfetto trace), NVTX.
 - `DEVICE_PEAKS`, `device_peak` (peaks.py): GPU datasheet peaks; a measured matmul peak on CPU.
 - `standard_ladder`, `climb` (ladder.py): the single-device optimisation ladder, measured rung by rung.
-- `scaling_study`, `plot_scaling`, `train_testbed_ddp` (scaling.py): measured strong/weak scaling via `launch`.
-- `project_scaling`, `PERLMUTTER` (projection.py): alpha-beta projection of data-parallel scaling to 1024 nodes.
+- `scaling_study`, `plot_scaling`, `train_testbed_ddp` (scaling.py): measured strong/weak scaling through
+  `launch`.
+- `project_scaling`, `PERLMUTTER` (projection.py): alpha-beta projection of data-parallel scaling to
+  1024 nodes.
 """
 
 from hepml_kit.profile.ladder import Rung, climb, run_rung, standard_ladder

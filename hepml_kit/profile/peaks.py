@@ -43,7 +43,8 @@ DEVICE_PEAKS: dict[str, DevicePeak] = {
         "A100-80GB", {"fp32": 19.5 * TERA, "tf32": 156 * TERA, "bf16": 312 * TERA, "fp16": 312 * TERA},
         80e9, 2039e9, "NVIDIA A100 datasheet (SXM4 80GB)"),
     # NVIDIA H100 Tensor Core GPU datasheet (2023): SXM5 FP32 67 TF, TF32 989 TF and BF16 1,979 TF *with*
-    # sparsity, i.e. 494.5 / 989.5 TF dense; HBM3 3.35 TB/s, 80 GB. PCIe: FP32 51, TF32 378, BF16 756 dense, 2 TB/s.
+    # sparsity, i.e. 494.5 / 989.5 TF dense; HBM3 3.35 TB/s, 80 GB.
+    # PCIe: FP32 51, TF32 378, BF16 756 dense, 2 TB/s.
     "H100-SXM": DevicePeak(
         "H100-SXM", {"fp32": 67 * TERA, "tf32": 494.5 * TERA, "bf16": 989.5 * TERA, "fp16": 989.5 * TERA},
         80e9, 3350e9, "NVIDIA H100 datasheet (SXM5)"),
@@ -75,7 +76,8 @@ def precision_of(dtype: torch.dtype | str | None, device_type: str) -> str:
     allows TF32 (``torch.set_float32_matmul_precision("high")``)."""
     if isinstance(dtype, str):
         key = dtype.lower().replace("float", "fp").replace("bfloat16", "bf16")
-        aliases = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "bfp16": "bf16", "fp16": "fp16", "half": "fp16"}
+        aliases = {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "bfp16": "bf16", "fp16": "fp16",
+                   "half": "fp16"}
         if key not in aliases:
             raise ValueError(f"unknown precision {dtype!r}; use fp32, tf32, bf16 or fp16")
         return aliases[key]
@@ -119,7 +121,8 @@ def measure_matmul_flops(device: str = "cpu", precision: str = "fp32", n: int = 
     return 2.0 * n**3 / best
 
 
-def device_peak(device: torch.device | str | None = None, dtype: torch.dtype | str | None = torch.float32) -> tuple[float, str]:
+def device_peak(device: torch.device | str | None = None,
+                dtype: torch.dtype | str | None = torch.float32) -> tuple[float, str]:
     """(peak FLOP/s, where the figure comes from) for `device` at compute `dtype`.
 
     Known GPUs use `DEVICE_PEAKS`; anything else a cached measured matmul peak.
@@ -134,4 +137,5 @@ def device_peak(device: torch.device | str | None = None, dtype: torch.dtype | s
         dev = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
         return measure_matmul_flops(dev, precision, n=4096), f"measured {precision} matmul on {name}"
     threads = torch.get_num_threads()
-    return measure_matmul_flops("cpu", precision, threads=threads), f"measured {precision} matmul on CPU ({threads} threads)"
+    peak = measure_matmul_flops("cpu", precision, threads=threads)
+    return peak, f"measured {precision} matmul on CPU ({threads} threads)"

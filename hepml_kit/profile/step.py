@@ -81,7 +81,8 @@ def count_samples(batch: Any) -> int:
                 return count_samples(v)
     if isinstance(batch, (list, tuple)) and batch:
         return count_samples(batch[0])
-    raise ValueError("cannot count samples in this batch: pass samples_per_step= (an int or a function of the batch)")
+    raise ValueError("cannot count samples in this batch: pass samples_per_step= (an int or a function of "
+                     "the batch)")
 
 
 class _Step:
@@ -136,13 +137,14 @@ class StepProfiler:
         warmup_steps: first steps left out of the summary (allocator warm-up, cuDNN autotune, compilation).
         peak_flops: override the device peak (FLOP/s).
         nvtx: NVTX ranges per step and phase (default: on CUDA).
-        track_memory: peak memory (CUDA max allocated; on CPU the process RSS sampled after every step).
+        track_memory: peak memory over the profiled steps: CUDA max allocated on a GPU; on CPU the process's
+            peak resident memory (Linux VmHWM, reset at the first step; elsewhere RSS sampled every 8 steps).
     """
 
     def __init__(self, samples_per_step: int | Callable | None = None, flops_per_sample: float | None = None,
                  unit: str = "samples", *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | str = torch.float32, warmup_steps: int = 1, peak_flops: float | None = None,
-                 nvtx: bool | None = None, track_memory: bool = True):
+                 dtype: torch.dtype | str = torch.float32, warmup_steps: int = 1,
+                 peak_flops: float | None = None, nvtx: bool | None = None, track_memory: bool = True):
         if warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if flops_per_sample is not None and not flops_per_sample > 0:
@@ -162,11 +164,7 @@ class StepProfiler:
         self.records: list[dict] = []  # one dict per finished step: step_s, samples, <phase>_s, comm
         self._rss_peak = 0
         self._vm_hwm = False  # True once the kernel's peak-RSS mark was reset (Linux): read it at summary
-        self._proc = None
-        if track_memory and not self.cuda:
-            import psutil
-
-            self._proc = psutil.Process()
+        self._proc = None  # psutil.Process, only where the kernel's peak-RSS mark cannot be reset
 
     # ----- stamps: host clock, plus a CUDA event on GPU -----------------------------------------------
     def _stamp(self):
@@ -196,13 +194,18 @@ class StepProfiler:
                 torch.cuda.reset_peak_memory_stats(self.device)
             else:
                 self._vm_hwm = _reset_peak_rss()
+                if not self._vm_hwm and self._proc is None:
+                    import psutil
+
+                    self._proc = psutil.Process()
         if self.nvtx:
             torch.cuda.nvtx.range_push(f"step {len(self.records) + len(self._pending)}")
         self._open = _Step(samples, self._stamp())
 
     def begin_phase(self, name: str) -> None:
         if self._open is None:
-            raise RuntimeError(f"phase {name!r} outside a step: use `with prof.step():` or prof.iterate(loader)")
+            raise RuntimeError(f"phase {name!r} outside a step: use `with prof.step():` or "
+                               "prof.iterate(loader)")
         if self._phase is not None:
             raise RuntimeError(f"phase {name!r} opened inside phase {self._phase[0]!r}: phases must not nest")
         if self.nvtx:
@@ -234,7 +237,8 @@ class StepProfiler:
             step.samples = samples
         if step.samples is None:
             if not isinstance(self.samples_per_step, int):
-                raise ValueError("samples per step unknown: give StepProfiler(samples_per_step=...) or step(samples=)")
+                raise ValueError("samples per step unknown: give StepProfiler(samples_per_step=...) or "
+                                 "step(samples=)")
             step.samples = self.samples_per_step
         if self.nvtx:
             torch.cuda.nvtx.range_pop()

@@ -59,7 +59,8 @@ class OpProfile:
             self_dev = getattr(evt, "self_device_time_total", getattr(evt, "self_cuda_time_total", 0.0))
             dev = getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0))
             rows.append({"operator": evt.key, "calls": evt.count,
-                         "self_cpu_ms": evt.self_cpu_time_total / 1e3, "cpu_total_ms": evt.cpu_time_total / 1e3,
+                         "self_cpu_ms": evt.self_cpu_time_total / 1e3,
+                         "cpu_total_ms": evt.cpu_time_total / 1e3,
                          "self_device_ms": self_dev / 1e3, "device_total_ms": dev / 1e3})
         df = pd.DataFrame(rows)
         if df.empty:

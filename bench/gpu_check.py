@@ -215,6 +215,7 @@ def check_ddp_comm_hook(ctx: Context) -> dict:
 def check_lightning_callback(ctx: Context) -> dict:
     """ProfilerCallback in a Lightning fit on the device."""
     import lightning as L
+    from lightning.pytorch.plugins.environments import LightningEnvironment
 
     from hepml_kit.profile import ProfilerCallback
 
@@ -233,7 +234,8 @@ def check_lightning_callback(ctx: Context) -> dict:
     cb = ProfilerCallback(verbose=False, unit="events")
     trainer = L.Trainer(max_epochs=1, accelerator="gpu" if ctx.device.type == "cuda" else "cpu", devices=1,
                         callbacks=[cb], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, default_root_dir=tempfile.mkdtemp())
+                        enable_model_summary=False, default_root_dir=tempfile.mkdtemp(),
+                        plugins=[LightningEnvironment()])  # no cluster detection: it would start MPI
     trainer.fit(Regressor(), torch.utils.data.DataLoader(data, batch_size=128))
     s = cb.summary
     return {"device": s["device"], "steps": s["steps"], "events_per_s": round(s["events_per_s"], 1),
@@ -389,6 +391,7 @@ def run_checks(checks: list[Check], ctx: Context) -> list[dict]:
         else:
             limit = max(2, int(min(2 * check.budget_s, ctx.time_left())))
             old = signal.signal(signal.SIGALRM, _alarm)
+            outer_left = signal.getitimer(signal.ITIMER_REAL)[0]  # e.g. pytest-timeout's, restored below
             signal.alarm(limit)
             try:
                 result = _call(_resolve(check.target), ctx)
@@ -416,6 +419,8 @@ def run_checks(checks: list[Check], ctx: Context) -> list[dict]:
             finally:
                 signal.alarm(0)
                 signal.signal(signal.SIGALRM, old)
+                if outer_left > 0:
+                    signal.setitimer(signal.ITIMER_REAL, max(0.01, outer_left - (time.monotonic() - t0)))
                 gc.collect()
                 if ctx.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -235,6 +235,7 @@ def test_progress_mode_is_plain_outside_jupyter(monkeypatch):
 
 def test_lightning_callback_reports_the_same_phases(tmp_path):
     import lightning as L
+    from lightning.pytorch.plugins.environments import LightningEnvironment
 
     from hepml_kit.profile import ProfilerCallback
 
@@ -252,9 +253,11 @@ def test_lightning_callback_reports_the_same_phases(tmp_path):
 
     data = torch.utils.data.TensorDataset(torch.randn(96, 8), torch.randn(96, 1))
     cb = ProfilerCallback(verbose=False, unit="events", warmup_steps=1)
+    # an explicit cluster environment: Lightning's detection would import mpi4py, i.e. start MPI (and an
+    # Open MPI daemon) in the test process
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, callbacks=[cb], logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        default_root_dir=tmp_path)
+                        default_root_dir=tmp_path, plugins=[LightningEnvironment()])
     trainer.fit(Tiny(), torch.utils.data.DataLoader(data, batch_size=16))
     s = cb.summary
     assert s["steps"] == 2 * 6 - 1  # 6 batches per epoch, one warm-up step

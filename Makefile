@@ -25,7 +25,7 @@ run: install
 test: install
 	$(BIN)/hepml-kit exercises build --check
 	$(BIN)/python -m pytest tests curriculum solutions --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
-		--nbval-cell-timeout=600
+		--nbval-cell-timeout=600 --durations=30
 
 # unit tests only, no notebooks
 test-fast: install
@@ -34,7 +34,7 @@ test-fast: install
 # the notebooks alone
 test-notebooks: install
 	$(BIN)/python -m pytest tests/test_notebooks.py curriculum solutions --nbval-lax \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600
+		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 --durations=30
 
 lab: install
 	$(BIN)/jupyter lab --notebook-dir=curriculum

@@ -20,12 +20,14 @@ def passed(name: str, detail: str = "") -> None:
     print(f"✔ {name} passed" + (f": {detail}" if detail else ""))
 
 
-def run_on_ranks(fn, *args, nprocs: int = 2, timeout: float = 120.0, **kwargs) -> list:
-    """`hepml_kit.launch` for checks: the learner's unfinished stub surfaces as `NotImplementedError`, any other
-    failure on a rank as `CheckFailed` naming the rank and its error."""
+def run_on_ranks(fn, *args, nprocs: int = 2, timeout: float = 120.0, workers=None, **kwargs) -> list:
+    """`hepml_kit.launch` (or `workers.run` on a warm pool) for checks: the learner's unfinished stub surfaces
+    as `NotImplementedError`, any other failure on a rank as `CheckFailed` naming the rank and its error."""
     import hepml_kit as hk
 
     try:
+        if workers is not None:
+            return workers.run(fn, *args, timeout=timeout, **kwargs)
         return hk.launch(fn, *args, nprocs=nprocs, timeout=timeout, **kwargs)
     except hk.WorkerError as e:
         last = {r: e.failures[r].strip().splitlines()[-1] for r in e.root_ranks}

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from hepml_kit.checks import CheckFailed, passed
+from hepml_kit.checks import CheckFailed, passed, run_on_ranks
 
 __all__ = ["HINTS", "ex04_bubble", "ex04_halo", "ex04_row_parallel"]
 
@@ -59,10 +59,7 @@ def ex04_row_parallel(fn, nprocs: int = 2, workers=None) -> None:
     gradient Megatron's: the all-reduce in the forward has an identity backward)."""
     import torch
 
-    import hepml_kit as hk
-
-    results = workers.run(_row_parallel_trial, fn, timeout=120) if workers else \
-        hk.launch(_row_parallel_trial, fn, nprocs=max(2, nprocs), timeout=120)
+    results = run_on_ranks(_row_parallel_trial, fn, nprocs=max(2, nprocs), workers=workers)
     n = len(results)
     for rank, r in enumerate(results):
         if "error" in r:

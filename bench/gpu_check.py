@@ -350,6 +350,7 @@ register("ladder_tracking_gnn", check_ladder_tracking_gnn, budget_s=200)
 register("serve_torchscript", "hepml_kit.serve.gpu_check:gpu_check_serving", budget_s=60, cuda_only=True)
 register("launch_nccl", "hepml_kit.launch.gpu_check:gpu_check_launch_nccl", budget_s=40)
 register("models_small_bf16", "hepml_kit.models.gpu_check:gpu_check_models", budget_s=90)
+register("models_bf16_compile", "hepml_kit.models.gpu_check:gpu_check_compile", budget_s=90, cuda_only=True)
 register("parallel_dp_fsdp", "hepml_kit.parallel.gpu_smoke:gpu_check_parallel", budget_s=60, cuda_only=True)
 register("parallel_model", "hepml_kit.parallel.hybrid:gpu_check_model_parallel", budget_s=60, cuda_only=True)
 

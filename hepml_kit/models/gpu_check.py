@@ -10,7 +10,7 @@ import torch
 
 from hepml_kit.models import get, names, to_device
 
-__all__ = ["gpu_check_models"]
+__all__ = ["gpu_check_models", "cuda_check", "gpu_check_compile"]
 
 
 def gpu_check_models(ctx, steps: int = 6) -> list[dict]:
@@ -58,3 +58,47 @@ def gpu_check_models(ctx, steps: int = 6) -> list[dict]:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     return rows
+
+
+def cuda_check(name: str, preset: str = "small", steps: int = 20, batch_size: int = 512, lr: float = 5e-4,
+               compile: bool = True) -> dict:
+    """One model on CUDA: bf16-autocast training steps of `preset` (the loss must fall), bf16 and torch.compile
+    forwards against eager fp32, and samples/s. For models whose forward takes tensors named in
+    ``Testbed.extra["inputs"]`` (the jet transformer, the waveform VAE)."""
+    if not torch.cuda.is_available():
+        raise RuntimeError("cuda_check needs a CUDA device")
+    tb = get(name)
+    dev, cfg, inputs = torch.device("cuda"), tb.config(preset), tb.extra["inputs"]
+    torch.manual_seed(0)
+    bs = [to_device(b, dev) for b in tb.batches(tb.generate(cfg, 4 * batch_size, seed=0), batch_size)]
+    model = tb.build(cfg).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses, t0 = [], 0.0
+    for i in range(2 * steps):  # the first half warms up, the second is timed
+        if i == steps:
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            value = tb.loss(model, bs[i % len(bs)])
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        losses.append(float(value.detach()))
+    torch.cuda.synchronize()
+    per_s = steps * batch_size / (time.perf_counter() - t0)
+    model.eval()
+    args = [bs[0][k] for k in inputs]
+    with torch.no_grad():
+        ref = model(*args)[0].float()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            low = model(*args)[0].float()
+        comp = torch.compile(model)(*args)[0].float() if compile else ref
+    return {"model": name, "preset": preset, "loss_first": losses[0], "loss_last": losses[-1],
+            f"{tb.unit}_per_s": per_s, "flops_per_sample": tb.flops_per_sample(cfg),
+            "bf16_max_abs_diff": float((low - ref).abs().max()),
+            "compile_max_abs_diff": float((comp - ref).abs().max()), "finite": bool(torch.isfinite(ref).all())}
+
+
+def gpu_check_compile() -> list[dict]:
+    """`cuda_check` of the two models with tensor-only forwards (rows for bench/gpu_check.py)."""
+    return [cuda_check("jet_transformer", batch_size=1000, lr=5e-4), cuda_check("waveform_vae", batch_size=512, lr=1e-3)]

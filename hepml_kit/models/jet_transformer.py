@@ -27,7 +27,6 @@ IP taggers by large factors. The tiny preset reaches 30-60x on ~6,700 test light
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -38,7 +37,7 @@ from torch import nn
 
 from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
 from hepml_kit.data.jets import generate_jets, normalise_tracks
-from hepml_kit.models._testbed import Testbed, iterate_batches, to_device
+from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = [
     "AttentionPooling",
@@ -51,7 +50,6 @@ __all__ = [
     "batches",
     "build",
     "config",
-    "cuda_check",
     "example_inputs",
     "generate",
     "flops_per_sample",
@@ -371,43 +369,6 @@ def example_inputs(cfg: JetTransformerConfig, batch_size: int = 2) -> tuple[torc
     T = cfg.data.max_tracks
     mask = torch.arange(T)[None, :] < torch.randint(1, T + 1, (batch_size, 1))
     return torch.randn(batch_size, T, cfg.n_features) * mask[..., None], mask
-
-
-def cuda_check(preset: str = "small", steps: int = 20, batch_size: int = 1000, compile: bool = True) -> dict:
-    """GPU-only check for the lead's GPU script: bf16-autocast training steps of `preset` on CUDA
-    (loss must fall), bf16 and torch.compile forwards against eager fp32, and jets/s with MFU inputs."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("cuda_check needs a CUDA device")
-    dev, cfg = torch.device("cuda"), config(preset)
-    torch.manual_seed(0)
-    bs = [to_device(b, dev) for b in batches(generate(cfg, 4 * batch_size, seed=0), batch_size)]
-    model = build(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=5e-4)
-    losses, t0 = [], 0.0
-    for i in range(2 * steps):  # the first half warms up, the second is timed
-        if i == steps:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            value = loss(model, bs[i % len(bs)])
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
-    torch.cuda.synchronize()
-    per_s = steps * batch_size / (time.perf_counter() - t0)
-    model.eval()
-    b = bs[0]
-    with torch.no_grad():
-        ref = model(b["tracks"], b["mask"])[0].float()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            low = model(b["tracks"], b["mask"])[0].float()
-        comp = torch.compile(model)(b["tracks"], b["mask"])[0].float() if compile else ref
-    return {"model": "jet_transformer", "preset": preset, "loss_first": losses[0], "loss_last": losses[-1],
-            "jets_per_s": per_s, "flops_per_sample": flops_per_sample(cfg),
-            "bf16_max_abs_diff": float((low - ref).abs().max()),
-            "compile_max_abs_diff": float((comp - ref).abs().max()),
-            "finite": bool(torch.isfinite(ref).all())}  # fmt: skip
 
 
 TESTBED = Testbed(

@@ -24,7 +24,6 @@ the bar, and an AUC on ~500 anomalies carries a statistical error of ~0.01.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
@@ -35,7 +34,7 @@ from torch import nn
 
 from hepml_kit.data.waveforms import ANOMALY_KINDS, GENERATOR_VERSION, WaveformGenConfig
 from hepml_kit.data.waveforms import generate_waveforms, normalise_waveforms
-from hepml_kit.models._testbed import Testbed, iterate_batches, to_device
+from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = [
     "TESTBED",
@@ -45,7 +44,6 @@ __all__ = [
     "batches",
     "build",
     "config",
-    "cuda_check",
     "example_inputs",
     "generate",
     "flops_per_sample",
@@ -282,43 +280,6 @@ def __getattr__(name: str):  # lets pickle (ddp_spawn) find the lazily made clas
 def example_inputs(cfg: WaveformVAEConfig, batch_size: int = 2) -> tuple[torch.Tensor]:
     """A random normalised waveform batch (B, S), for export and tracing."""
     return (torch.randn(batch_size, cfg.data.n_samples) * 0.05,)
-
-
-def cuda_check(preset: str = "small", steps: int = 20, batch_size: int = 512, compile: bool = True) -> dict:
-    """GPU-only check for the lead's GPU script: bf16-autocast training steps of `preset` on CUDA
-    (loss must fall), bf16 and torch.compile forwards against eager fp32, and waveforms/s."""
-    if not torch.cuda.is_available():
-        raise RuntimeError("cuda_check needs a CUDA device")
-    dev, cfg = torch.device("cuda"), config(preset)
-    torch.manual_seed(0)
-    bs = [to_device(b, dev) for b in batches(generate(cfg, 4 * batch_size, seed=0), batch_size)]
-    model = build(cfg).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    losses, t0 = [], 0.0
-    for i in range(2 * steps):  # the first half warms up, the second is timed
-        if i == steps:
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            value = loss(model, bs[i % len(bs)])
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        opt.step()
-        losses.append(float(value.detach()))
-    torch.cuda.synchronize()
-    per_s = steps * batch_size / (time.perf_counter() - t0)
-    model.eval()
-    x = bs[0]["waveform"]
-    with torch.no_grad():
-        ref = model(x)[0].float()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            low = model(x)[0].float()
-        comp = torch.compile(model)(x)[0].float() if compile else ref
-    return {"model": "waveform_vae", "preset": preset, "loss_first": losses[0], "loss_last": losses[-1],
-            "waveforms_per_s": per_s, "flops_per_sample": flops_per_sample(cfg),
-            "bf16_max_abs_diff": float((low - ref).abs().max()),
-            "compile_max_abs_diff": float((comp - ref).abs().max()),
-            "finite": bool(torch.isfinite(ref).all())}  # fmt: skip
 
 
 TESTBED = Testbed(

@@ -422,6 +422,9 @@ def run_checks(checks: list[Check], ctx: Context) -> list[dict]:
                 signal.signal(signal.SIGALRM, old)
                 if outer_left > 0:
                     signal.setitimer(signal.ITIMER_REAL, max(0.01, outer_left - (time.monotonic() - t0)))
+                # a check that left a process group behind must not break the next (seen on the H200 run)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    torch.distributed.destroy_process_group()
                 gc.collect()
                 if ctx.device.type == "cuda":
                     torch.cuda.empty_cache()

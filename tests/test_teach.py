@@ -114,8 +114,14 @@ def test_record_appends_to_the_run_file(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(lesson.RECORD_ENV, str(tmp_path / "r.jsonl"))
     lesson.record("speedup", 1.8, goal=">= 1.5")
     lesson.record("memory_ratio", 0.6, unit="x", goal="<= 0.5")
+    import numpy as np
+    import torch
+
+    lesson.record("equal", np.float32(1.0), passed=np.bool_(True))  # numpy/torch scalars are written as JSON
+    lesson.record("loss", torch.tensor(0.25))
     rows = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert [r["passed"] for r in rows] == [True, False]
+    assert [r["passed"] for r in rows] == [True, False, True, None]
+    assert rows[3]["value"] == 0.25
     assert "PASS" in capsys.readouterr().out
 
 

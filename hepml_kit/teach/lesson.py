@@ -109,8 +109,10 @@ def record(name: str, value: float, *, unit: str = "", goal: str | None = None, 
         goal: what the lesson claims, e.g. ``">= 1.5"``; evaluated against `value` unless `passed` is given.
         passed: explicit pass/fail when the goal is not a simple comparison.
     """
+    value = float(value)  # numpy scalars and 0-d tensors too
     if passed is None and goal is not None:
         passed = _meets(value, goal)
+    passed = None if passed is None else bool(passed)
     status = "" if passed is None else ("  PASS" if passed else "  FAIL")
     print(f"{name} = {value:.4g} {unit}".rstrip() + (f"  (goal {goal})" if goal else "") + status)
     path = os.environ.get(RECORD_ENV)

@@ -14,10 +14,9 @@ dicts, `ShardDataset` against ``DataLoader(ShardEvents, batch_size, collate_fn)`
 >= 10x naive for the per-event-small testbeds (jets, waveforms, showers, tracking); a 3-D box of 2.5 MB
 (cosmology) is a large read either way, so its ratio is reported but not held to the goal.
 
-Tracking events are a list of per-event dicts of 16 ragged arrays (the testbed's data format), so its chunked
-path is bound by building those in Python and by page faults: glibc hands freed heap back to the OS, and each
-chunk's fresh buffers fault in again (``MALLOC_TRIM_THRESHOLD_=1000000000`` roughly doubles its chunked rate;
-a training process that holds its memory sees the faster figure). Measured with the default allocator.
+Tracking events are a list of per-event dicts of 16 ragged arrays (the testbed's data format): its chunked
+path reads each chunk into a reused buffer (`hepml_kit.data.loader`, no fresh pages to fault in per chunk)
+and hands out views per event; what remains is one HDF5 read per array per chunk and building the dicts.
 
     .venv/bin/python bench/data_loading.py [--quick] [--only MODEL ...]
 

@@ -20,12 +20,9 @@ checksum. Reading checks all of it: a missing, truncated or corrupt shard, a man
 its shards, or a data set written by another generator version raises `ShardError` naming the file; data
 is never silently wrong.
 
-Reading in chunks is what makes this fast: one HDF5 read per array per chunk of thousands of events,
-instead of one per array per event (`bench/data_loading.py` measures the ratio). Ranks split the data
-like `torch.utils.data.DistributedSampler`, but in chunks (`rank_chunks`): each epoch the chunk order is
-permuted with (seed, epoch), rank r takes every world_size-th chunk, and batches are shuffled inside a
-chunk. `ShardEvents` is the per-event map-style twin for the naive path and for a plain
-``DataLoader(..., sampler=DistributedSampler(...), collate_fn=events.collate)``.
+`ShardSet` opens and checks a data set (what ``hepml-kit data verify`` runs); the reading side (the
+chunked `ShardDataset`, the per-event `ShardEvents`, the `rank_chunks` sampler, building events from
+arrays) is `hepml_kit.data.loader`, whose names are re-exported here.
 
 Taught in curriculum/09_data_delivery.
 """
@@ -50,12 +47,12 @@ import torch
 __all__ = [
     "FORMAT",
     "GENERATORS",
-    "ShardDataset",
+    "ShardDataset",  # from hepml_kit.data.loader
     "ShardError",
-    "ShardEvents",
+    "ShardEvents",  # from hepml_kit.data.loader
     "ShardSet",
     "generator_of",
-    "rank_chunks",
+    "rank_chunks",  # from hepml_kit.data.loader
     "write_shards",
 ]
 
@@ -370,6 +367,7 @@ class ShardSet:
         self._datasets: dict[tuple[int, str], h5py.Dataset] = {}  # handles cached: a lookup costs ~50 us
         self._pid = os.getpid()
         self._offsets: dict[tuple[int, str], np.ndarray] = {}
+        self.slabs: list[np.ndarray] = []  # chunk buffers the loader reuses once no event points into them
         for k in range(len(m["shards"])):
             self._check_shard(k, verify)
         self.close()  # reopened lazily, per process (DataLoader workers fork)
@@ -432,7 +430,7 @@ class ShardSet:
                 if ds.dtype.str != spec["dtype"]:
                     raise ShardError(f"{path}: {key} has dtype {ds.dtype.str}, the manifest says {spec['dtype']}")
                 if ragged:
-                    off = self._read(k, lambda: f[key]["offsets"][:], key)
+                    off = self.checked(k, lambda: f[key]["offsets"][:], key)
                     if len(off) != n + 1 or off[0] != 0 or off[-1] != rows or np.any(np.diff(off) < 0):
                         raise ShardError(f"{path}: {key}/offsets do not describe {n} events over {rows} values")
                     self._offsets[(k, key)] = off
@@ -444,7 +442,7 @@ class ShardSet:
     # ---- file access
     def _file(self, k: int) -> h5py.File:
         if self._pid != os.getpid():  # a forked worker: never share the parent's HDF5 handles
-            self._files, self._datasets, self._pid = {}, {}, os.getpid()
+            self._files, self._datasets, self.slabs, self._pid = {}, {}, [], os.getpid()
         if k not in self._files:
             path = self.root / self.manifest["shards"][k]["file"]
             try:
@@ -453,7 +451,7 @@ class ShardSet:
                 raise ShardError(f"{path}: cannot open as HDF5 ({e}): corrupt or truncated shard") from None
         return self._files[k]
 
-    def _read(self, k: int, fn: Callable[[], np.ndarray], what: str) -> np.ndarray:
+    def checked(self, k: int, fn: Callable[[], np.ndarray], what: str) -> np.ndarray:
         try:
             return fn()
         except (OSError, RuntimeError) as e:
@@ -465,11 +463,11 @@ class ShardSet:
         if self._pid == os.getpid():
             for f in self._files.values():
                 f.close()
-        self._files, self._datasets = {}, {}
+        self._files, self._datasets, self.slabs = {}, {}, []
 
     def __getstate__(self):  # picklable for DataLoader workers (spawn): handles are reopened there
         state = dict(self.__dict__)
-        state["_files"], state["_datasets"] = {}, {}
+        state["_files"], state["_datasets"], state["slabs"] = {}, {}, []
         return state
 
     def __len__(self) -> int:
@@ -479,94 +477,55 @@ class ShardSet:
     def n_events(self) -> int:
         return len(self)
 
-    # ---- reads
-    def _read_shard(self, k: int, a: int, b: int) -> dict[str, Any]:
-        """Local events [a, b) of shard k: {key: rows} (ragged keys: (values, local offsets))."""
-        out = {}
-        for key, spec in self.schema.items():
-            if spec.get("kind") == "config":
-                continue
-            ds = self._dataset(k, key)
-            if self.layout == "events" and spec["ragged_axis"] is not None:
-                off = self._offsets.get((k, key))
-                if off is None:
-                    f = self._file(k)
-                    off = self._offsets[(k, key)] = self._read(k, lambda: f[key]["offsets"][:], f"{key}/offsets")
-                lo, hi = int(off[a]), int(off[b])
-                out[key] = (self._read(k, lambda: ds[lo:hi], f"{key}[{a}:{b}]"), off[a : b + 1] - lo)
-            else:
-                out[key] = self._read(k, lambda: ds[a:b], f"{key}[{a}:{b}]")
-        return out
+    # ---- reads (events are built in `hepml_kit.data.loader`; these are the handles and offsets it reads)
+    def read(self, start: int, stop: int):
+        """Events [start, stop) (global indices) in the testbed's data format: one read per array per shard."""
+        from hepml_kit.data import loader
 
-    def _dataset(self, k: int, key: str) -> h5py.Dataset:
-        ds = self._datasets.get((k, key)) if self._pid == os.getpid() else None
-        if ds is None:
-            f = self._file(k)
-            ragged = self.layout == "events" and self.schema[key]["ragged_axis"] is not None
-            ds = self._datasets[(k, key)] = self._read(k, lambda: f[key]["values"] if ragged else f[key], key)
-        return ds
+        return loader.read_events(self, start, stop)
 
-    def _pieces(self, start: int, stop: int):
+    def read_event(self, i: int) -> dict[str, np.ndarray]:
+        """Event i alone, as {key: array} (no ``cfg``, tensors as numpy): one HDF5 read per array."""
+        from hepml_kit.data import loader
+
+        return loader.read_event(self, i)
+
+    def collate(self, events: list[dict[str, np.ndarray]]):
+        """Events from `read_event` -> the testbed's data format (what `read` returns)."""
+        from hepml_kit.data import loader
+
+        return loader.collate_events(self, events)
+
+    def pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """(shard k, local start, local stop) for each shard that global events [start, stop) touch."""
         if not 0 <= start <= stop <= len(self):
             raise IndexError(f"events [{start}, {stop}) outside [0, {len(self)})")
         k = int(np.searchsorted(self.starts, start, side="right") - 1)
         while start < stop:
             end = min(stop, int(self.starts[k + 1]))
             if end > start:
-                yield self._read_shard(k, start - int(self.starts[k]), end - int(self.starts[k]))
+                yield k, start - int(self.starts[k]), end - int(self.starts[k])
             start, k = end, k + 1
 
-    def read(self, start: int, stop: int):
-        """Events [start, stop) (global indices) in the testbed's data format."""
-        parts = list(self._pieces(start, stop))
-        if self.layout == "events":
-            return [ev for p in parts for ev in self._split_events(p)]
-        out = {}
-        for key, spec in self.schema.items():
-            if spec.get("kind") == "config":
-                out[key] = self.cfg
-                continue
-            rows = parts[0][key] if len(parts) == 1 else np.concatenate([p[key] for p in parts])
-            out[key] = torch.from_numpy(rows) if spec["torch"] else rows
-        return out
+    def is_ragged(self, key: str) -> bool:
+        return self.layout == "events" and self.schema[key]["ragged_axis"] is not None
 
-    def _split_events(self, part: dict) -> list[dict[str, np.ndarray]]:
-        """{key: rows or (values, offsets)} -> one dict per event (column lists, then zipped: ~1 us per array)."""
-        columns = {}
-        for key, spec in self.schema.items():
-            value, ax = part[key], spec["ragged_axis"]
-            if ax is None:
-                columns[key] = [value[i, ...] for i in range(len(value))]  # 0-d arrays, as generated
-                continue
-            values, off = value[0], value[1].tolist()
-            rows = [values[a:b] for a, b in zip(off[:-1], off[1:])]
-            if ax != 0:
-                perm = (*range(1, ax + 1), 0, *range(ax + 1, values.ndim))  # ragged axis back in place
-                rows = [np.ascontiguousarray(r.transpose(perm)) for r in rows]
-            columns[key] = rows
-        keys = list(columns)
-        return [dict(zip(keys, event)) for event in zip(*columns.values())]
+    def dataset(self, k: int, key: str) -> h5py.Dataset:
+        """The HDF5 dataset of `key` in shard k (ragged keys: their ``values``), handle cached per process."""
+        ds = self._datasets.get((k, key)) if self._pid == os.getpid() else None
+        if ds is None:
+            f = self._file(k)
+            ragged = self.is_ragged(key)
+            ds = self._datasets[(k, key)] = self.checked(k, lambda: f[key]["values"] if ragged else f[key], key)
+        return ds
 
-    def read_event(self, i: int) -> dict[str, np.ndarray]:
-        """Event i alone, as {key: array} (no ``cfg``, tensors as numpy): one HDF5 read per array."""
-        i = int(i)
-        (part,) = list(self._pieces(i, i + 1))
-        if self.layout == "events":
-            return self._split_events(part)[0]
-        return {key: rows[0] for key, rows in part.items()}
-
-    def collate(self, events: list[dict[str, np.ndarray]]):
-        """Events from `read_event` -> the testbed's data format (what `read` returns)."""
-        if self.layout == "events":
-            return list(events)
-        out = {}
-        for key, spec in self.schema.items():
-            if spec.get("kind") == "config":
-                out[key] = self.cfg
-            else:
-                rows = np.stack([ev[key] for ev in events])
-                out[key] = torch.from_numpy(rows) if spec["torch"] else rows
-        return out
+    def offsets(self, k: int, key: str) -> np.ndarray:
+        """Offsets (events + 1) of ragged `key` in shard k, read once and cached."""
+        off = self._offsets.get((k, key))
+        if off is None:
+            f = self._file(k)
+            off = self._offsets[(k, key)] = self.checked(k, lambda: f[key]["offsets"][:], f"{key}/offsets")
+        return off
 
     def __repr__(self) -> str:
         m = self.manifest
@@ -574,113 +533,12 @@ class ShardSet:
                 f"{len(self.counts)} shards, {m['generator_version']}, seed {m['seed']})")
 
 
-# ------------------------------------------------------------------------------------------- ranks
-def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *, shuffle: bool = False,
-                seed: int = 0, epoch: int = 0, drop_last: bool = False) -> list[tuple[int, int]]:
-    """This rank's chunks [(start, stop), ...] of global events, DistributedSampler-style but in chunks.
-
-    The events are cut into chunks of `chunk_events` (the last one may be shorter); with `shuffle` their
-    order is permuted with (seed, epoch); rank r takes chunks r, r + world_size, ... Without `drop_last`
-    every event goes to exactly one rank (counts may differ by one chunk); with `drop_last` only full
-    chunks are dealt and each rank gets the same number (so DDP ranks run the same number of steps).
-    """
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size; got rank={rank}, world_size={world_size}")
-    if chunk_events < 1:
-        raise ValueError(f"chunk_events must be >= 1; got {chunk_events}")
-    starts = np.arange(0, n_events, chunk_events)
-    chunks = [(int(s), int(min(s + chunk_events, n_events))) for s in starts]
-    if drop_last:
-        chunks = [c for c in chunks if c[1] - c[0] == chunk_events]
-    order = np.arange(len(chunks))
-    if shuffle:
-        order = np.random.default_rng([seed, epoch]).permutation(len(chunks))
-    if drop_last:
-        order = order[: len(order) // world_size * world_size]
-    return [chunks[i] for i in order[rank::world_size]]
+_LOADER_NAMES = ("ShardDataset", "ShardEvents", "rank_chunks")
 
 
-def _dist_rank_world() -> tuple[int, int]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
+def __getattr__(name: str):  # the reading side, re-exported lazily (hepml_kit.data.loader imports this module)
+    if name in _LOADER_NAMES:
+        from hepml_kit.data import loader
 
-
-class ShardDataset(torch.utils.data.IterableDataset):
-    """This rank's share of a sharded data set, read in chunks, as the testbed's batch dicts.
-
-    Each chunk of `chunk_events` consecutive events is one HDF5 read per array; its batches come from
-    ``Testbed.batches(chunk, batch_size, shuffle, seed)``, so they are exactly the model's batches.
-    `rank`/`world_size` default to ``torch.distributed``'s (0/1 without a process group); DataLoader
-    workers split the rank's chunks again. Call `set_epoch(e)` before each epoch when shuffling (as with
-    DistributedSampler; with ``persistent_workers`` the workers keep the epoch they started with).
-
-    Use `loader(...)` (a DataLoader with ``batch_size=None``: batching is done here) with the usual
-    options: ``num_workers``, ``pin_memory``, ``prefetch_factor``, ``persistent_workers``.
-    """
-
-    def __init__(self, path: str | os.PathLike | ShardSet, batch_size: int, *, chunk_events: int | None = None,
-                 shuffle: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool = False, verify: str = "quick", cfg: Any = None):
-        super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        self.shards = path if isinstance(path, ShardSet) else ShardSet(path, verify=verify, cfg=cfg)
-        self.testbed = self.shards.testbed
-        self.batch_size = int(batch_size)
-        # whole batches per chunk, so ranks with equal chunk counts run equal numbers of steps
-        chunk = chunk_events or max(1, 4096 // batch_size) * batch_size
-        self.chunk_events = int(-(-int(chunk) // self.batch_size) * self.batch_size)
-        r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None else int(world_size))
-        self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, int(seed), drop_last, 0
-        rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size)  # validates rank/world
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def chunks(self, worker: int = 0, num_workers: int = 1) -> list[tuple[int, int]]:
-        """The [start, stop) event ranges this rank (and DataLoader worker) reads this epoch."""
-        mine = rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size, shuffle=self.shuffle,
-                           seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
-        return mine[worker::num_workers]
-
-    def events_per_epoch(self) -> int:
-        """Events this rank reads per epoch (all workers together)."""
-        return sum(b - a for a, b in self.chunks())
-
-    def __iter__(self) -> Iterator[dict]:
-        info = torch.utils.data.get_worker_info()
-        worker, n_workers = (0, 1) if info is None else (info.id, info.num_workers)
-        for a, b in self.chunks(worker, n_workers):
-            data = self.shards.read(a, b)
-            batch_seed = int(np.random.SeedSequence([self.seed, self.epoch, a]).generate_state(1)[0])
-            yield from self.testbed.batches(data, self.batch_size, shuffle=self.shuffle, seed=batch_seed)
-
-    def loader(self, **kwargs) -> torch.utils.data.DataLoader:
-        """``DataLoader(self, batch_size=None, **kwargs)``: batches are already made here."""
-        if kwargs.get("batch_size") is not None:
-            raise ValueError("ShardDataset makes its own batches: set batch_size on the ShardDataset")
-        kwargs["batch_size"] = None
-        return torch.utils.data.DataLoader(self, **kwargs)
-
-
-class ShardEvents(torch.utils.data.Dataset):
-    """Map-style, one event per item: ``DataLoader(events, batch_size=B, sampler=DistributedSampler(events),
-    collate_fn=events.collate)`` yields the testbed's batch dicts. Simple, and slow: every item is one HDF5
-    read per array (the naive baseline of `bench/data_loading.py`)."""
-
-    def __init__(self, path: str | os.PathLike | ShardSet, verify: str = "quick", cfg: Any = None):
-        self.shards = path if isinstance(path, ShardSet) else ShardSet(path, verify=verify, cfg=cfg)
-        self.testbed = self.shards.testbed
-
-    def __len__(self) -> int:
-        return len(self.shards)
-
-    def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return self.shards.read_event(i)
-
-    def collate(self, events: list[dict[str, np.ndarray]]) -> dict:
-        """A list of events -> one batch dict of the testbed (all events in one batch, in order)."""
-        data = self.shards.collate(events)
-        return next(iter(self.testbed.batches(data, len(events), shuffle=False)))
+        return getattr(loader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

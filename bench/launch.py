@@ -23,6 +23,7 @@ SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
     dist.init_process_group("gloo")
     t = torch.ones(1); dist.all_reduce(t)
+    dist.barrier()
     dist.destroy_process_group()
 """)
 

@@ -107,7 +107,7 @@ def test_failed_job_reports_its_log(slurm, tmp_path):
 def test_srun_two_task_ddp_job_through_hepml_kit_launch(slurm, tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent("""
-        import torch, torch.distributed as dist
+        import sys, torch, torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel as DDP
         from hepml_kit.launch.script import init_from_env
         init_from_env()
@@ -116,13 +116,15 @@ def test_srun_two_task_ddp_job_through_hepml_kit_launch(slurm, tmp_path):
         x = torch.full((8, 4), float(dist.get_rank() + 1))
         model(x).sum().backward()
         g = model.module.weight.grad[0, 0].item()
-        print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} grad={g:.3f}", flush=True)
+        line = f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} grad={g:.3f}"
+        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)  # tasks share srun's stdout
+        dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
-    out = subprocess.run(["srun", "-n", "2", "--time=00:05:00", EXE, "launch", str(script)], capture_output=True,
+    out = subprocess.run(["srun", "-n", "2", "--time=00:05:00", EXE, "launch", str(script), str(tmp_path)], capture_output=True,
                          text=True, timeout=300, env={**os.environ, "MASTER_PORT": str(sbatch_port())})
     assert out.returncode == 0, out.stderr[-3000:]
-    lines = sorted(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     # both ranks hold the gradient averaged over ranks: mean of 8*1 and 8*2 = 12
     assert lines == ["RESULT rank=0 world=2 grad=12.000", "RESULT rank=1 world=2 grad=12.000"]
 

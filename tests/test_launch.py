@@ -204,14 +204,16 @@ def test_cli_launch_runs_a_script_under_torchrun(tmp_path):
         from hepml_kit.launch.script import init_from_env
         init_from_env()
         t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t)
-        print(f"RESULT rank={dist.get_rank()} sum={t.item()} arg={sys.argv[1]}", flush=True)
+        line = f"RESULT rank={dist.get_rank()} sum={t.item()} arg={sys.argv[1]}"
+        open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines can interleave
+        dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
-    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello"], capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello", str(tmp_path)], capture_output=True,
+                         text=True, timeout=180)
     assert out.returncode == 0, out.stderr
-    lines = sorted(l for l in out.stdout.splitlines() if l.startswith("RESULT"))
+    lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     assert lines == ["RESULT rank=0 sum=3.0 arg=hello", "RESULT rank=1 sum=3.0 arg=hello"]
 
 
@@ -228,22 +230,24 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
 
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent("""
-        import os, torch, torch.distributed as dist
+        import os, sys, torch, torch.distributed as dist
         from hepml_kit.launch.script import init_from_env
         init_from_env()
         t = torch.ones(1); dist.all_reduce(t)
-        print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['GROUP_RANK']} "
-              f"sum={t.item()}", flush=True)
+        line = (f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['GROUP_RANK']} "
+                f"sum={t.item()}")
+        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines interleave
+        dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([exe, "launch", "--nprocs", "2", "--nnodes", "2", "--node-rank", str(i),
-                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}", str(script)],
+                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}", str(script), str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [o[1][-2000:] for o in outs]
-    lines = sorted(l for o in outs for l in o[0].splitlines() if l.startswith("RESULT"))
+    lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     assert [l.split()[1] for l in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
     assert all("world=4" in l and "sum=4.0" in l for l in lines)
     assert {l.split()[3] for l in lines} == {"node=0", "node=1"}

@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent("""
     torch.cuda.synchronize() if backend == "nccl" else None
     print(f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} backend={backend} "
           f"device={torch.cuda.current_device() if backend == 'nccl' else -1} sum={t[0].item()}", flush=True)
+    dist.barrier()
     dist.destroy_process_group()
 """)
 

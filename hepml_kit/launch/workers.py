@@ -395,6 +395,7 @@ class Workers:
         results: dict[int, Any] = {}
         failures: dict[int, str] = {}
         first_failure_at = None
+        engine_died = False
         deadline = time.monotonic() + timeout
         note = ""
         try:
@@ -406,12 +407,13 @@ class Workers:
                     del pending[rank]
                     try:
                         results[rank] = ar.get(timeout=5)
-                    except Exception as exc:  # RemoteError or EngineError
+                    except Exception as exc:  # RemoteError, or EngineError when the hub saw the engine die
                         failures[rank] = _describe(exc)
+                        engine_died = engine_died or type(exc).__name__ == "EngineError"
                         first_failure_at = first_failure_at or time.monotonic()
                 dead = self._dead_ranks(pending)
                 for rank, why in dead.items():
-                    failures[rank] = why
+                    failures[rank], engine_died = why, True
                     pending.pop(rank, None)
                     first_failure_at = first_failure_at or time.monotonic()
                 now = time.monotonic()
@@ -429,7 +431,7 @@ class Workers:
         except KeyboardInterrupt:
             self.close()
             raise
-        if pending or any("died" in f for f in failures.values()):
+        if pending or engine_died:
             self.close()  # engines stuck in C++ collectives cannot be interrupted: start afresh next call
         if not quiet:
             _show_output(ars)

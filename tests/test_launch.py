@@ -274,12 +274,13 @@ def mpi_site(tmp_path_factory):
     return site
 
 
+@pytest.mark.mpi
 def test_workers_on_mpi_engines(mpi_site, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", str(mpi_site))
     before = ipp_processes()
     with hk.Workers(n=2, engines="mpi") as w:
-        assert w.run(_rank_and_env)[1][:2] == (1, 2)
-        assert w.run(_allreduce) == [3.0, 3.0]
+        assert w.run(_rank_and_env, timeout=120)[1][:2] == (1, 2)
+        assert w.run(_allreduce, timeout=120) == [3.0, 3.0]
     time.sleep(1)
     assert ipp_processes() - before == set()
 

@@ -36,7 +36,10 @@ from hepml_kit.launch.rendezvous import RankInfo, free_port
 __all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
 
 ENGINE_KINDS = ("local", "mpi", "slurm")
-_PORT_TAKEN = "EADDRINUSE"
+# Rendezvous failures that happen before `fn` starts on any rank, so the call can safely be retried: another
+# program took the port between our choice and rank 0's bind, or gloo's full-mesh connect lost a peer (seen once
+# in CI with mpiexec-started engines).
+_RENDEZVOUS_FAILED = ("EADDRINUSE", "connectFullMesh failed")
 _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish or fail by themselves
 _POLL_S = 0.005
 _live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
@@ -377,9 +380,8 @@ class Workers:
             try:
                 return self._run_once(payload, timeout, quiet)
             except WorkerError as e:
-                # another program took the rendezvous port between our choice and rank 0's bind: nothing of
-                # `fn` ran yet (it starts after the rendezvous), so retry with a fresh port
-                if attempt == 2 or not any(_PORT_TAKEN in t for t in e.failures.values()):
+                # the rendezvous failed before `fn` started anywhere: retry with a fresh port (and pool)
+                if attempt == 2 or not any(m in t for t in e.failures.values() for m in _RENDEZVOUS_FAILED):
                     raise
         raise AssertionError("unreachable")
 

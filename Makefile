@@ -24,14 +24,14 @@ run: install
 # unit and distributed tests, exercises executed to their NotImplementedError, lessons and solutions under nbval
 test: install
 	$(BIN)/hepml-kit exercises build --check
-	$(BIN)/python -m pytest tests curriculum solutions -m "not mpi" --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	$(BIN)/python -m pytest tests curriculum solutions --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=600 --durations=30
 
 # unit tests only, no notebooks
 test-fast: install
 	$(BIN)/python -m pytest tests -m "not notebook"
 
-# Workers(engines="mpi") under Open MPI (installs openmpi-bin and an engines-only mpi4py)
+# Workers(engines="mpi") under Open MPI alone (installs openmpi-bin and an engines-only mpi4py); also in `test`
 test-mpi: install
 	$(BIN)/python -m pytest tests/test_launch.py -m mpi
 

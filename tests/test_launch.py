@@ -113,6 +113,22 @@ def _uses_dist_and_a_config_attribute():
     return dist.get_rank(), _TESTBED_LIKE.config("tiny")["preset"]
 
 
+def _late_store_use_on_rank_1():
+    """Rank 0 returns at once; rank 1 still talks to the store (hosted by rank 0) a second later."""
+    if dist.get_rank() == 1:
+        time.sleep(1.0)
+        store = dist.distributed_c10d._get_default_store()
+        store.set("late", "1")
+        return store.get("late").decode()
+    return "early"
+
+
+def test_ranks_leave_together_so_rank_0_keeps_the_store_for_slower_peers(pool):
+    # Without the leave-together step rank 0 tore the store down on return, and a slower peer still connecting
+    # (seen as gloo "connectFullMesh failed ... Connection closed by peer" under mpiexec) or still using it failed.
+    assert pool.run(_late_store_use_on_rank_1, timeout=60) == ["early", "1"]
+
+
 def test_functions_using_dist_and_config_names_can_be_sent(pool):
     assert pool.run(_uses_dist_and_a_config_attribute) == [(0, "tiny"), (1, "tiny")]
 

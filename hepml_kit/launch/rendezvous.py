@@ -95,9 +95,10 @@ def rank_env() -> RankInfo:
     return RankInfo(0, 1, 0, 1, "127.0.0.1", free_port())
 
 
-def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: float = 300.0) -> str:
+def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: float = 300.0, store=None) -> str:
     """Set the environment from `info` and initialise torch.distributed (nccl when this rank has its
-    own GPU, else gloo); returns the backend used."""
+    own GPU, else gloo); returns the backend used. With `store` (a `torch.distributed.Store`) the ranks meet
+    there instead of at ``tcp://MASTER_ADDR:MASTER_PORT``."""
     import torch
     import torch.distributed as dist
 
@@ -109,8 +110,11 @@ def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: fl
     kwargs = {}
     if backend == "nccl":
         kwargs["device_id"] = torch.device("cuda", info.local_rank)
+    if store is None:
+        kwargs["init_method"] = f"tcp://{info.master_addr}:{info.master_port}"
+    else:
+        kwargs["store"] = store
     dist.init_process_group(
-        backend, init_method=f"tcp://{info.master_addr}:{info.master_port}", rank=info.rank,
-        world_size=info.world_size, timeout=timedelta(seconds=timeout_s), **kwargs,
+        backend, rank=info.rank, world_size=info.world_size, timeout=timedelta(seconds=timeout_s), **kwargs
     )
     return backend

@@ -37,8 +37,7 @@ __all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
 
 ENGINE_KINDS = ("local", "mpi", "slurm")
 # Rendezvous failures that happen before `fn` starts on any rank, so the call can safely be retried: another
-# program took the port between our choice and rank 0's bind, or gloo's full-mesh connect lost a peer (seen once
-# in CI with mpiexec-started engines).
+# program took the port between our choice and rank 0's bind, or gloo's full-mesh connect lost a peer.
 _RENDEZVOUS_FAILED = ("EADDRINUSE", "connectFullMesh failed")
 _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish or fail by themselves
 _POLL_S = 0.005
@@ -103,7 +102,9 @@ def _probe_engine() -> dict:
 
 
 def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes):
-    """Runs on each engine for every call: wire the rank, run the function, unwire."""
+    """Runs on each engine for every call: wire the rank, run the function, unwire together."""
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
@@ -112,14 +113,47 @@ def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payl
     fn, args, kwargs = cloudpickle.loads(payload)
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
-    init_process_group(info, backend=backend, timeout_s=timeout_s)
+    # The rank-0 engine hosts the store the ranks meet at; holding it lets the ranks leave together (below).
+    store = dist.TCPStore(info.master_addr, info.master_port, info.world_size, info.rank == 0,
+                          timedelta(seconds=timeout_s))
+    init_process_group(info, backend=backend, timeout_s=timeout_s, store=store)
+    finished = False
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        finished = True
+        return result
     finally:
+        _leave_together(store, info, finished, timeout_s)
         if dist.is_initialized():
             dist.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _leave_together(store, info: RankInfo, finished: bool, timeout_s: float) -> None:
+    """Don't tear down the process group while a peer may still be connecting to it.
+
+    gloo's init is not a barrier: a rank whose function needs no collective can finish, close its sockets
+    and (rank 0) the store while a slower peer is still in its full-mesh handshake, which then fails with
+    "connectFullMesh failed ... Connection closed by peer" or waits for a store that is gone (both seen with
+    mpiexec-started engines). So a rank whose function returned waits until every rank has left its
+    function; a rank whose function raised leaves at once (a peer may be blocked in a collective on it).
+    Rank 0 hosts the store and goes last."""
+    from datetime import timedelta
+
+    try:
+        if store.add("hepml/left_fn", 1) == info.world_size:
+            store.set("hepml/all_left_fn", "1")
+        if finished:
+            store.wait(["hepml/all_left_fn"], timedelta(seconds=timeout_s))
+        if info.rank != 0:
+            store.add("hepml/done_with_store", 1)
+        elif finished:
+            deadline = time.monotonic() + timeout_s
+            while store.add("hepml/done_with_store", 0) < info.world_size - 1 and time.monotonic() < deadline:
+                time.sleep(0.001)
+    except Exception:  # the store is gone: rank 0 left (it failed, and reports that itself)
+        pass
 
 
 def _check_sendable(fn, args, kwargs) -> bytes:
@@ -380,9 +414,10 @@ class Workers:
             try:
                 return self._run_once(payload, timeout, quiet)
             except WorkerError as e:
-                # the rendezvous failed before `fn` started anywhere: retry with a fresh port (and pool)
+                # the rendezvous failed before `fn` started anywhere: retry on a fresh pool with a fresh port
                 if attempt == 2 or not any(m in t for t in e.failures.values() for m in _RENDEZVOUS_FAILED):
                     raise
+                self.close()  # a half-done init can leave torch.distributed's state behind on an engine
         raise AssertionError("unreachable")
 
     def _run_once(self, payload: bytes, timeout: float, quiet: bool) -> list:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hepml_kit.data._seeding import check_seed, rank_range, stream
+
 __all__ = [
     "GENERATOR_VERSION",
     "INPUT_CHANNELS",
@@ -227,10 +229,8 @@ def generate_cosmology(n: int, seed: int, cfg: CosmologyConfig | None = None, ra
     Channel names: `INPUT_CHANNELS`, `TARGET_CHANNELS`. Physical units: models scale them (see cosmo_unet).
     """
     cfg = cfg or CosmologyConfig()
-    if int(n) < 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} "
-                         f"world_size={world_size}")
-    lo, hi = rank * int(n) // world_size, (rank + 1) * int(n) // world_size
+    seed = check_seed(seed)
+    lo, hi = rank_range(int(n), rank, world_size)
     g = cfg.grid
     out = dict(
         inputs=np.empty((hi - lo, 4, g, g, g), np.float32),
@@ -241,7 +241,7 @@ def generate_cosmology(n: int, seed: int, cfg: CosmologyConfig | None = None, ra
         index=np.arange(lo, hi, dtype=np.int64),
     )
     for row, i in enumerate(range(lo, hi)):
-        b = _box(np.random.default_rng(np.random.SeedSequence([int(seed), i, 0xC05])), cfg)
+        b = _box(stream(seed, i, 0xC05), cfg)
         out["inputs"][row, 0] = b["dm_density"]
         out["inputs"][row, 1:] = b["dm_velocity"]
         out["targets"][row, 0] = b["gas_density"]

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hepml_kit.data._seeding import check_seed, generate_blocks, rank_range, stream
+
 __all__ = [
     "BLOCK",
     "CHARM_HADRONS",
@@ -115,15 +117,6 @@ class JetGenConfig:
             raise ValueError("need 0 < pt_min_gev < pt_max_gev and pt_index > 1")
 
 
-def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Global event indices [start, stop) of `rank`'s contiguous share of `n` events."""
-    if n < 0:
-        raise ValueError(f"number of events must be >= 0, got {n}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return rank * n // world_size, (rank + 1) * n // world_size
-
-
 def generate_jets(
     n: int, seed: int, cfg: JetGenConfig | None = None, rank: int = 0, world_size: int = 1
 ) -> dict:
@@ -141,24 +134,13 @@ def generate_jets(
     cfg = cfg or JetGenConfig()
     if not isinstance(cfg, JetGenConfig):
         raise TypeError(f"cfg must be a JetGenConfig, got {type(cfg).__name__}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    start, stop = rank_range(int(n), rank, world_size)
-    parts = [
-        _block(seed, b, cfg)
-        for b in range(start // BLOCK, -(-stop // BLOCK))  # blocks overlapping [start, stop)
-    ]
-    if not parts:
-        parts = [_block(seed, 0, cfg)]
-    first = (start // BLOCK) * BLOCK
-    out = {k: np.concatenate([p[k] for p in parts])[start - first : stop - first] for k in parts[0]}
-    return out
+    seed = check_seed(seed)
+    return generate_blocks(lambda b: _block(seed, b, cfg), n, rank, world_size, BLOCK)
 
 
 def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     """BLOCK events with global indices block*BLOCK ..., from the stream (seed, block)."""
-    rng = np.random.default_rng([seed, 0x1E75, block])
+    rng = stream(seed, 0x1E75, block)
     n = BLOCK
     flav_p = np.asarray(cfg.flavour_fractions, float) / sum(cfg.flavour_fractions)
     flavour = rng.choice(3, size=n, p=flav_p)

@@ -20,9 +20,10 @@ checksum. Reading checks all of it: a missing, truncated or corrupt shard, a man
 its shards, or a data set written by another generator version raises `ShardError` naming the file; data
 is never silently wrong.
 
-`ShardSet` opens and checks a data set (what ``hepml-kit data verify`` runs); the reading side (the
-chunked `ShardDataset`, the per-event `ShardEvents`, the `rank_chunks` sampler, building events from
-arrays) is `hepml_kit.data.loader`, whose names are re-exported here.
+`ShardSet` opens and checks a data set (what ``hepml-kit data verify`` runs). The writing side
+(`write_shards`, inferring the schema) is `hepml_kit.data.writer`; the reading side (the chunked
+`ShardDataset`, the per-event `ShardEvents`, the `rank_chunks` sampler, building events from arrays) is
+`hepml_kit.data.loader`. Their names are re-exported here.
 
 Taught in curriculum/09_data_delivery.
 """
@@ -32,17 +33,12 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-import math
 import os
-import sys
-import time
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
-import torch
 
 __all__ = [
     "FORMAT",
@@ -53,7 +49,7 @@ __all__ = [
     "ShardSet",
     "generator_of",
     "rank_chunks",  # from hepml_kit.data.loader
-    "write_shards",
+    "write_shards",  # from hepml_kit.data.writer
 ]
 
 FORMAT = "hepml-kit-shards/1"
@@ -65,7 +61,6 @@ GENERATORS = {  # testbed model -> the data module holding its generator and GEN
     "jet_transformer": "hepml_kit.data.jets",
     "cosmo_unet": "hepml_kit.data.cosmology",
 }
-_CHUNK_BYTES = 256 * 1024  # HDF5 chunk size target: big enough for fast range reads, small for event reads
 
 
 class ShardError(ValueError):
@@ -81,240 +76,12 @@ def generator_of(model: str) -> tuple[str, str]:
     return GENERATORS[key], module.GENERATOR_VERSION
 
 
-# ------------------------------------------------------------------------------------------- schema
-def _infer_schema(data, cfg) -> tuple[str, int, dict]:
-    """(layout, number of events, {key: spec}) of one `Testbed.generate` output."""
-    if isinstance(data, list):
-        if not data or not all(isinstance(ev, dict) for ev in data):
-            raise TypeError("an 'events' data set must be a non-empty list of dicts of arrays")
-        schema = {}
-        for key, first in data[0].items():
-            values = [np.asarray(ev[key]) for ev in data]
-            if any(v.dtype != values[0].dtype or v.ndim != values[0].ndim for v in values):
-                raise TypeError(f"entry {key!r} changes dtype or rank between events")
-            shapes = np.array([v.shape for v in values]).reshape(len(values), values[0].ndim)
-            varying = [a for a in range(shapes.shape[1]) if len(set(shapes[:, a])) > 1]
-            if len(varying) > 1:
-                raise TypeError(f"entry {key!r} varies along axes {varying}; at most one ragged axis is supported")
-            ragged = None if values[0].ndim == 0 else (varying[0] if varying else values[0].ndim - 1)
-            shape = [None if a == ragged else int(s) for a, s in enumerate(values[0].shape)]
-            schema[key] = {"dtype": values[0].dtype.str, "shape": shape, "ragged_axis": ragged}
-        return "events", len(data), schema
-    if not isinstance(data, dict):
-        raise TypeError(f"cannot shard a {type(data).__name__}; expected a dict of arrays or a list of event dicts")
-    n, schema = None, {}
-    for key, value in data.items():
-        if value is cfg:
-            schema[key] = {"kind": "config"}
-            continue
-        is_torch = torch.is_tensor(value)
-        if not (is_torch or isinstance(value, np.ndarray)) or value.ndim == 0:
-            raise TypeError(f"entry {key!r} ({type(value).__name__}) is not a per-event array; cannot shard it")
-        n = int(value.shape[0]) if n is None else n
-        if value.shape[0] != n:
-            raise TypeError(f"entry {key!r} has {value.shape[0]} rows, other entries {n}: not one row per event")
-        dtype = value.numpy().dtype if is_torch else value.dtype
-        schema[key] = {"dtype": dtype.str, "shape": [int(s) for s in value.shape[1:]], "torch": bool(is_torch)}
-    if n is None:
-        raise TypeError("the data set has no arrays")
-    return "columns", n, schema
-
-
-def _flatten(data, layout: str, schema: dict) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """{key: (rows to append, lengths of ragged rows or None)} for one generated piece."""
-    out = {}
-    for key, spec in schema.items():
-        if spec.get("kind") == "config":
-            continue
-        if layout == "columns":
-            v = data[key]
-            out[key] = (v.numpy() if torch.is_tensor(v) else np.asarray(v), None)
-            continue
-        values = [np.asarray(ev[key]) for ev in data]
-        ax = spec["ragged_axis"]
-        for v in values:
-            fixed = [s for a, s in enumerate(v.shape) if a != ax]
-            if v.dtype.str != spec["dtype"] or fixed != [s for s in spec["shape"] if s is not None]:
-                raise TypeError(f"entry {key!r}: shape {v.shape} / dtype {v.dtype} does not fit the schema {spec}")
-        if ax is None:
-            out[key] = (np.stack(values), None)
-        else:
-            moved = [np.moveaxis(v, ax, 0) for v in values]
-            out[key] = (np.concatenate(moved), np.array([len(m) for m in moved], dtype=np.int64))
-    return out
-
-
-# ------------------------------------------------------------------------------------------- writing
-def _create(f: h5py.File, key: str, spec: dict, layout: str, rows_hint: int) -> None:
-    """An empty resizable dataset for `key`; chunks of ~_CHUNK_BYTES, fewer rows for small shards."""
-    dtype = np.dtype(spec["dtype"])
-    ragged = layout == "events" and spec["ragged_axis"] is not None
-    rest = [int(s) for a, s in enumerate(spec["shape"]) if not (ragged and a == spec["ragged_axis"])]
-    rows = max(1, min(_CHUNK_BYTES // (dtype.itemsize * math.prod(rest)), rows_hint))
-    if not ragged:
-        f.create_dataset(key, shape=(0, *rest), maxshape=(None, *rest), dtype=dtype, fletcher32=True,
-                         chunks=(rows, *rest))
-        return
-    g = f.create_group(key)
-    g.create_dataset("values", shape=(0, *rest), maxshape=(None, *rest), dtype=dtype, fletcher32=True,
-                     chunks=(rows, *rest))
-    g.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), fletcher32=True,
-                     chunks=(min(4096, rows_hint + 1),))
-
-
-def _append(f: h5py.File, key: str, rows: np.ndarray, lengths: np.ndarray | None) -> None:
-    ds = f[key]["values"] if lengths is not None else f[key]
-    n0 = ds.shape[0]
-    ds.resize(n0 + len(rows), axis=0)
-    ds[n0:] = rows
-    if lengths is not None:
-        off = f[key]["offsets"]
-        m0 = off.shape[0]
-        off.resize(m0 + len(lengths), axis=0)
-        off[m0:] = off[m0 - 1] + np.cumsum(lengths)
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-class _Progress:
-    """A tqdm bar on a terminal; plain log lines (one per shard) elsewhere, or nothing."""
-
-    def __init__(self, total: int, desc: str, mode: bool | None, log: Callable[[str], None]):
-        self.log, self.t0, self.bar = log, time.perf_counter(), None
-        self.quiet = mode is False
-        if mode is None:
-            mode = sys.stderr.isatty()
-        if mode and not self.quiet:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="events", desc=desc, unit_scale=True)
-
-    def update(self, n: int) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def shard_done(self, k: int, n_shards: int, events: int, done: int, size: int) -> None:
-        if self.bar is None and not self.quiet:
-            rate = done / max(time.perf_counter() - self.t0, 1e-9)
-            self.log(f"shard {k + 1}/{n_shards}: {events} events, {size / 1e6:.1f} MB ({rate:.0f} events/s so far)")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def write_shards(
-    model: str,
-    n_events: int,
-    n_shards: int,
-    out_dir: str | os.PathLike,
-    seed: int = 0,
-    *,
-    preset: str = "tiny",
-    cfg: Any = None,
-    overwrite: bool = False,
-    progress: bool | None = None,
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Generate `n_events` of testbed `model` with `seed` and write them as `n_shards` HDF5 files.
-
-    Shard k holds the events that ``Testbed.generate(cfg, n_events, seed, rank=k, world_size=n_shards)``
-    would make (for the contiguous generators exactly that; the tracking generator deals events out
-    round-robin), produced in pieces so memory stays bounded and the progress bar moves. `cfg` defaults to
-    ``testbed.config(preset)``. `progress`: True (tqdm), False (silent), None (tqdm on a terminal, one
-    `log` line per shard otherwise). Returns the manifest (also written to ``out_dir/manifest.json``).
-    """
-    from hepml_kit import models
-
-    testbed = models.get(model)  # clear error for an unknown model
-    generator, version = generator_of(model)
-    for name, value, lo in (("n_events", n_events, 1), ("n_shards", n_shards, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-            raise ValueError(f"{name} must be an integer >= {lo}; got {value!r}")
-    if n_shards > n_events:
-        raise ValueError(f"n_shards ({n_shards}) cannot exceed n_events ({n_events}): a shard would be empty")
-    cfg = testbed.config(preset) if cfg is None else cfg
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} exists and is not a folder")
-    if (out / MANIFEST).exists():
-        if not overwrite:
-            raise ValueError(f"{out / MANIFEST} exists; pass overwrite=True (--overwrite) to replace that data set")
-        _remove_data_set(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    module = importlib.import_module(generator)
-    shard_events = -(-n_events // n_shards)
-    min_piece = 8 * getattr(module, "BLOCK", 1)  # block generators make whole blocks: keep pieces several blocks
-    per_shard = max(1, min(n_events // n_shards, shard_events // max(min_piece, 1), 20))  # pieces per shard
-    n_pieces = n_shards * per_shard
-    dataset_id = uuid.uuid4().hex
-    manifest = {
-        "format": FORMAT, "dataset_id": dataset_id, "model": testbed.name, "preset": preset,
-        "config": repr(cfg), "generator": generator, "generator_version": version, "seed": int(seed),
-        "n_events": int(n_events), "layout": None, "schema": None, "shards": [],
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    bar = _Progress(n_events, f"{testbed.name} -> {out}", progress, log)
-    done = 0
-    try:
-        for k in range(n_shards):
-            name = f"shard-{k:05d}-of-{n_shards:05d}.h5"
-            partial = out / (name + ".partial")
-            count = 0
-            with h5py.File(partial, "w") as f:
-                for j in range(per_shard):
-                    piece = testbed.generate(cfg, n_events, seed, rank=k * per_shard + j, world_size=n_pieces)
-                    layout, n, schema = _infer_schema(piece, cfg)
-                    if manifest["schema"] is None:
-                        manifest["layout"], manifest["schema"] = layout, schema
-                    elif (layout, schema) != (manifest["layout"], manifest["schema"]):
-                        raise TypeError(f"piece {k * per_shard + j} of {model} does not match the schema of the "
-                                        f"first piece: {schema} vs {manifest['schema']}")
-                    flat = _flatten(piece, layout, schema)
-                    if j == 0:
-                        for key, (rows, lengths) in flat.items():  # size chunks for this shard's expected rows
-                            hint = shard_events if lengths is None else -(-len(rows) * shard_events // max(n, 1))
-                            _create(f, key, schema[key], layout, hint)
-                    for key, (rows, lengths) in flat.items():
-                        _append(f, key, rows, lengths)
-                    count, done = count + n, done + n
-                    bar.update(n)
-                f.attrs.update(format=FORMAT, dataset_id=dataset_id, model=testbed.name, generator=generator,
-                               generator_version=version, seed=int(seed), shard=k, n_shards=n_shards,
-                               n_events=count)
-            os.replace(partial, out / name)
-            size = (out / name).stat().st_size
-            manifest["shards"].append({"file": name, "n_events": count, "bytes": size,
-                                       "sha256": _sha256(out / name)})
-            bar.shard_done(k, n_shards, count, done, size)
-    finally:
-        bar.close()
-    if done != n_events:
-        raise RuntimeError(f"the generator made {done} events, not {n_events}: shards in {out} are incomplete")
-    tmp = out / (MANIFEST + ".partial")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
-    return manifest
-
-
-def _remove_data_set(out: Path) -> None:
-    """Delete the manifest and the shard files it lists (nothing else in the folder)."""
-    try:
-        old = json.loads((out / MANIFEST).read_text())
-        files = [s["file"] for s in old.get("shards", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        files = []
-    for name in files:
-        if "/" not in name and name.endswith(".h5"):
-            (out / name).unlink(missing_ok=True)
-    (out / MANIFEST).unlink()
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -533,12 +300,11 @@ class ShardSet:
                 f"{len(self.counts)} shards, {m['generator_version']}, seed {m['seed']})")
 
 
-_LOADER_NAMES = ("ShardDataset", "ShardEvents", "rank_chunks")
+_REEXPORTED = {"ShardDataset": "loader", "ShardEvents": "loader", "rank_chunks": "loader", "write_shards": "writer"}
 
 
-def __getattr__(name: str):  # the reading side, re-exported lazily (hepml_kit.data.loader imports this module)
-    if name in _LOADER_NAMES:
-        from hepml_kit.data import loader
-
-        return getattr(loader, name)
+def __getattr__(name: str):  # the reading and writing sides, re-exported lazily (both import this module)
+    if name in _REEXPORTED:
+        module = importlib.import_module(f"hepml_kit.data.{_REEXPORTED[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -33,6 +33,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.special import gammainc
 
+from hepml_kit.data._seeding import check_seed, generate_blocks, rank_range, stream
+
 __all__ = [
     "GENERATOR_VERSION",
     "PARTICLES",
@@ -157,14 +159,6 @@ class ShowerConfig:
 def _check_particle(particle):
     if particle not in PARTICLES:
         raise ValueError(f"unknown particle {particle!r}; choose one of {PARTICLES}")
-
-
-def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Global index range [lo, hi) of `rank`'s contiguous share of `n` samples."""
-    if n < 0 or world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need n >= 0 and 0 <= rank < world_size, got n={n} rank={rank} "
-                         f"world_size={world_size}")
-    return rank * n // world_size, (rank + 1) * n // world_size
 
 
 def _radial_cdf(r, p, rc, rt):
@@ -295,17 +289,12 @@ def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: i
     Layer geometry and feature helpers: `calo_layers`, `voxel_coordinates`, `shower_features`.
     """
     cfg = cfg or ShowerConfig()
-    lo, hi = rank_range(int(n), rank, world_size)
-    parts = []
-    for blk in range(lo // BLOCK, (hi + BLOCK - 1) // BLOCK):
-        rng = np.random.default_rng(np.random.SeedSequence([int(seed), blk, 0x5C0]))
-        idx = np.arange(blk * BLOCK, (blk + 1) * BLOCK)
-        data = _block(rng, idx, cfg)  # the whole block, so it does not depend on where ranks cut
-        keep = (idx >= lo) & (idx < hi)
-        parts.append({k: v[keep] for k, v in data.items()})
-    if not parts:
-        return {k: v[:0] for k, v in _block(np.random.default_rng(0), np.arange(1), cfg).items()}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    seed = check_seed(seed)
+
+    def make_block(b):  # the whole block, so it does not depend on where ranks cut
+        return _block(stream(seed, b, 0x5C0), np.arange(b * BLOCK, (b + 1) * BLOCK), cfg)
+
+    return generate_blocks(make_block, n, rank, world_size, BLOCK)
 
 
 def voxel_coordinates(cfg: ShowerConfig) -> dict:

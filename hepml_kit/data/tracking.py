@@ -44,6 +44,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from hepml_kit.data._seeding import stream
+
 __all__ = [
     "GENERATOR_VERSION",
     "TrackingConfig",
@@ -223,7 +225,7 @@ def build_graph(hit_layer, hit_phi, hit_z, radii, phi_slope_max: float, z0_max: 
 
 def generate_tracking_event(cfg: TrackingConfig, seed: int, event_index: int) -> dict[str, np.ndarray]:
     """One event (layout in the module docstring), from the random stream of (seed, event_index)."""
-    rng = np.random.default_rng([seed, event_index])
+    rng = stream(seed, event_index)
     n_layers = len(cfg.layer_radii_mm)
     radii, half = np.asarray(cfg.layer_radii_mm), np.asarray(cfg.layer_half_length_mm)
     # --- particles: vertices, kinematics

@@ -31,6 +31,8 @@ import numpy as np
 from scipy.ndimage import convolve1d
 from scipy.special import ndtr
 
+from hepml_kit.data._seeding import check_seed, generate_blocks, rank_range, stream
+
 __all__ = [
     "ANOMALY_KINDS",
     "BLOCK",
@@ -101,15 +103,6 @@ def s2_sigma_us(drift_us, cfg: WaveformGenConfig):
     return np.sqrt(cfg.sigma0_mm**2 + 2 * d_l * np.asarray(drift_us)) / cfg.drift_velocity_mm_us
 
 
-def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """Global event indices [start, stop) of `rank`'s contiguous share of `n` events."""
-    if n < 0:
-        raise ValueError(f"number of events must be >= 0, got {n}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-    return rank * n // world_size, (rank + 1) * n // world_size
-
-
 def generate_waveforms(
     n: int, seed: int, cfg: WaveformGenConfig | None = None, rank: int = 0, world_size: int = 1
 ) -> dict:
@@ -125,17 +118,12 @@ def generate_waveforms(
     cfg = cfg or WaveformGenConfig()
     if not isinstance(cfg, WaveformGenConfig):
         raise TypeError(f"cfg must be a WaveformGenConfig, got {type(cfg).__name__}")
-    if int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    seed = int(seed)
-    start, stop = rank_range(int(n), rank, world_size)
-    parts = [_block(seed, b, cfg) for b in range(start // BLOCK, -(-stop // BLOCK))] or [_block(seed, 0, cfg)]
-    first = (start // BLOCK) * BLOCK
-    return {k: np.concatenate([p[k] for p in parts])[start - first : stop - first] for k in parts[0]}
+    seed = check_seed(seed)
+    return generate_blocks(lambda b: _block(seed, b, cfg), n, rank, world_size, BLOCK)
 
 
 def _block(seed: int, block: int, cfg: WaveformGenConfig) -> dict:
-    rng = np.random.default_rng([seed, 0x5A5E, block])
+    rng = stream(seed, 0x5A5E, block)
     n, S, dt = BLOCK, cfg.n_samples, cfg.dt_ns * 1e-3  # dt in us
     anomaly = rng.random(n) < cfg.anomaly_rate
     w = np.asarray(cfg.anomaly_weights, float)

@@ -40,7 +40,8 @@ class Testbed:
         train_defaults: ``dict`` of the preset's training settings: ``{"tiny": {"events": .., "epochs": ..,
             "batch_size": .., "lr": ..}, ...}`` used by `fit` and `hepml-kit validate`.
         flops_per_sample: ``flops_per_sample(cfg) -> float`` (forward+backward FLOPs, ~3x forward) or ``None``.
-        lightning: ``lightning(cfg, lr) -> lightning.LightningModule`` over the same ``nn.Module``.
+        lightning: ``lightning(cfg, lr) -> lightning.LightningModule`` over the same ``nn.Module`` (made by
+            `hepml_kit.models._lightning.LazyLightningClass` for every model trained by `loss`).
         samples_in: ``samples_in(batch) -> int`` number of samples (in `unit`) in a batch.
     """
 

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepml_kit.data.cosmology import CosmologyConfig, generate_cosmology, power_spectrum
+from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = ["UNetConfig", "UNet3D", "config", "build", "generate", "batches", "loss", "metrics", "threshold",
@@ -228,31 +229,21 @@ def loss(model: nn.Module, batch: dict, cfg: UNetConfig | None = None) -> torch.
     return l1
 
 
-def lightning(cfg: UNetConfig, lr: float = 1e-3):
-    """A LightningModule over the same `UNet3D` (``.model``)."""
-    import lightning as L
-
-    class UNetLightning(L.LightningModule):
-        def __init__(self):
-            super().__init__()
-            self.model = UNet3D(cfg)
-
-        def forward(self, x):
-            return self.model(x)
-
-        def training_step(self, batch, batch_idx):
-            value = loss(self.model, batch, cfg)
-            self.log("train_loss", value, prog_bar=True, batch_size=batch["x"].shape[0])
-            return value
-
-        def configure_optimizers(self):
-            return torch.optim.Adam(self.parameters(), lr=lr)
-
-    return UNetLightning()
-
-
 def make_optimizer(model: nn.Module, cfg: UNetConfig, lr: float):
     return torch.optim.Adam(model.parameters(), lr=lr)
+
+
+_LIGHTNING = LazyLightningClass(__name__, "UNetLightning", build=build, loss=loss,
+                                make_optimizer=make_optimizer,
+                                samples_in=lambda batch: int(batch["x"].shape[0]))
+
+
+def lightning(cfg: UNetConfig, lr: float = 1e-3):
+    """A LightningModule over the same `UNet3D` (``.model``)."""
+    return _LIGHTNING.cls()(cfg, lr)
+
+
+__getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazily made UNetLightning
 
 
 # ---------------------------------------------------------------- metrics

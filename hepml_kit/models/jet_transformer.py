@@ -28,7 +28,6 @@ IP taggers by large factors. The tiny preset reaches 30-60x on ~6,700 test light
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
 from hepml_kit.data.jets import generate_jets, normalise_tracks
+from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = [
@@ -321,47 +321,16 @@ def threshold(m: dict) -> bool:
 # ---- Lightning ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _lightning_class():
-    import lightning as L
-
-    class JetTaggerLightning(L.LightningModule):
-        """The same `JetTransformer` and `loss` under Lightning."""
-
-        def __init__(self, cfg: JetTransformerConfig, lr: float = 1e-3):
-            super().__init__()
-            self.save_hyperparameters()
-            self.model = build(cfg)
-            self.lr = lr
-
-        def forward(self, tracks, mask):
-            return self.model(tracks, mask)
-
-        def training_step(self, batch, batch_idx):
-            value = loss(self.model, batch)
-            self.log("train_loss", value, prog_bar=True, batch_size=batch["tracks"].shape[0])
-            return value
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", loss(self.model, batch), batch_size=batch["tracks"].shape[0], sync_dist=True)
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=self.lr)
-
-    JetTaggerLightning.__module__ = __name__
-    JetTaggerLightning.__qualname__ = "JetTaggerLightning"
-    return JetTaggerLightning
+_LIGHTNING = LazyLightningClass(__name__, "JetTaggerLightning", build=build, loss=loss,
+                                samples_in=lambda batch: int(batch["tracks"].shape[0]))
 
 
 def lightning(cfg: JetTransformerConfig, lr: float = 1e-3):
     """A LightningModule wrapping `build(cfg)` and `loss` (lightning is imported only here)."""
-    return _lightning_class()(cfg, lr)
+    return _LIGHTNING.cls()(cfg, lr)
 
 
-def __getattr__(name: str):  # lets pickle (ddp_spawn) find the lazily made class
-    if name == "JetTaggerLightning":
-        return _lightning_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazily made JetTaggerLightning
 
 
 def example_inputs(cfg: JetTransformerConfig, batch_size: int = 2) -> tuple[torch.Tensor, torch.Tensor]:

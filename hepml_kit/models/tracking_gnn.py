@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hepml_kit.data.tracking import TrackingConfig, generate_tracking_events
+from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = [
@@ -383,53 +384,21 @@ def threshold(m: dict) -> bool:
     return bool(m["edge_auc"] >= 0.95)
 
 
+def samples_in(batch: dict) -> int:
+    """Graphs in a batch (the throughput unit)."""
+    return int(batch["n_graphs"])
+
+
 # ---------------------------------------------------------------------------------------- lightning
-def _lightning_class():
-    """`TrackingGNNModule`, built on first use so that importing this module does not import lightning."""
-    if "TrackingGNNModule" in globals():
-        return globals()["TrackingGNNModule"]
-    import lightning as L
-
-    class TrackingGNNModule(L.LightningModule):
-        """LightningModule over the same `InteractionNetwork` and `loss` as the plain loop."""
-
-        def __init__(self, cfg: Config, lr: float = 1e-3):
-            super().__init__()
-            self.cfg, self.lr, self.model = cfg, lr, build(cfg)
-
-        def forward(self, x, edge_attr, edge_index):
-            return self.model(x, edge_attr, edge_index)
-
-        def training_step(self, batch, batch_idx):
-            value = loss(self.model, batch)
-            self.log("train_loss", value, batch_size=int(batch["n_graphs"]), prog_bar=True)
-            return value
-
-        def validation_step(self, batch, batch_idx):
-            self.log("val_loss", loss(self.model, batch), batch_size=int(batch["n_graphs"]))
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.model.parameters(), lr=self.lr)
-
-    TrackingGNNModule.__module__, TrackingGNNModule.__qualname__ = __name__, "TrackingGNNModule"
-    globals()["TrackingGNNModule"] = TrackingGNNModule  # picklable by name (ddp_spawn)
-    return TrackingGNNModule
+_LIGHTNING = LazyLightningClass(__name__, "TrackingGNNModule", build=build, loss=loss, samples_in=samples_in)
 
 
 def lightning(cfg: Config, lr: float = 1e-3):
     """A `lightning.LightningModule` training ``build(cfg)`` with `loss`; feed it a `dataloader(...)`."""
-    return _lightning_class()(cfg, lr)
+    return _LIGHTNING.cls()(cfg, lr)
 
 
-def __getattr__(name: str):
-    if name == "TrackingGNNModule":
-        return _lightning_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def samples_in(batch: dict) -> int:
-    """Graphs in a batch (the throughput unit)."""
-    return int(batch["n_graphs"])
+__getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazily made TrackingGNNModule
 
 
 def edges_in(batch: dict) -> int:

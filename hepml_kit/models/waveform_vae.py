@@ -25,7 +25,6 @@ the bar, and an AUC on ~500 anomalies carries a statistical error of ~0.01.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
 import numpy as np
 import torch
@@ -34,6 +33,7 @@ from torch import nn
 
 from hepml_kit.data.waveforms import ANOMALY_KINDS, GENERATOR_VERSION, WaveformGenConfig
 from hepml_kit.data.waveforms import generate_waveforms, normalise_waveforms
+from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = [
@@ -233,48 +233,16 @@ def threshold(m: dict) -> bool:
 # ---- Lightning ------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
-def _lightning_class():
-    import lightning as L
-
-    class WaveformVAELightning(L.LightningModule):
-        """The same `WaveformVAE` and `loss` under Lightning."""
-
-        def __init__(self, cfg: WaveformVAEConfig, lr: float = 1e-3):
-            super().__init__()
-            self.save_hyperparameters()
-            self.model = build(cfg)
-            self.lr = lr
-
-        def forward(self, waveform):
-            return self.model(waveform)
-
-        def training_step(self, batch, batch_idx):
-            value = loss(self.model, batch)
-            self.log("train_loss", value, prog_bar=True, batch_size=batch["waveform"].shape[0])
-            return value
-
-        def validation_step(self, batch, batch_idx):
-            value = loss(self.model, batch)
-            self.log("val_loss", value, batch_size=batch["waveform"].shape[0], sync_dist=True)
-
-        def configure_optimizers(self):
-            return torch.optim.AdamW(self.parameters(), lr=self.lr)
-
-    WaveformVAELightning.__module__ = __name__
-    WaveformVAELightning.__qualname__ = "WaveformVAELightning"
-    return WaveformVAELightning
+_LIGHTNING = LazyLightningClass(__name__, "WaveformVAELightning", build=build, loss=loss,
+                                samples_in=lambda batch: int(batch["waveform"].shape[0]))
 
 
 def lightning(cfg: WaveformVAEConfig, lr: float = 1e-3):
     """A LightningModule wrapping `build(cfg)` and `loss` (lightning is imported only here)."""
-    return _lightning_class()(cfg, lr)
+    return _LIGHTNING.cls()(cfg, lr)
 
 
-def __getattr__(name: str):  # lets pickle (ddp_spawn) find the lazily made class
-    if name == "WaveformVAELightning":
-        return _lightning_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazily made WaveformVAELightning
 
 
 def example_inputs(cfg: WaveformVAEConfig, batch_size: int = 2) -> tuple[torch.Tensor]:

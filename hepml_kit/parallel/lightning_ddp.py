@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hepml_kit.models import Testbed, get
 
-__all__ = ["SampleDataset", "RankZeroReport", "default_strategy", "fit_lightning", "main"]
+__all__ = ["EventDataset", "SampleDataset", "RankZeroReport", "default_strategy", "fit_lightning", "main"]
 
 
 class SampleDataset(Dataset):
@@ -51,6 +51,30 @@ class SampleDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         return {k: v[i] for k, v in self.tensors.items()}
+
+
+class EventDataset(Dataset):
+    """Events of a testbed whose data are a list of events (the tracking graphs); the loader's `collate_fn`
+    (`BatchOfEvents`) merges the events of a batch with the testbed's own ``batches``."""
+
+    def __init__(self, events: list):
+        self.events = events
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __getitem__(self, i: int):
+        return self.events[i]
+
+
+class BatchOfEvents:
+    """``collate_fn``: a list of events -> one batch, as ``testbed.batches`` makes it (picklable, by name)."""
+
+    def __init__(self, testbed: str):
+        self.testbed = testbed
+
+    def __call__(self, events: list) -> dict:
+        return next(get(self.testbed).batches(events, len(events)))
 
 
 def _callback_base():
@@ -135,14 +159,19 @@ def fit_lightning(
 
     cfg = tb.config(preset)
     data = tb.generate(cfg, steps * global_batch, seed)
-    dataset = SampleDataset(next(tb.batches(data, steps * global_batch)))
+    collate = None
+    if isinstance(data, list):  # events (graphs): merged per batch, as the testbed's hand-written loop does
+        dataset, collate = EventDataset(data), BatchOfEvents(tb.name)
+    else:
+        dataset = SampleDataset(next(tb.batches(data, steps * global_batch)))
     L.seed_everything(seed, verbose=False)  # also seeds Lightning's DistributedSampler (PL_GLOBAL_SEED)
     module = tb.lightning(cfg, lr)
     # One device: the same sampler one rank of N would use, so the order matches the reference's.
     sampler = None
     if devices == 1:
         sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
-    loader = DataLoader(dataset, batch_size=global_batch // devices, shuffle=sampler is None, sampler=sampler)
+    loader = DataLoader(dataset, batch_size=global_batch // devices, shuffle=sampler is None, sampler=sampler,
+                        collate_fn=collate)
     profiler = ProfilerCallback(verbose=False, unit=tb.unit,
                                 flops_per_sample=tb.flops_per_sample(cfg) if tb.flops_per_sample else None)
     report = RankZeroReport(out_dir, profiler)

@@ -17,7 +17,8 @@ and the file gets a module-level ``__getattr__`` (PEP 562) that returns it: pick
 The module holds ``self.model = build(cfg)`` and forwards to it; ``training_step`` logs ``train_loss``
 (progress bar) and ``validation_step`` ``val_loss`` (averaged over ranks), weighted by ``samples_in(batch)``
 samples; ``configure_optimizers`` returns ``make_optimizer(model, cfg, lr)``, AdamW by default (as
-`Testbed.optimizer`). A model trained otherwise (the GAN: two optimisers, manual steps) writes its own.
+`Testbed.optimizer`). A model trained otherwise (the GAN: two optimisers, manual steps) writes its own
+class body and hands it to `LazyClass`, which does the naming and the ``__getattr__`` alone.
 """
 
 from __future__ import annotations
@@ -27,19 +28,50 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-__all__ = ["LazyLightningClass"]
+__all__ = ["LazyClass", "LazyLightningClass"]
 
 
 def _adamw(model: nn.Module, cfg: Any, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr)
 
 
-class LazyLightningClass:
-    """The LightningModule class ``<module>.<name>`` of one testbed model, made by the first `cls()` call.
+class LazyClass:
+    """The class ``<module>.<name>`` made by ``make()`` at the first `cls()` call, named so pickle finds it.
 
     Args:
         module: the model file's ``__name__``; the class claims it as its ``__module__``.
         name: the class name, which the model file's ``__getattr__ = self.module_getattr`` answers to.
+        make: ``make() -> type``, e.g. a function that imports lightning and defines the class.
+    """
+
+    def __init__(self, module: str, name: str, make: Callable[[], type]):
+        self.module, self.name, self._make_fn = module, name, make
+        self._cls: type | None = None
+
+    def cls(self) -> type:
+        """The class (one per process: pickle checks that ``<module>.<name>`` is this very object)."""
+        if self._cls is None:
+            made = self._make()
+            made.__module__ = self.module
+            made.__name__ = made.__qualname__ = self.name
+            self._cls = made
+        return self._cls
+
+    def module_getattr(self, attr: str):
+        """The model file's ``__getattr__``: hands out the class by name, so pickle can find it."""
+        if attr == self.name:
+            return self.cls()
+        raise AttributeError(f"module {self.module!r} has no attribute {attr!r}")
+
+    def _make(self) -> type:
+        return self._make_fn()
+
+
+class LazyLightningClass(LazyClass):
+    """The LightningModule class ``<module>.<name>`` of one testbed model, made by the first `cls()` call.
+
+    Args:
+        module, name: as for `LazyClass`.
         build: ``build(cfg) -> nn.Module``.
         loss: ``loss(model, batch) -> scalar Tensor``.
         samples_in: ``samples_in(batch) -> int``, the batch size Lightning weights logged means by.
@@ -56,22 +88,9 @@ class LazyLightningClass:
         samples_in: Callable[[dict], int],
         make_optimizer: Callable[[nn.Module, Any, float], Any] | None = None,
     ):
-        self.module, self.name = module, name
+        super().__init__(module, name, make=None)
         self.build, self.loss, self.samples_in = build, loss, samples_in
         self.make_optimizer = make_optimizer or _adamw
-        self._cls: type | None = None
-
-    def cls(self) -> type:
-        """The class (one per process: pickle checks that ``<module>.<name>`` is this very object)."""
-        if self._cls is None:
-            self._cls = self._make()
-        return self._cls
-
-    def module_getattr(self, attr: str):
-        """The model file's ``__getattr__``: hands out the class by name, so pickle can find it."""
-        if attr == self.name:
-            return self.cls()
-        raise AttributeError(f"module {self.module!r} has no attribute {attr!r}")
 
     def _make(self) -> type:
         import lightning as L
@@ -98,7 +117,5 @@ class LazyLightningClass:
             def configure_optimizers(self):
                 return make_optimizer(self.model, self.cfg, self.lr)
 
-        TestbedLightning.__module__ = self.module
-        TestbedLightning.__name__ = TestbedLightning.__qualname__ = self.name
         TestbedLightning.__doc__ = f"`{self.module}.build(cfg)` trained with its `loss` under Lightning."
         return TestbedLightning

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from hepml_kit.data.showers import CALOCHALLENGE_ENERGIES_MEV, ShowerConfig, generate_showers, shower_features
+from hepml_kit.models._lightning import LazyClass
 from hepml_kit.models._testbed import Testbed, fit, iterate_batches
 
 __all__ = ["CaloGANConfig", "CaloGAN", "config", "build", "generate", "batches", "train_step",
@@ -244,14 +245,16 @@ def flops_per_sample(cfg: CaloGANConfig) -> float:
     return 2.0 * (m_g + 11 * m_d + 3 * (m_g + m_d) / cfg.n_critic)
 
 
-def lightning(cfg: CaloGANConfig, lr: float = 1e-4):
-    """A LightningModule over the same `CaloGAN` (``.model``), with manual optimisation of both nets."""
+def _lightning_class() -> type:
     import lightning as L
 
     class CaloGANLightning(L.LightningModule):
-        def __init__(self):
+        """The same `CaloGAN` (``.model``) under Lightning, with manual optimisation of both nets."""
+
+        def __init__(self, cfg: CaloGANConfig, lr: float = 1e-4):
             super().__init__()
-            self.model = CaloGAN(cfg)
+            self.save_hyperparameters()
+            self.cfg, self.lr, self.model = cfg, lr, CaloGAN(cfg)
             self.automatic_optimization = False
 
         def forward(self, z, label):
@@ -263,7 +266,7 @@ def lightning(cfg: CaloGANConfig, lr: float = 1e-4):
             opt_d.zero_grad()
             self.manual_backward(loss_d)
             opt_d.step()
-            if (batch_idx + 1) % cfg.n_critic == 0:
+            if (batch_idx + 1) % self.cfg.n_critic == 0:
                 loss_g = generator_loss(self.model, batch["label"])
                 opt_g.zero_grad()
                 self.manual_backward(loss_g)
@@ -273,9 +276,20 @@ def lightning(cfg: CaloGANConfig, lr: float = 1e-4):
             return loss_d
 
         def configure_optimizers(self):
-            return list(make_optimizer(self.model, cfg, lr))
+            return list(make_optimizer(self.model, self.cfg, self.lr))
 
-    return CaloGANLightning()
+    return CaloGANLightning
+
+
+_LIGHTNING = LazyClass(__name__, "CaloGANLightning", _lightning_class)
+
+
+def lightning(cfg: CaloGANConfig, lr: float = 1e-4):
+    """A LightningModule over the same `CaloGAN` (``.model``), with manual optimisation of both nets."""
+    return _LIGHTNING.cls()(cfg, lr)
+
+
+__getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazily made CaloGANLightning
 
 
 # ---------------------------------------------------------------- metrics

@@ -14,23 +14,19 @@ Taught in curriculum/00_setup.
 from __future__ import annotations
 
 import atexit
-import importlib
-import io
 import os
-import re
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
-import types
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import cloudpickle
 
+from hepml_kit.launch.errors import WorkerError, describe_remote_failure
+from hepml_kit.launch.payload import check_sendable
 from hepml_kit.launch.rendezvous import RankInfo, free_port
 
 __all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
@@ -42,33 +38,6 @@ _RENDEZVOUS_FAILED = ("EADDRINUSE", "connectFullMesh failed")
 _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish or fail by themselves
 _POLL_S = 0.005
 _live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
-
-
-_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "NCCL communicator was aborted",
-              "Broken pipe", "failed to recv", "Socket Timeout")
-
-
-class WorkerError(RuntimeError):
-    """One or more ranks failed. `failures` maps rank -> remote traceback (or cause); `root_ranks` are the
-    ranks that failed first-hand (the others only lost a peer in a collective)."""
-
-    def __init__(self, failures: dict[int, str], note: str = ""):
-        self.failures = dict(sorted(failures.items()))
-        secondary = {r for r, t in self.failures.items() if any(s in t for s in _PEER_LOST)}
-        self.root_ranks = [r for r in self.failures if r not in secondary] or list(self.failures)
-        released = [r for r in self.failures if r not in self.root_ranks]
-        head = [f"rank {r} failed: {_last_line(self.failures[r])}" for r in self.root_ranks]
-        if released:
-            head.append(f"rank(s) {', '.join(map(str, released))} stopped because a peer failed during a collective")
-        if note:
-            head.append(note)
-        body = [f"--- rank {r} traceback ---\n{t.rstrip()}" for r, t in self.failures.items() if r in self.root_ranks]
-        super().__init__("\n".join(head + body))
-
-
-def _last_line(text: str) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1].strip() if lines else "(no message)"
 
 
 @dataclass(frozen=True)
@@ -154,64 +123,6 @@ def _leave_together(store, info: RankInfo, finished: bool, timeout_s: float) -> 
                 time.sleep(0.001)
     except Exception:  # the store is gone: rank 0 left (it failed, and reports that itself)
         pass
-
-
-def _check_sendable(fn, args, kwargs) -> bytes:
-    if not callable(fn):
-        raise TypeError(f"launch needs a callable, got {type(fn).__name__}")
-    # Functions (the one to run, or ones passed as arguments, e.g. to an exercise check) from test files or
-    # user scripts that the engines cannot import travel by value.
-    for f in (fn, *_callables_in(args), *_callables_in(tuple(kwargs.values()))):
-        module = sys.modules.get(getattr(f, "__module__", None) or "")
-        if module is not None and module.__name__ != "__main__" and not _importable_everywhere(module):
-            cloudpickle.register_pickle_by_value(module)
-    try:
-        return _dumps((fn, args, kwargs))
-    except Exception as e:
-        raise TypeError(
-            f"cannot send {getattr(fn, '__qualname__', fn)!r} and its arguments to the engines: {e}. "
-            "Define the function at the top level of the notebook/module and pass plain data "
-            "(no open files, locks, CUDA tensors or live process groups)."
-        ) from e
-
-
-def _callables_in(values: tuple) -> list:
-    found = []
-    for v in values:
-        if isinstance(v, (list, tuple)):
-            found += _callables_in(tuple(v))
-        elif isinstance(v, dict):
-            found += _callables_in(tuple(v.values()))
-        elif callable(v) and hasattr(v, "__module__"):
-            found.append(v)
-    return found
-
-
-class _Pickler(cloudpickle.Pickler):
-    """cloudpickle, plus: modules of a ModuleType subclass (torch's config modules, e.g.
-    ``torch.distributed.config``, which cloudpickle finds when a function uses both ``dist`` and a name
-    ``config``) travel by name like ordinary modules instead of failing to pickle."""
-
-    def reducer_override(self, obj):
-        if isinstance(obj, types.ModuleType) and type(obj) is not types.ModuleType:
-            name = getattr(obj, "__name__", None)
-            if name and sys.modules.get(name) is obj:
-                return importlib.import_module, (name,)
-        return super().reducer_override(obj)
-
-
-def _dumps(obj) -> bytes:
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
-    return buf.getvalue()
-
-
-def _importable_everywhere(module) -> bool:
-    name = module.__name__.split(".")[0]
-    if name == "hepml_kit":
-        return True
-    path = getattr(module, "__file__", None) or ""
-    return "site-packages" in path or path.startswith(sys.base_prefix) or name in sys.builtin_module_names
 
 
 class Workers:
@@ -409,7 +320,7 @@ class Workers:
         """
         if not (isinstance(timeout, (int, float)) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        payload = _check_sendable(fn, args, kwargs)
+        payload = check_sendable(fn, args, kwargs)
         for attempt in range(3):
             try:
                 return self._run_once(payload, timeout, quiet)
@@ -448,7 +359,7 @@ class Workers:
                     try:
                         results[rank] = ar.get(timeout=5)
                     except Exception as exc:  # RemoteError, or EngineError when the hub saw the engine die
-                        failures[rank] = _describe(exc)
+                        failures[rank] = describe_remote_failure(exc)
                         engine_died = engine_died or type(exc).__name__ == "EngineError"
                         first_failure_at = first_failure_at or time.monotonic()
                 dead = self._dead_ranks(pending)
@@ -506,25 +417,9 @@ def launch(fn: Callable, *args, nprocs: int = 2, timeout: float = 600.0, engines
     rank order. A one-shot `Workers` pool: started, used once, closed (also on error)."""
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"nprocs must be an integer >= 1, got {nprocs!r}")
-    _check_sendable(fn, args, kwargs)  # fail before starting anything
+    check_sendable(fn, args, kwargs)  # fail before starting anything
     with Workers(n=nprocs, engines=engines, device=device) as w:
         return w.run(fn, *args, timeout=timeout, **kwargs)
-
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _describe(exc: BaseException) -> str:
-    """Plain-text traceback of a remote failure (ANSI colours stripped, engine plumbing frames dropped)."""
-    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
-    if ename:  # ipyparallel RemoteError / EngineError
-        tb = _ANSI.sub("", getattr(exc, "traceback", "") or "")
-        # keep the frames from our rank wrapper on (the user's code), drop the kernel's exec plumbing
-        cut = tb.find("_run_rank")
-        tb = tb[tb.rfind("File", 0, cut) :] if cut > 0 else tb
-        text = tb.rstrip()
-        return text if text.endswith(f"{ename}: {evalue}") else f"{text}\n{ename}: {evalue}"
-    return "".join(traceback.format_exception(exc))
 
 
 def _show_output(ars: dict) -> None:

@@ -1,0 +1,53 @@
+"""How a failed call is reported: `WorkerError` names the rank(s) that failed first-hand, with their remote
+tracebacks, apart from the ranks that only lost a peer in a collective. Used by `Workers.run`."""
+
+from __future__ import annotations
+
+import re
+import traceback
+
+__all__ = ["WorkerError", "describe_remote_failure"]
+
+_PEER_LOST = ("Connection reset by peer", "Connection closed by peer", "NCCL communicator was aborted",
+              "Broken pipe", "failed to recv", "Socket Timeout")
+
+
+class WorkerError(RuntimeError):
+    """One or more ranks failed. `failures` maps rank -> remote traceback (or cause); `root_ranks` are the
+    ranks that failed first-hand (the others only lost a peer in a collective)."""
+
+    def __init__(self, failures: dict[int, str], note: str = ""):
+        self.failures = dict(sorted(failures.items()))
+        secondary = {r for r, t in self.failures.items() if any(s in t for s in _PEER_LOST)}
+        self.root_ranks = [r for r in self.failures if r not in secondary] or list(self.failures)
+        released = [r for r in self.failures if r not in self.root_ranks]
+        head = [f"rank {r} failed: {_last_line(self.failures[r])}" for r in self.root_ranks]
+        if released:
+            head.append(f"rank(s) {', '.join(map(str, released))} stopped because a peer failed during a collective")
+        if note:
+            head.append(note)
+        body = [f"--- rank {r} traceback ---\n{t.rstrip()}" for r, t in self.failures.items() if r in self.root_ranks]
+        super().__init__("\n".join(head + body))
+
+
+def _last_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no message)"
+
+
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def describe_remote_failure(exc: BaseException) -> str:
+    """Plain-text traceback of a remote failure (ANSI colours stripped, engine plumbing frames dropped)."""
+    ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
+    if ename:  # ipyparallel RemoteError / EngineError
+        tb = _ANSI.sub("", getattr(exc, "traceback", "") or "")
+        # keep the frames from our rank wrapper on (the user's code), drop the kernel's exec plumbing
+        cut = tb.find("_run_rank")
+        tb = tb[tb.rfind("File", 0, cut) :] if cut > 0 else tb
+        text = tb.rstrip()
+        return text if text.endswith(f"{ename}: {evalue}") else f"{text}\n{ename}: {evalue}"
+    return "".join(traceback.format_exception(exc))

@@ -11,7 +11,7 @@ shared machine hit both alike; the result is the ratio of the median throughputs
 and the latency percentiles of each arm. `--sweep` also prints throughput and latency against concurrency and
 request batch size, with in-process inference as the baseline.
 
-    .venv/bin/python bench/serving.py [--preset tiny] [--clients 8] [--requests 600] [--rounds 2] [--sweep]
+    .venv/bin/python bench/serving.py [--preset tiny] [--clients 8] [--requests 600] [--rounds 3] [--sweep]
                                       [--clients-in process|thread] [--delay-us 4000] [--preferred 8]
 
 By default the comparison runs twice: with the clients in a separate process (as real clients are; the
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="tiny", choices=("tiny", "small", "full"))
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--requests", type=int, default=600, help="requests per round and arm")
-    ap.add_argument("--rounds", type=int, default=2, help="A B B A: each arm runs this many rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="A B, B A, A B ...: each arm runs this many rounds")
     ap.add_argument("--delay-us", type=int, default=4000, help="dynamic batcher max queue delay")
     ap.add_argument(
         "--preferred",

@@ -4,9 +4,10 @@ The recipe (ipyparallel issue #813 asks for it): start engines with `ipyparallel
 engine's host, pid and GPUs once, then for every call send *one* blocking message per engine that carries
 its rank, the rendezvous address and the pickled function — never a `push` followed by an `apply`, which
 can leave one engine without its rank and the others waiting in rendezvous forever. Each rank initialises
-the process group, runs the function, and destroys the group. Every wait has a timeout; a rank that raises
-or dies ends the call with a `WorkerError` naming it, and ranks left blocked in a collective are killed
-and the pool restarted, so nothing hangs and nothing is left behind.
+the process group, runs the function, and destroys the group once every rank is done with it (gloo's init
+is not a barrier: a fast rank must not leave a slow one mid-handshake). Every wait has a timeout; a rank
+that raises or dies ends the call with a `WorkerError` naming it, and ranks left blocked in a collective
+are killed and the pool restarted, so nothing hangs and nothing is left behind.
 
 Taught in curriculum/00_setup.
 """

@@ -46,15 +46,17 @@ from hepml_kit.serve import (
 )
 
 
+def _tagger(preset: str, delay_us: int, preferred: tuple[int, ...]):
+    """The jet tagger under Triton's dynamic batcher (max batch 64)."""
+    batching = Batching(max_batch_size=64, max_queue_delay_us=delay_us, preferred_batch_sizes=preferred)
+    return served_model("jet_transformer", preset=preset, batching=batching)
+
+
 def compare(
     preset: str, clients: int, requests: int, rounds: int, delay_us: int, protocol: str, executor=None,
     preferred: tuple[int, ...] = (),
 ) -> dict:
-    dynamic = served_model(
-        "jet_transformer",
-        preset=preset,
-        batching=Batching(max_batch_size=64, max_queue_delay_us=delay_us, preferred_batch_sizes=preferred),
-    )
+    dynamic = _tagger(preset, delay_us, preferred)
     batch1 = dynamic.with_batching(Batching(max_batch_size=64, dynamic=False), "jet_transformer_batch1")
     runs = {dynamic.name: [], batch1.name: []}
     merged = {}
@@ -94,11 +96,7 @@ def compare(
 
 
 def sweep_table(preset: str, requests: int, protocol: str, delay_us: int, executor=None, preferred=()):
-    model = served_model(
-        "jet_transformer",
-        preset=preset,
-        batching=Batching(max_batch_size=64, max_queue_delay_us=delay_us, preferred_batch_sizes=preferred),
-    )
+    model = _tagger(preset, delay_us, preferred)
     rows = in_process_baseline(model, batch_sizes=(1, 8))
     with InferenceServer([model]) as server:
         for batch in (1, 8):

@@ -22,6 +22,7 @@ import tempfile
 import time
 import weakref
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Callable
 
 import cloudpickle
@@ -73,8 +74,6 @@ def _probe_engine() -> dict:
 
 def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes):
     """Runs on each engine for every call: wire the rank, run the function, unwire together."""
-    from datetime import timedelta
-
     import torch
     import torch.distributed as dist
 
@@ -109,21 +108,23 @@ def _leave_together(store, info: RankInfo, finished: bool, timeout_s: float) -> 
     mpiexec-started engines). So a rank whose function returned waits until every rank has left its
     function; a rank whose function raised leaves at once (a peer may be blocked in a collective on it).
     Rank 0 hosts the store and goes last."""
-    from datetime import timedelta
-
+    timeout = timedelta(seconds=timeout_s)
     try:
-        if store.add("hepml/left_fn", 1) == info.world_size:
-            store.set("hepml/all_left_fn", "1")
+        _count_in(store, "hepml/left_fn", info.world_size)
         if finished:
-            store.wait(["hepml/all_left_fn"], timedelta(seconds=timeout_s))
+            store.wait(["hepml/left_fn/all"], timeout)
         if info.rank != 0:
-            store.add("hepml/done_with_store", 1)
-        elif finished:
-            deadline = time.monotonic() + timeout_s
-            while store.add("hepml/done_with_store", 0) < info.world_size - 1 and time.monotonic() < deadline:
-                time.sleep(0.001)
+            _count_in(store, "hepml/done_with_store", info.world_size - 1)
+        elif finished and info.world_size > 1:
+            store.wait(["hepml/done_with_store/all"], timeout)
     except Exception:  # the store is gone: rank 0 left (it failed, and reports that itself)
         pass
+
+
+def _count_in(store, key: str, expected: int) -> None:
+    """Count this rank in at `key`; the last of the `expected` ranks sets the flag ``<key>/all``."""
+    if store.add(key, 1) == expected:
+        store.set(f"{key}/all", "1")
 
 
 class Workers:

@@ -45,13 +45,13 @@ class LazyClass:
     """
 
     def __init__(self, module: str, name: str, make: Callable[[], type]):
-        self.module, self.name, self._make_fn = module, name, make
+        self.module, self.name, self.make = module, name, make
         self._cls: type | None = None
 
     def cls(self) -> type:
         """The class (one per process: pickle checks that ``<module>.<name>`` is this very object)."""
         if self._cls is None:
-            made = self._make()
+            made = self.make()
             made.__module__ = self.module
             made.__name__ = made.__qualname__ = self.name
             self._cls = made
@@ -62,9 +62,6 @@ class LazyClass:
         if attr == self.name:
             return self.cls()
         raise AttributeError(f"module {self.module!r} has no attribute {attr!r}")
-
-    def _make(self) -> type:
-        return self._make_fn()
 
 
 class LazyLightningClass(LazyClass):
@@ -88,11 +85,11 @@ class LazyLightningClass(LazyClass):
         samples_in: Callable[[dict], int],
         make_optimizer: Callable[[nn.Module, Any, float], Any] | None = None,
     ):
-        super().__init__(module, name, make=None)
+        super().__init__(module, name, make=self._make_testbed_class)
         self.build, self.loss, self.samples_in = build, loss, samples_in
         self.make_optimizer = make_optimizer or _adamw
 
-    def _make(self) -> type:
+    def _make_testbed_class(self) -> type:
         import lightning as L
 
         build, loss, samples_in, make_optimizer = self.build, self.loss, self.samples_in, self.make_optimizer

@@ -40,7 +40,8 @@ from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
 __all__ = ["UNetConfig", "UNet3D", "config", "build", "generate", "batches", "loss", "metrics", "threshold",
-           "flops_per_sample", "lightning", "parameter_count", "scale_fields", "gpu_check", "TESTBED"]
+           "flops_per_sample", "lightning", "samples_in", "parameter_count", "scale_fields", "gpu_check",
+           "TESTBED"]
 
 
 @dataclass(frozen=True)
@@ -233,9 +234,14 @@ def make_optimizer(model: nn.Module, cfg: UNetConfig, lr: float):
     return torch.optim.Adam(model.parameters(), lr=lr)
 
 
+def samples_in(batch: dict) -> int:
+    """Cubes in a batch (the throughput unit)."""
+    return int(batch["x"].shape[0])
+
+
 _LIGHTNING = LazyLightningClass(__name__, "UNetLightning", build=build, loss=loss,
                                 make_optimizer=make_optimizer,
-                                samples_in=lambda batch: int(batch["x"].shape[0]))
+                                samples_in=samples_in)
 
 
 def lightning(cfg: UNetConfig, lr: float = 1e-3):
@@ -367,7 +373,7 @@ TESTBED = Testbed(
     metrics=metrics,
     threshold=threshold,
     train_defaults=TRAIN_DEFAULTS,
-    samples_in=lambda batch: int(batch["x"].shape[0]),
+    samples_in=samples_in,
     loss=loss,
     make_optimizer=make_optimizer,
     flops_per_sample=flops_per_sample,

@@ -54,6 +54,7 @@ __all__ = [
     "generate",
     "flops_per_sample",
     "lightning",
+    "samples_in",
     "loss",
     "metrics",
     "predict",
@@ -321,8 +322,12 @@ def threshold(m: dict) -> bool:
 # ---- Lightning ------------------------------------------------------------------------------------
 
 
-_LIGHTNING = LazyLightningClass(__name__, "JetTaggerLightning", build=build, loss=loss,
-                                samples_in=lambda batch: int(batch["tracks"].shape[0]))
+def samples_in(batch: dict) -> int:
+    """Jets in a batch (the throughput unit)."""
+    return int(batch["tracks"].shape[0])
+
+
+_LIGHTNING = LazyLightningClass(__name__, "JetTaggerLightning", build=build, loss=loss, samples_in=samples_in)
 
 
 def lightning(cfg: JetTransformerConfig, lr: float = 1e-3):
@@ -355,7 +360,7 @@ TESTBED = Testbed(
         "small": {"events": 400_000, "test_events": 100_000, "epochs": 10, "batch_size": 1000, "lr": 5e-4},
         "full": {"events": 4_000_000, "test_events": 500_000, "epochs": 20, "batch_size": 4000, "lr": 5e-4},
     },
-    samples_in=lambda batch: int(batch["tracks"].shape[0]),
+    samples_in=samples_in,
     loss=loss,
     flops_per_sample=flops_per_sample,
     lightning=lightning,

@@ -48,6 +48,7 @@ __all__ = [
     "generate",
     "flops_per_sample",
     "lightning",
+    "samples_in",
     "loss",
     "metrics",
     "roc_auc",
@@ -233,8 +234,13 @@ def threshold(m: dict) -> bool:
 # ---- Lightning ------------------------------------------------------------------------------------
 
 
+def samples_in(batch: dict) -> int:
+    """Waveforms in a batch (the throughput unit)."""
+    return int(batch["waveform"].shape[0])
+
+
 _LIGHTNING = LazyLightningClass(__name__, "WaveformVAELightning", build=build, loss=loss,
-                                samples_in=lambda batch: int(batch["waveform"].shape[0]))
+                                samples_in=samples_in)
 
 
 def lightning(cfg: WaveformVAEConfig, lr: float = 1e-3):
@@ -266,7 +272,7 @@ TESTBED = Testbed(
         "small": {"events": 200_000, "test_events": 50_000, "epochs": 20, "batch_size": 256, "lr": 1e-3},
         "full": {"events": 2_000_000, "test_events": 200_000, "epochs": 30, "batch_size": 512, "lr": 5e-4},
     },
-    samples_in=lambda batch: int(batch["waveform"].shape[0]),
+    samples_in=samples_in,
     loss=loss,
     flops_per_sample=flops_per_sample,
     lightning=lightning,

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from hepml_kit.models import Testbed, get
 
-__all__ = ["EventDataset", "SampleDataset", "RankZeroReport", "default_strategy", "fit_lightning", "main"]
+__all__ = ["BatchOfEvents", "SampleDataset", "RankZeroReport", "default_strategy", "fit_lightning", "main"]
 
 
 class SampleDataset(Dataset):
@@ -53,22 +53,9 @@ class SampleDataset(Dataset):
         return {k: v[i] for k, v in self.tensors.items()}
 
 
-class EventDataset(Dataset):
-    """Events of a testbed whose data are a list of events (the tracking graphs); the loader's `collate_fn`
-    (`BatchOfEvents`) merges the events of a batch with the testbed's own ``batches``."""
-
-    def __init__(self, events: list):
-        self.events = events
-
-    def __len__(self) -> int:
-        return len(self.events)
-
-    def __getitem__(self, i: int):
-        return self.events[i]
-
-
 class BatchOfEvents:
-    """``collate_fn``: a list of events -> one batch, as ``testbed.batches`` makes it (picklable, by name)."""
+    """``collate_fn`` for a testbed whose data are a list of events (the tracking graphs, a dataset as they
+    are): the events of a batch -> one batch, as ``testbed.batches`` makes it (picklable, by name)."""
 
     def __init__(self, testbed: str):
         self.testbed = testbed
@@ -161,7 +148,7 @@ def fit_lightning(
     data = tb.generate(cfg, steps * global_batch, seed)
     collate = None
     if isinstance(data, list):  # events (graphs): merged per batch, as the testbed's hand-written loop does
-        dataset, collate = EventDataset(data), BatchOfEvents(tb.name)
+        dataset, collate = data, BatchOfEvents(tb.name)
     else:
         dataset = SampleDataset(next(tb.batches(data, steps * global_batch)))
     L.seed_everything(seed, verbose=False)  # also seeds Lightning's DistributedSampler (PL_GLOBAL_SEED)

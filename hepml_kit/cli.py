@@ -114,6 +114,8 @@ def _add_models(sub) -> None:
                    help="auto: tiny on the CPU, larger presets on a GPU when present")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default min(2, cores))")
     p.add_argument("--strict", action="store_true", help="exit 3 when the threshold is not met")
+    p.add_argument("--plots", metavar="DIR", default=None,
+                   help="write the model's physics plots (PNG) into DIR (default: none)")
     p.set_defaults(func=run("validate_main"))
 
     p = sub.add_parser("data", help="write a testbed's Monte Carlo as sharded HDF5; verify a data set")

@@ -90,7 +90,11 @@ def validate_main(args) -> int:
         return _fail("--device cuda but no CUDA device is visible", 2)
     if device == "cpu":
         _cpu_threads(args.threads)
-    results = validate(args.model, seed=args.seed, preset=args.preset, device=device, log=print)
+    try:
+        results = validate(args.model, seed=args.seed, preset=args.preset, device=device, log=print,
+                           plots=args.plots)
+    except ValueError as e:
+        return _fail(str(e), 2)
     width = max(len(k) for k in results)
     for key, value in results.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value

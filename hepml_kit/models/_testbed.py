@@ -43,6 +43,9 @@ class Testbed:
         lightning: ``lightning(cfg, lr) -> lightning.LightningModule`` over the same ``nn.Module`` (made by
             `hepml_kit.models._lightning.LazyLightningClass` for every model trained by `loss`).
         samples_in: ``samples_in(batch) -> int`` number of samples (in `unit`) in a batch.
+        plots: ``plots(model, data, outdir) -> list[Path]``: the physicist's plots of the metrics (ROC,
+            efficiency vs pT, shower profiles, ...) drawn with `hepml_kit.plots.style` and written by
+            `hepml_kit.plots.save`; ``None`` where a model has none yet.
     """
 
     name: str
@@ -61,6 +64,7 @@ class Testbed:
     make_optimizer: Callable[[nn.Module, Any, float], Any] | None = None
     flops_per_sample: Callable[[Any], float] | None = None
     lightning: Callable[..., Any] | None = None
+    plots: Callable[..., list] | None = None
     extra: dict = field(default_factory=dict)
 
     def step(self, model: nn.Module, batch: dict, optimizer) -> float:

@@ -34,8 +34,10 @@ def _check_preset(preset: str) -> None:
 
 
 def validate(model: str, seed: int = 0, preset: str = "tiny", device: str = "cpu",
-             log: Callable[[str], None] | None = print) -> dict:
+             log: Callable[[str], None] | None = print, plots: str | None = None) -> dict:
     """Train `model`'s `preset` from fresh data and evaluate it; returns the metrics plus bookkeeping.
+
+    With `plots` (a folder), the Testbed's `plots` draws its physics figures of the evaluation events there.
 
     Returned keys: every metric of ``Testbed.metrics``, then ``train_events``, ``test_events``, ``epochs``,
     ``seed``, ``generate_s``, ``train_s``, ``metrics_s`` and ``threshold_met`` (bool).
@@ -60,6 +62,11 @@ def validate(model: str, seed: int = 0, preset: str = "tiny", device: str = "cpu
     model_.eval()
     m = tb.metrics(model_.cpu(), test)
     t3 = time.perf_counter()
+    if plots is not None:
+        if tb.plots is None:
+            raise ValueError(f"{tb.name} draws no plots yet")
+        for path in tb.plots(model_, test, plots):
+            say(f"[{tb.name}] wrote {path}")
     out = dict(m)
     out.update(train_events=n_train, test_events=n_test, epochs=int(d["epochs"]), seed=seed,
                generate_s=t1 - t0, train_s=t2 - t1, metrics_s=t3 - t2, threshold_met=bool(tb.threshold(m)))

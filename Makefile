@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip wheel setuptools
 	$(BIN)/python -m pip install -c constraints.txt -e ".[all]"
+	$(BIN)/python -m pip install -q -c constraints.txt --group test
 	$(BIN)/python -m ipykernel install --sys-prefix --name hepml-kit --display-name "Python (hepml-kit)" >/dev/null
+	$(BIN)/python -m hepml_kit.teach.encrypted_kernel $(VENV)/share/jupyter/kernels/hepml-kit >/dev/null
 	touch $(STAMP)
 
 run: install
@@ -40,8 +42,10 @@ test-notebooks: install
 	$(BIN)/python -m pytest tests/test_notebooks.py curriculum solutions --nbval-lax \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg --nbval-cell-timeout=600 --durations=30
 
+# JupyterLab on the repository root (lessons link to ../exercises, ../solutions, ../docs), opening the course map;
+# --allow-root only where the user is root (CI, containers)
 lab: install
-	$(BIN)/jupyter lab --notebook-dir=curriculum
+	$(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(if $(filter 0,$(shell id -u)),--allow-root) README.md
 
 exercises: install
 	$(BIN)/hepml-kit exercises build

@@ -141,7 +141,10 @@ _AREAS = [_add_core, _add_teach, _add_batch, _add_models]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib.metadata import version
+
     parser = argparse.ArgumentParser(prog="hepml-kit", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version('hepml-kit')}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in _AREAS:
         add(sub)

@@ -5,14 +5,18 @@ Taught nowhere; used by every lesson (see curriculum/README.md for the conventio
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
+import tempfile
 import types
 from dataclasses import dataclass
 from typing import Any, Callable
 
 SCALES = ("tiny", "small", "full")
 RECORD_ENV = "HEPML_KIT_RECORD"  # set by `hepml-kit curriculum run`: where `record` appends JSON lines
+_PARAMETERS: dict = {}  # the running lesson's validated parameters (`record(..., assumes=...)` reads them)
 
 
 class ParameterError(ValueError):
@@ -27,18 +31,26 @@ class Param:
     check: Callable[[Any], str | None]
 
 
-def choice(*options) -> Param:
-    return Param(f"one of {options}", lambda v: None if v in options else f"must be one of {options}")
+def _because(why: str) -> str:
+    return f" ({why})" if why else ""
 
 
-def integer(lo: int | None = None, hi: int | None = None) -> Param:
+def choice(*options, why: str = "") -> Param:
+    """One of `options`; `why` says what limits them, e.g. ``choice(1, 2, 4, why="NPROCS must divide the 4
+    attention heads")``, and is shown with the error."""
+    return Param(f"one of {options}",
+                 lambda v: None if v in options else f"must be one of {options}{_because(why)}")
+
+
+def integer(lo: int | None = None, hi: int | None = None, why: str = "") -> Param:
+    """An integer in ``[lo, hi]``; `why` (shown with the error) says where the bounds come from."""
     def check(v):
         if isinstance(v, bool) or not isinstance(v, int):
             return f"must be an integer, got {type(v).__name__} {v!r}"
         if lo is not None and v < lo:
-            return f"must be >= {lo}"
+            return f"must be >= {lo}{_because(why)}"
         if hi is not None and v > hi:
-            return f"must be <= {hi}"
+            return f"must be <= {hi}{_because(why)}"
         return None
 
     return Param(f"integer in [{lo}, {hi}]", check)
@@ -96,10 +108,21 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
     if errors:
         raise ParameterError("bad lesson parameters:\n  " + "\n  ".join(errors))
     print("parameters: " + ", ".join(f"{k}={v!r}" for k, v in values.items()))
+    _PARAMETERS.clear()
+    _PARAMETERS.update(values)
     return values
 
 
-def record(name: str, value: float, *, unit: str = "", goal: str | None = None, passed: bool | None = None) -> None:
+def scratch(prefix: str) -> str:
+    """A fresh temporary folder for a lesson's files, removed when the kernel exits (also after an error
+    under papermill), so no lesson leaves folders behind in /tmp."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def record(name: str, value: float, *, unit: str = "", goal: str | None = None, passed: bool | None = None,
+           assumes: dict | None = None) -> None:
     """Show a lesson's key number and, under `hepml-kit curriculum run`, append it to the run summary.
 
     Args:
@@ -108,8 +131,15 @@ def record(name: str, value: float, *, unit: str = "", goal: str | None = None, 
         unit: its unit, for the summary table.
         goal: what the lesson claims, e.g. ``">= 1.5"``; evaluated against `value` unless `passed` is given.
         passed: explicit pass/fail when the goal is not a simple comparison.
+        assumes: the parameter values the claim is made for, e.g. ``{"CLIENTS": 8}``: with other values the
+            number is shown and recorded, the goal is not judged (and the output says so).
     """
     value = float(value)  # numpy scalars and 0-d tensors too
+    differ = {k: _PARAMETERS[k] for k, v in (assumes or {}).items() if k in _PARAMETERS and _PARAMETERS[k] != v}
+    if differ:
+        print(f"({name}: the goal {goal} is claimed for {', '.join(f'{k}={v!r}' for k, v in assumes.items())}; "
+              f"not judged at {', '.join(f'{k}={v!r}' for k, v in differ.items())})")
+        goal, passed = None, None
     if passed is None and goal is not None:
         passed = _meets(value, goal)
     passed = None if passed is None else bool(passed)

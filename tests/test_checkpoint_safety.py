@@ -85,7 +85,7 @@ def test_dcp_failures_arrive_as_checkpoint_error(tmp_path):
     wrong = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4), nn.Linear(4, 2))
     try:  # DCP raises CheckpointException, a BaseException that `except Exception` does not catch
         checkpoint.load(path, wrong)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001  (the point: it is an Exception)
         assert isinstance(e, CheckpointError) and isinstance(e, ValueError)
         assert str(path) in str(e) and "Missing key" in str(e) and "3.weight" in str(e)
         assert type(e.__cause__).__name__ == "CheckpointException"

@@ -54,7 +54,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.distributed.checkpoint.stateful import Stateful
 
-__all__ = ["CheckpointError", "CheckpointMissing", "MANIFEST", "TrainState", "load", "save", "saved_keys",
+__all__ = ["MANIFEST", "CheckpointError", "CheckpointMissing", "TrainState", "load", "save", "saved_keys",
            "verify"]
 
 # Optimizer state keyed by parameter name, not by position in param_groups: pipeline stages hold different
@@ -177,8 +177,11 @@ def _resolve(path: Path) -> Path:
 # ---- the manifest: size and SHA-256 of every file, and a checksum of the list itself ----
 
 def _sha256(file: Path) -> str:
+    digest = hashlib.sha256()
     with open(file, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _list_digest(files: dict) -> str:
@@ -286,7 +289,7 @@ def _on_rank0(distributed: bool, fn, *args) -> None:
             fn(*args)
         except CheckpointError as e:
             problem = str(e)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001  (OSError mostly; any failure must reach the other ranks)
             problem = f"cannot write checkpoint {args[-1]}: {type(e).__name__}: {e}"
     _agree(distributed, problem)
 

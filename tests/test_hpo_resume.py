@@ -1,4 +1,8 @@
-"""Nothing lost: a study whose process is SIGKILLed mid-trial resumes without losing or repeating trials."""
+"""Nothing lost: a study whose process is SIGKILLed mid-trial resumes without losing or repeating trials.
+
+The resumed sampler continues instead of replaying its random stream: with the random sampler and with TPE
+in its start-up phase, a replay would propose the killed run's first parameter sets again.
+"""
 
 import json
 import os
@@ -19,18 +23,18 @@ from hepml_kit.hpo.objective import TestbedObjective
 from hepml_kit.hpo.optuna_backend import StudySpec
 from hepml_kit.hpo.space import Float, SearchSpace
 
-def make_spec(path):
+def make_spec(path, sampler="tpe", n_startup_trials=3):
     objective = TestbedObjective("waveform_vae", "auc", events=256, val_events=128, epochs=4, batch_size=32)
     space = SearchSpace({"lr": Float(1e-3, 3e-2, log=True), "beta": Float(0.1, 1.0)})
-    return StudySpec("resume", space, objective, sampler="tpe", n_startup_trials=3, storage=path)
+    return StudySpec("resume", space, objective, sampler=sampler, n_startup_trials=n_startup_trials, storage=path)
 """
 N_TRIALS = 5
 
 
-def make_spec(path):
+def make_spec(path, *setup):
     namespace = {}
     exec(SPEC_SOURCE, namespace)
-    return namespace["make_spec"](path)
+    return namespace["make_spec"](path, *setup)
 
 
 def _trials(path):
@@ -40,11 +44,14 @@ def _trials(path):
     return optuna.load_study(study_name="resume", storage=storage).get_trials(deepcopy=False)
 
 
-def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path):
+# (sampler, n_startup_trials): TPE past its start-up at the resume, random search, TPE still in start-up
+@pytest.mark.parametrize("setup", [("tpe", 3), ("random", 3), ("tpe", 10)], ids=["tpe", "random", "tpe-startup"])
+def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, setup):
     path = str(tmp_path / "study.log")
     script = SPEC_SOURCE + (
         "\nimport torch, optuna\ntorch.set_num_threads(1)\noptuna.logging.set_verbosity(optuna.logging.WARNING)\n"
-        f"from hepml_kit.hpo.optuna_backend import run_study\nrun_study(make_spec({path!r}), n_trials={N_TRIALS})\n"
+        f"from hepml_kit.hpo.optuna_backend import run_study\nrun_study(make_spec({path!r}, *{setup!r}), "
+        f"n_trials={N_TRIALS})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -61,7 +68,7 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path):
 
         wait_for(1)
         with pytest.raises(StudyBusy, match=f"pid {proc.pid}"):  # resuming a live study is refused
-            open_study(make_spec(path))
+            open_study(make_spec(path, *setup))
         wait_for(2)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
@@ -75,7 +82,7 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path):
     stale = [t for t in before if t.state.name == "RUNNING"]
     assert len(stale) == 1 and len(finished_before) >= 2
 
-    study = run_study(make_spec(path), n_trials=N_TRIALS)  # resume
+    study = run_study(make_spec(path, *setup), n_trials=N_TRIALS)  # resume
 
     after = {t.number: t for t in study.get_trials()}
     for number, (params, value) in finished_before.items():  # nothing lost
@@ -88,6 +95,10 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path):
     complete = [t for t in after.values() if t.state.name == "COMPLETE"]
     assert len(complete) == N_TRIALS  # the budget counts the trials from before the kill
     assert len({json.dumps(t.params, sort_keys=True) for t in complete}) == N_TRIALS  # none repeated
+    new = [t for t in after.values() if t.number > max(x.number for x in before) and t not in retries]
+    assert new, "the resumed run proposed no new trial"
+    earlier = {json.dumps(t.params, sort_keys=True) for t in before}
+    assert not earlier & {json.dumps(t.params, sort_keys=True) for t in new}  # the sampler did not replay
 
-    again = run_study(make_spec(path), n_trials=N_TRIALS)  # a finished study has nothing left to do
+    again = run_study(make_spec(path, *setup), n_trials=N_TRIALS)  # a finished study has nothing left to do
     assert len(again.trials) == len(after)

@@ -5,6 +5,8 @@ Same number of ranks: bitwise (CPU, same operations in the same order). Differen
 float32 rounding, rtol 1e-5 / atol 1e-6. Tensor parallel (DTensor) checkpoints load into a plain module.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -128,3 +130,39 @@ def test_checkpoint_errors(tmp_path):
         train_strategy("single", MODEL, resume=True)
     with pytest.raises(ValueError, match="stop_after"):
         train_strategy("single", MODEL, steps=4, checkpoint_dir=str(tmp_path), stop_after=4)
+
+
+def _sharded_save_flip_load(path, flip_file):
+    """2 FSDP2 ranks save; rank 0 flips one bit of `flip_file`; both ranks load (each checks part of the files)."""
+    from torch.distributed.fsdp import fully_shard
+
+    from hepml_kit.parallel.checkpoint import CheckpointError
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+    fully_shard(model)
+    checkpoint.save(path, model, step=1)
+    files = sorted(p.name for p in Path(path).iterdir())
+    dist.barrier()
+    if flip_file and dist.get_rank() == 0:
+        file = Path(path) / flip_file
+        data = bytearray(file.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        file.write_bytes(bytes(data))
+    dist.barrier()
+    try:
+        return files, checkpoint.load(path, model)["step"]
+    except CheckpointError as e:
+        return files, str(e)
+
+
+def test_sharded_save_is_atomic_checksummed_and_verified_by_all_ranks(pool, tmp_path):
+    path = tmp_path / "ck"
+    (files0, step0), (files1, step1) = pool.run(_sharded_save_flip_load, str(path), None)
+    assert files0 == files1 == [".metadata", "__0_0.distcp", "__1_0.distcp", checkpoint.MANIFEST]
+    assert step0 == step1 == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # renamed into place, nothing left beside
+    # a flipped bit in a file that only one rank checks (the ranks split the files): every rank raises, naming it
+    results = pool.run(_sharded_save_flip_load, str(path), "__1_0.distcp")
+    for _, message in results:
+        assert f"{path / '__1_0.distcp'} is damaged" in message

@@ -6,14 +6,19 @@
 - Parallel trials: every worker (an ipyparallel engine) runs the same ask/train/tell loop against one study
   in a storage file: an Optuna journal file (``*.log``, `JournalFileBackend`, file locks) or SQLite
   (``sqlite:///study.db``). Several samplers asking at once is fine: TPE uses the "constant liar" so
-  running trials are not proposed twice, and each worker's sampler gets its own seed.
+  running trials are not proposed twice, and each worker's sampler gets its own seed (`sampler_seed`).
 - A trial that is itself a DDP job (``ranks_per_trial=2``; optuna/optuna#4835): the workers split into
   groups; in each group only the leader (its first rank) talks to the study. It asks for the trial and
   broadcasts the sampled parameters to its group; every rank trains its share; the leader reports the
   validation metric, asks the pruner, and broadcasts the decision, so all ranks stop together.
-- Nothing lost: when a study is opened again, trials left RUNNING by a process that is gone (killed, node
-  lost) are marked FAIL and re-queued with the same parameters (Optuna's `RetryHeartbeatStaleTrialCallback`);
-  finished trials are kept and not repeated, and the trial budget counts them.
+- Resume (`run_study` on a storage file that already holds the study) guarantees: finished trials are kept
+  and count towards the budget; trials left RUNNING by a process that is gone (killed, node lost) are marked
+  FAIL and re-queued with the same parameters (up to 3 times) (Optuna's `RetryHeartbeatStaleTrialCallback`); and the
+  sampler continues instead of replaying: its seed is derived from (seed, worker, trials already in the
+  study), so the random draws of random search, of TPE/CMA-ES start-up and of the grid order differ from
+  those of the earlier run. Model-based samplers (TPE, CMA-ES) rebuild their model from the stored trials.
+  Not guaranteed: the same sequence of trials as an uninterrupted run (a resumed study draws from a
+  different, equally valid random stream); runs on other hosts cannot be checked for being over.
 - Bad input is refused before any trial starts: an inconsistent space (`SearchSpaceError`), an unknown
   hyperparameter or metric (`ObjectiveError`), a storage file that holds another study or the same
   study with another space/objective/sampler (`StudyMismatch`).
@@ -37,7 +42,8 @@ from hepml_kit.hpo.space import SearchSpace
 
 __all__ = [
     "PRUNERS", "SAMPLERS", "StudyBusy", "StudyMismatch", "StudySpec", "make_pruner", "make_sampler",
-    "open_storage", "open_study", "retry_stale_trials", "run_study", "study_history", "trial_loop",
+    "open_storage", "open_study", "retry_stale_trials", "run_study", "sampler_seed", "study_history",
+    "trial_loop",
 ]
 
 SAMPLERS = ("random", "grid", "tpe", "cmaes")
@@ -63,7 +69,7 @@ class StudySpec:
         objective: the `TestbedObjective` (model, metric, direction, epochs).
         sampler: one of `SAMPLERS`; pruner: one of `PRUNERS`.
         storage: ``None`` (in memory, one process), a journal file path, or ``"sqlite:///path.db"``.
-        seed: sampler seed (worker w uses ``seed + w``).
+        seed: sampler seed (worker w of a new study uses ``seed + w``; a resumed study see `sampler_seed`).
         n_startup_trials: random trials before TPE/CMA-ES start modelling.
         min_epochs / reduction_factor: the first rung and the keep-1-in-η of ASHA/Hyperband.
     """
@@ -96,8 +102,23 @@ class StudySpec:
                 "sampler": self.sampler, "pruner": self.pruner}
 
 
-def make_sampler(spec: StudySpec, worker: int = 0) -> optuna.samplers.BaseSampler:
-    seed = spec.seed + worker
+def sampler_seed(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> int:
+    """The seed of worker `worker`'s sampler when the study already holds `trials_before` trials.
+
+    A new study: ``spec.seed + worker``. A continued one: a seed derived from (seed, worker, trials_before)
+    by NumPy's `SeedSequence`, so a resumed run does not replay the random draws of the run it continues
+    (every run that added trials leaves the count higher, so no two runs share a seed).
+    """
+    if trials_before == 0:
+        return spec.seed + worker
+    import numpy as np
+
+    return int(np.random.SeedSequence([spec.seed & 0xFFFFFFFF, worker, trials_before]).generate_state(1)[0])
+
+
+def make_sampler(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> optuna.samplers.BaseSampler:
+    """The sampler of `spec` for `worker`, seeded by `sampler_seed` (`trials_before`: trials already stored)."""
+    seed = sampler_seed(spec, worker, trials_before)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "grid":
@@ -149,6 +170,9 @@ def open_storage(storage: str | None):
 def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage=None) -> optuna.Study:
     """Create the study, or load it and check it is the same study; with `resume`, retry stale trials.
 
+    A loaded study's sampler is seeded from the number of trials it holds (`sampler_seed`), so it does not
+    repeat the parameter sets the earlier run drew.
+
     Everything here runs before any trial: the space and objective are checked, the storage file must
     hold this study (or nothing), set up the same way.
     """
@@ -162,12 +186,15 @@ def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage
     if others:
         raise StudyMismatch(f"{spec.storage} holds study {others[0]!r}, not {spec.name!r}: give this study its own "
                             f"storage file (or name it {others[0]!r} to continue that one)")
-    kwargs = dict(study_name=spec.name, storage=storage, sampler=make_sampler(spec, worker), pruner=make_pruner(spec))
     if spec.name not in names:
-        study = optuna.create_study(direction=spec.objective.direction, **kwargs)
+        study = optuna.create_study(direction=spec.objective.direction, study_name=spec.name, storage=storage,
+                                    sampler=make_sampler(spec, worker), pruner=make_pruner(spec))
         study.set_user_attr("hepml_kit", spec.signature())
         return study
-    study = optuna.load_study(**kwargs)
+    # a continued study: the sampler goes on from where the stored trials left it, not from the start
+    stored_trials = len(storage.get_all_trials(storage.get_study_id_from_name(spec.name), deepcopy=False))
+    study = optuna.load_study(study_name=spec.name, storage=storage, pruner=make_pruner(spec),
+                              sampler=make_sampler(spec, worker, stored_trials))
     stored = study.user_attrs.get("hepml_kit")
     if stored is None:
         raise StudyMismatch(f"study {spec.name!r} in {spec.storage} was not made by hepml_kit.hpo; use a new file")
@@ -331,7 +358,8 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: in
         workers: a started `hepml_kit.Workers` pool for parallel trials (needs a storage file), or ``None`` to
             run trials one after the other in this process.
         ranks_per_trial: ranks per trial; 2 makes each trial a 2-rank DDP job (``workers.n`` must be a multiple).
-        resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`).
+        resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`). A study found in the
+            storage is always continued (see the module docstring for what that guarantees).
     Returns:
         the `optuna.Study` (reloaded from storage after parallel runs, with ``params_by_rank``: the parameters
         each rank trained in this run).

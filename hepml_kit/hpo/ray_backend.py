@@ -11,6 +11,14 @@ best-so-far curve. Ray is heavy (``ray.init`` takes ~20 s on 2 cores): open one 
 several tunes in it. Ray Tune's own answer to "a trial that is itself distributed" (ray-project/ray#10910)
 is a `ray.train.torch.TorchTrainer` passed to the `Tuner`; here the DDP trials live in the Optuna backend.
 
+Resume: `run_tune` always starts a new experiment (a new `Tuner`), so it cannot replay an earlier run's
+samples; it offers no resume. Continuing a killed experiment is Ray's ``tune.Tuner.restore(path, trainable)``
+on ``storage_path/name``: Ray pickles the searcher with the experiment state (`BasicVariantGenerator` with
+its random generator and sample count, `OptunaSearch` with its sampler and study), so the restored searcher
+continues its stream rather than restarting it (Ray 2.60; random search over more than Ray's
+serialisation threshold of pre-generated variants cannot resume at all). For a study that must survive a
+kill with a guarantee the kit tests, use the Optuna backend's storage file.
+
 Taught in curriculum/06_hpo.
 """
 

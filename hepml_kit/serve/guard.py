@@ -35,8 +35,20 @@ import numpy as np
 __all__ = ["ModelLimits", "RequestGuard", "RequestRefused"]
 
 _INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
-_READ_ONLY_PATH = re.compile(r"^/v2(/health/(live|ready)|/models/[^/]+(/versions/[^/]+)?(/ready|/config|/stats)?)?$")
-_ITEMSIZE = {"BOOL": 1, "UINT8": 1, "INT8": 1, "INT16": 2, "INT32": 4, "INT64": 8, "FP16": 2, "FP32": 4, "FP64": 8}
+_READ_ONLY_PATH = re.compile(
+    r"^/v2(/health/(live|ready)|/models/[^/]+(/versions/[^/]+)?(/ready|/config|/stats)?)?$"
+)
+_ITEMSIZE = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+}
 _HEADER_LIMIT = 1 << 20  # slack for the JSON header of a request (binary data travels after it)
 _JSON_BLOWUP = 8  # a tensor sent as JSON text takes up to ~8x its binary size
 
@@ -103,7 +115,9 @@ class ModelLimits:
                 )
             parameters = tensor.get("parameters") or {}
             if any(k.startswith("shared_memory") for k in parameters):
-                raise RequestRefused(f"input {name!r}: shared-memory inputs are not accepted from the network")
+                raise RequestRefused(
+                    f"input {name!r}: shared-memory inputs are not accepted from the network"
+                )
             if "binary_data_size" in parameters and parameters["binary_data_size"] != nbytes:
                 raise RequestRefused(
                     f"input {name!r} of model {self.name!r}: binary_data_size {parameters['binary_data_size']} "
@@ -144,7 +158,9 @@ class RequestGuard:
         return self._server.server_address[1]
 
     def start(self) -> RequestGuard:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="hepml-serve-guard", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="hepml-serve-guard", daemon=True
+        )
         self._thread.start()
         return self
 

@@ -220,8 +220,10 @@ def _infer_function(model: ServedModel, stats: _Stats):
         for i, req in enumerate(arrays):  # gRPC requests reach here unguarded: a batch of 2**40 wraps to 0
             for s in model.inputs:
                 shape = req[s.name].shape
-                if len(shape) != 1 + len(s.shape) or shape[0] < 1 or any(
-                    want not in (-1, got) for want, got in zip(s.shape, shape[1:])
+                if (
+                    len(shape) != 1 + len(s.shape)
+                    or shape[0] < 1
+                    or any(want not in (-1, got) for want, got in zip(s.shape, shape[1:]))
                 ):
                     raise ValueError(
                         f"model {model.name!r}, request {i} of this batch: input {s.name!r} has shape "
@@ -340,7 +342,9 @@ class InferenceServer:
         self.grpc_port = grpc_port or _free_port(host)
         self.ready_timeout_s = ready_timeout_s
         if restart < 0:
-            raise ValueError(f"restart must be >= 0 (how many times a dead server is restarted), got {restart}")
+            raise ValueError(
+                f"restart must be >= 0 (how many times a dead server is restarted), got {restart}"
+            )
         if max_request_bytes < 1:
             raise ValueError(f"max_request_bytes must be >= 1, got {max_request_bytes}")
         self.guarded = guard
@@ -607,9 +611,7 @@ class InferenceServer:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def __repr__(self) -> str:
-        return (
-            f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {self.status})"
-        )
+        return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {self.status})"
 
 
 _FOLDER_PREFIX = "hepml-serve-"

@@ -7,6 +7,7 @@ HTTP, as any client could) with a 4xx before Triton sees it; a tritonserver kill
 reason, the guard answering 503.
 """
 
+import contextlib
 import http.client
 import json
 import signal
@@ -153,6 +154,21 @@ def test_request_bytes_are_bounded_for_inputs_of_free_size():
     assert err.value.status == 413
     # fixed shapes: a full batch is the limit
     assert model_limits(mlp_model()).max_request_bytes == 64 * FEATURES * 4
+
+
+def test_unguarded_huge_request_kills_triton_and_the_watchdog_names_why_and_restarts_it():
+    """The defect itself, with the guard off (as for a client that reaches Triton's port directly): Triton
+    aborts on the ``[2**40, 16]`` request; the kit reports why, from Triton's log, and restarts it."""
+    with InferenceServer([mlp_model("mlp_unguarded")], guard=False, restart=1) as server:
+        assert server.triton_http_port == server.http_port
+        with contextlib.suppress(ConnectionError, http.client.HTTPException):
+            _post(server, _json_request([2**40, FEATURES]), path="/v2/models/mlp_unguarded/infer")
+        _wait_for(lambda: server.restarts == 1 and server.status == "running", 120, server)
+        assert "bad_alloc" in server.death, server.death
+        x = np.ones((1, FEATURES), np.float32)
+        with ServiceClient(server.http_url) as client:
+            got = client.infer("mlp_unguarded", {"x": x})["logits__0"]
+        np.testing.assert_allclose(got, server.models["mlp_unguarded"].run({"x": x})["logits__0"], atol=1e-5)
 
 
 def test_status_is_true_a_killed_server_is_restarted_then_reported_dead(server):

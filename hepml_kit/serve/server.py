@@ -168,6 +168,26 @@ def _answers_live(host: str, port: int) -> bool:
         conn.close()
 
 
+def _process_record(triton) -> tuple[Callable[[], str], Callable[[], int | None]]:
+    """Triton's stdout/stderr as PyTriton records it (a C++ abort such as ``std::bad_alloc`` is printed there,
+    not in the log file) and its exit code (negative: killed by that signal). PyTriton 0.7 keeps both on a
+    private ``_triton_server`` (an `sh` command); without them the kit reports from the log file alone."""
+    server = getattr(triton, "_triton_server", None)
+    command = getattr(server, "_tritonserver_running_cmd", None)
+
+    def output() -> str:
+        with contextlib.suppress(Exception):
+            return server.logs()[-20000:]
+        return ""
+
+    def exit_code() -> int | None:
+        with contextlib.suppress(Exception):
+            return command.process.exit_code
+        return None
+
+    return output, exit_code
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -357,6 +377,8 @@ class InferenceServer:
         self._state = "stopped"
         self.restarts = 0  # how many times a dead Triton was restarted
         self.death: str | None = None  # why Triton last died (None: it never did)
+        self._process_output: Callable[[], str] = lambda: ""  # Triton's stdout/stderr so far
+        self._exit_code: Callable[[], int | None] = lambda: None  # Triton's exit code once it has exited
         self._stats = {name: _Stats() for name in names}
         self._triton = None
         self._dir: Path | None = None
@@ -457,6 +479,7 @@ class InferenceServer:
                 strict=True,
             )
         self._triton.run()
+        self._process_output, self._exit_code = _process_record(self._triton)
         self._remember_processes()
         self._wait_ready()
 
@@ -523,11 +546,21 @@ class InferenceServer:
         triton = [p for p in self.processes() if p.name() == "tritonserver"]
         if triton and triton[0].status() != "zombie":
             return f"tritonserver (pid {triton[0].pid}) stopped answering its health endpoint"
-        log = self.log_tail(200)
+        log = self.log_tail(200) + "\n" + self._process_output()
+        code = None
+        for _ in range(20):  # PyTriton's thread records the exit code just after the process ends
+            code = self._exit_code()
+            if code is not None:
+                break
+            time.sleep(0.05)
+        if code is not None and code < 0 and -code in signal.valid_signals():
+            how = f"killed by {signal.Signals(-code).name}"
+        else:
+            how = f"exit code {code}" if code is not None else "exit code unknown"
         for clue, why in _DEATH_CLUES:
             if clue in log:
-                return f"tritonserver exited: {why}"
-        return "tritonserver exited without a word in its log (killed: SIGKILL, or out of memory)"
+                return f"tritonserver exited ({how}): {why}"
+        return f"tritonserver exited ({how}) without a word in its log (killed from outside, or by the out-of-memory killer?)"
 
     def _discard_triton(self) -> None:
         """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its folder."""

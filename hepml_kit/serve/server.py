@@ -291,6 +291,7 @@ def _install_signal_handlers() -> None:
             with _LIVE_LOCK:
                 servers = list(_LIVE)
             for server in servers:
+                server._signalled = True  # the watchdog must not restart what the handler kills
                 server._kill_processes()  # no PyTriton locks: safe inside a signal handler
             if callable(previous):
                 previous(signum, frame)
@@ -374,6 +375,7 @@ class InferenceServer:
         self._triton_http_port = self.http_port  # Triton's own HTTP port: an internal one behind the guard
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._signalled = False  # set by the SIGTERM/SIGHUP handler (no locks there, so not an Event)
         self._state = "stopped"
         self.restarts = 0  # how many times a dead Triton was restarted
         self.death: str | None = None  # why Triton last died (None: it never did)
@@ -519,10 +521,10 @@ class InferenceServer:
             except Exception:  # noqa: BLE001 - a process vanishing between two psutil calls is a death too
                 alive = False
             failures = 0 if alive else failures + 1
-            if alive or failures < _WATCH_FAILURES or self._stopping.is_set():
+            if alive or failures < _WATCH_FAILURES or self._stopping.is_set() or self._signalled:
                 continue
             with self._lock:
-                if self._stopping.is_set() or self._triton is None:
+                if self._stopping.is_set() or self._signalled or self._triton is None:
                     return
                 self.death = self._death_reason()
                 if self.restarts >= self.max_restarts:

@@ -125,7 +125,7 @@ def test_huge_declared_batch_over_grpc_is_an_error_and_server_keeps_serving(serv
     tensor = grpcclient.InferInput("x", [1, FEATURES], "FP32")
     tensor.set_data_from_numpy(np.zeros((1, FEATURES), np.float32))
     tensor.set_shape([2**40, FEATURES])
-    with pytest.raises(Exception, match="shape|batch|size"):
+    with pytest.raises(Exception, match="input .x. has shape"):
         client.infer("mlp", [tensor])
     client.close()
     assert server.status == "running" and server.is_alive()

@@ -35,6 +35,7 @@ import sysconfig
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -414,8 +415,6 @@ class InferenceServer:
             raise RuntimeError("server already started")
         t0 = time.perf_counter()
         if not _is_loopback(self.host):
-            import warnings
-
             warnings.warn(
                 f"binding Triton to {self.host}: every host that reaches it can run the models", stacklevel=2
             )
@@ -569,7 +568,9 @@ class InferenceServer:
         triton, self._triton = self._triton, None
         if triton is not None:
             self._pids |= {p.pid for p in self.processes()}
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(Exception), warnings.catch_warnings():
+                # after a crash PyTriton finds its sockets gone and warns that it cannot clean its workspace
+                warnings.filterwarnings("ignore", message="Could not clean workspace")
                 triton.stop()
         self._kill_processes()
 

@@ -183,6 +183,7 @@ def _family(host: str) -> int:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: tritonclient reuses its connections
     disable_nagle_algorithm = True
+    timeout = 120  # s: a client that stalls mid-request (or idles) loses its connection, not a thread forever
     guard: RequestGuard
     _upstream: http.client.HTTPConnection | None = None
     _upstream_address: tuple[str, int] | None = None

@@ -12,6 +12,11 @@ What this module adds to PyTriton, for teaching and for tests:
   before `start` returns;
 * shutdown that leaves no process behind: a context manager, `atexit`, SIGTERM/SIGHUP handlers, the kernel's
   KeyboardInterrupt during start-up, and, as a last resort, the server's children are killed by pid;
+* HTTP clients reach Triton through `RequestGuard` (`guard.py`), which refuses a request beyond a model's
+  stated shape, batch or bytes before Triton parses it (a declared ``[2**40, 16]`` aborted tritonserver);
+* a watchdog thread that checks Triton's process and ``/v2/health/live`` every 0.5 s: `status` says what
+  is true now, a dead Triton is restarted on the same addresses (up to `restart` times) and the reason it
+  died (its exit code or signal, ``std::bad_alloc`` from its output) is kept in `death`;
 * the fix for Triton's Python-backend stub loading the system libpython instead of this interpreter's
   (`'_thread.RLock' object has no attribute '_recursion_count'`): this interpreter's LIBDIR is prepended to
   LD_LIBRARY_PATH before `triton.run()`.
@@ -330,6 +335,11 @@ class InferenceServer:
             in `start`: anything that reaches the port can then run the model).
         http_port, grpc_port: None picks free ports.
         ready_timeout_s: how long `start` waits for the server and every model to be ready.
+        guard: put `RequestGuard` on `http_port` and Triton's HTTP on an internal port (False: Triton itself
+            listens on `http_port`, as before; any HTTP client can then crash it with a huge declared shape).
+        restart: how many times the watchdog restarts a Triton that died (0: only report it in `status`).
+        max_request_bytes: the guard's byte limit per request for models with a free (-1) dimension; models
+            with fixed shapes are limited to one full batch.
     """
 
     def __init__(

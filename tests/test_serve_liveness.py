@@ -197,6 +197,10 @@ def test_status_is_true_a_killed_server_is_restarted_then_reported_dead(server):
     assert err.value.status == "503" and "dead" in str(err.value)
     server.stop()
     assert server.status == "stopped" and server.processes() == []
+    with server:  # a stopped (once dead) server starts again on the same addresses
+        assert server.status == "running" and (server.http_url, server.grpc_url) == urls
+        with ServiceClient(server.http_url) as client:
+            np.testing.assert_allclose(client.infer("mlp", {"x": x})["logits__0"], want, atol=1e-5)
 
 
 def _wait_for(condition, timeout_s: float, server) -> None:

@@ -423,6 +423,8 @@ class InferenceServer:
         then watch it (`status`)."""
         if self._triton is not None:
             raise RuntimeError("server already started")
+        if self._guard is not None or self._watchdog is not None:  # a dead server: start afresh
+            self.stop()
         t0 = time.perf_counter()
         if not _is_loopback(self.host):
             warnings.warn(

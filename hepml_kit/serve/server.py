@@ -573,7 +573,9 @@ class InferenceServer:
         for clue, why in _DEATH_CLUES:
             if clue in log:
                 return f"tritonserver exited ({how}): {why}"
-        return f"tritonserver exited ({how}) without a word in its log (killed from outside, or by the out-of-memory killer?)"
+        if how.startswith("killed"):
+            return f"tritonserver was {how} (from outside, or by the out-of-memory killer)"
+        return f"tritonserver exited ({how}) without a word in its log or output"
 
     def _discard_triton(self) -> None:
         """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its folder."""

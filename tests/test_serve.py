@@ -7,6 +7,7 @@ One server for the whole module (~5 s to start); the last test stops it and coun
 import ipaddress
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -53,9 +54,12 @@ def test_server_is_ready_and_listens_on_loopback_only(server):
     triton = [p for p in server.processes() if p.name() == "tritonserver"]
     assert len(triton) == 1
     listening = {c.laddr for c in triton[0].net_connections(kind="inet") if c.status == "LISTEN"}
-    ports = {server.http_port, server.grpc_port}
+    ports = {server.triton_http_port, server.grpc_port}  # clients reach HTTP through the guard (next lines)
     assert ports <= {addr.port for addr in listening}
     assert all(_is_loopback(addr.ip) for addr in listening if addr.port in ports)
+    guard = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"]
+    assert server.http_port in {addr.port for addr in guard} and server.http_port != server.triton_http_port
+    assert all(_is_loopback(addr.ip) for addr in guard if addr.port == server.http_port)
 
 
 def _is_loopback(ip: str) -> bool:

@@ -192,6 +192,31 @@ def test_triton_datatypes():
     assert [triton_datatype(t) for t in (np.float32, bool, np.int64)] == ["FP32", "BOOL", "INT64"]
     with pytest.raises(ValueError, match="no KServe v2 datatype"):
         triton_datatype(np.complex64)
+    from hepml_kit.serve.encoding import numpy_dtype
+
+    assert [numpy_dtype(t) for t in ("FP32", "BOOL", "INT64")] == [np.float32, bool, np.int64]
+    for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64, np.uint8, bool):
+        assert numpy_dtype(triton_datatype(t)) == t  # tritonclient's own pair of maps, both ways
+    with pytest.raises(ValueError, match="not a KServe v2 datatype"):
+        numpy_dtype("FP33")
+
+
+def test_config_is_triton_s_protobuf_message(models):
+    """config.pbtxt is written by protobuf from tritonclient's ModelConfig, so it parses back to the same
+    message; a dynamic batcher with every field at its default is still present."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from hepml_kit.serve.export import model_config
+
+    for model in [*models, models[0].with_batching(Batching(max_queue_delay_us=0), "m0")]:
+        message = model_config(model, "KIND_CPU", 2)
+        assert isinstance(message, model_config_pb2.ModelConfig)
+        parsed = text_format.Parse(model_config_pbtxt(model, "KIND_CPU", 2), model_config_pb2.ModelConfig())
+        assert parsed == message
+        assert parsed.HasField("dynamic_batching") == model.batching.dynamic
+        assert parsed.instance_group[0].count == 2
+        assert parsed.parameters["INFERENCE_MODE"].string_value == "true"
 
 
 def test_projection_to_n_gpus_is_linear_until_the_network_saturates():

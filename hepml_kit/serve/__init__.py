@@ -1,6 +1,9 @@
 """Inference as a service: the testbed models behind a real NVIDIA Triton Inference Server.
 
-* `server.py`    — `InferenceServer`: Triton through PyTriton, dynamic batching, loopback, clean shutdown
+* `server.py`    — `InferenceServer`: Triton through PyTriton, dynamic batching, loopback, clean shutdown,
+                   a watchdog that reports the server's status truthfully and restarts it when it dies
+* `guard.py`     — `RequestGuard`: refuses HTTP requests beyond a model's stated shape, batch and bytes before
+                   Triton sees them
 * `encoding.py`  — how variable-size jets and graphs travel in fixed-shape requests
 * `testbeds.py`  — the served models: a small MLP, the jet flavour tagger, the tracking GNN
 * `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2 server
@@ -8,8 +11,9 @@
 * `export.py`    — the production path: a Triton model repository (TorchScript + config.pbtxt)
 * `gpu_check.py` — TorchScript latency on a GPU, for hosts without PyTriton
 
-Importing this package needs neither PyTriton nor tritonclient (they are imported when used), so the export
-and the GPU check run where only torch is installed. Taught in curriculum/08_inference_service;
+Importing this package needs neither PyTriton nor tritonclient (they are imported when used). Datatype names
+and ``config.pbtxt`` come from tritonclient's own helpers (``np_to_triton_dtype``, the ``ModelConfig``
+protobuf message), so the export needs tritonclient and protobuf (the ``serve`` extra) besides torch. Taught in curriculum/08_inference_service;
 running the Triton container on Perlmutter: docs/serving.md.
 """
 
@@ -18,10 +22,12 @@ from hepml_kit.serve.encoding import GraphEncoding, JetEncoding, TensorSpec
 from hepml_kit.serve.export import (
     check_model_repository,
     export_model_repository,
+    model_config,
     model_config_pbtxt,
     read_model_config,
 )
 from hepml_kit.serve.gpu_check import gpu_check_serving
+from hepml_kit.serve.guard import ModelLimits, RequestGuard, RequestRefused
 from hepml_kit.serve.loadtest import (
     LoadResult,
     client_process,
@@ -32,7 +38,14 @@ from hepml_kit.serve.loadtest import (
     results_table,
     sweep,
 )
-from hepml_kit.serve.server import Batching, InferenceServer, ServedModel, serving_processes, start_server
+from hepml_kit.serve.server import (
+    Batching,
+    InferenceServer,
+    ServedModel,
+    model_limits,
+    serving_processes,
+    start_server,
+)
 from hepml_kit.serve.testbeds import jet_tagger_model, mlp_model, served_model, tracking_gnn_model
 
 __all__ = [
@@ -41,6 +54,9 @@ __all__ = [
     "InferenceServer",
     "JetEncoding",
     "LoadResult",
+    "ModelLimits",
+    "RequestGuard",
+    "RequestRefused",
     "ServedModel",
     "ServiceClient",
     "ServiceError",
@@ -53,7 +69,9 @@ __all__ = [
     "jet_tagger_model",
     "load_test",
     "mlp_model",
+    "model_config",
     "model_config_pbtxt",
+    "model_limits",
     "plot_load_test",
     "project_gpus",
     "read_model_config",

@@ -50,31 +50,33 @@ __all__ = [
     "MaskedJetTagger",
     "PaddedGraphEdgeClassifier",
     "TensorSpec",
+    "numpy_dtype",
     "triton_datatype",
 ]
 
-# numpy dtype name -> KServe v2 / Triton datatype ("TYPE_" + this in config.pbtxt)
-_TRITON_DATATYPES = {
-    "bool": "BOOL",
-    "uint8": "UINT8",
-    "int8": "INT8",
-    "int16": "INT16",
-    "int32": "INT32",
-    "int64": "INT64",
-    "float16": "FP16",
-    "float32": "FP32",
-    "float64": "FP64",
-}
-
 
 def triton_datatype(dtype) -> str:
-    """KServe v2 datatype of a numpy dtype: ``float32 -> "FP32"``, ``bool -> "BOOL"``."""
-    name = np.dtype(dtype).name
-    if name not in _TRITON_DATATYPES:
+    """KServe v2 datatype of a numpy dtype: ``float32 -> "FP32"``, ``bool -> "BOOL"`` (tritonclient's
+    ``np_to_triton_dtype``; ``"TYPE_" +`` this in config.pbtxt)."""
+    from tritonclient.utils import np_to_triton_dtype
+
+    dtype = np.dtype(dtype)
+    datatype = np_to_triton_dtype(dtype)
+    if datatype is None:
         raise ValueError(
-            f"dtype {name} has no KServe v2 datatype here; use one of {', '.join(_TRITON_DATATYPES)}"
+            f"dtype {dtype.name} has no KServe v2 datatype (tritonclient.utils.np_to_triton_dtype)"
         )
-    return _TRITON_DATATYPES[name]
+    return datatype
+
+
+def numpy_dtype(datatype: str) -> np.dtype:
+    """The numpy dtype of a KServe v2 datatype (tritonclient's ``triton_to_np_dtype``): ``"FP32" -> float32``."""
+    from tritonclient.utils import triton_to_np_dtype
+
+    dtype = triton_to_np_dtype(datatype)
+    if dtype is None:
+        raise ValueError(f"{datatype!r} is not a KServe v2 datatype that numpy can hold")
+    return np.dtype(dtype)
 
 
 @dataclass(frozen=True)

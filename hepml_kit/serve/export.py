@@ -36,6 +36,7 @@ __all__ = [
     "check_model_repository",
     "export_model_repository",
     "load_torchscript",
+    "model_config",
     "model_config_pbtxt",
     "read_model_config",
     "trace_model",
@@ -95,39 +96,46 @@ def trace_model(
     return traced
 
 
-def model_config_pbtxt(model: ServedModel, instance_kind: str = "KIND_GPU", instances: int = 1) -> str:
-    """The model's ``config.pbtxt`` for Triton's libtorch backend (protobuf text format)."""
+def model_config(model: ServedModel, instance_kind: str = "KIND_GPU", instances: int = 1):
+    """The model's configuration as Triton's own ``ModelConfig`` protobuf message (from `tritonclient`), for
+    the libtorch backend: inputs/outputs, max batch, dynamic batching, instance group, inference mode."""
+    from tritonclient.grpc import model_config_pb2 as pb
+
     if instance_kind not in _KINDS:
         raise ValueError(f"instance_kind must be one of {_KINDS}, got {instance_kind!r}")
     if instances < 1:
         raise ValueError(f"instances must be >= 1, got {instances}")
 
-    def tensors(specs):
-        return ",\n".join(
-            f'  {{ name: "{s.name}" data_type: TYPE_{s.datatype} dims: [ {", ".join(map(str, s.shape))} ] }}'
+    def tensors(specs, message):
+        return [
+            message(name=s.name, data_type=pb.DataType.Value(f"TYPE_{s.datatype}"), dims=s.shape)
             for s in specs
-        )
+        ]
 
     b = model.batching
-    lines = [
-        f'name: "{model.name}"',
-        'platform: "pytorch_libtorch"',
-        f"max_batch_size: {b.max_batch_size}",
-        f"input [\n{tensors(model.inputs)}\n]",
-        f"output [\n{tensors(model.outputs)}\n]",
-    ]
+    config = pb.ModelConfig(
+        name=model.name,
+        platform="pytorch_libtorch",
+        max_batch_size=b.max_batch_size,
+        input=tensors(model.inputs, pb.ModelInput),
+        output=tensors(model.outputs, pb.ModelOutput),
+        instance_group=[
+            pb.ModelInstanceGroup(count=instances, kind=pb.ModelInstanceGroup.Kind.Value(instance_kind))
+        ],
+    )
     if b.dynamic:
-        preferred = (
-            f" preferred_batch_size: [ {', '.join(map(str, b.preferred_batch_sizes))} ]"
-            if b.preferred_batch_sizes
-            else ""
-        )
-        lines.append(
-            f"dynamic_batching {{ max_queue_delay_microseconds: {b.max_queue_delay_us}{preferred} }}"
-        )
-    lines.append(f"instance_group [ {{ count: {instances} kind: {instance_kind} }} ]")
-    lines.append('parameters: { key: "INFERENCE_MODE" value: { string_value: "true" } }')
-    return "\n".join(lines) + "\n"
+        config.dynamic_batching.SetInParent()  # present even with every field at its default
+        config.dynamic_batching.max_queue_delay_microseconds = b.max_queue_delay_us
+        config.dynamic_batching.preferred_batch_size.extend(b.preferred_batch_sizes)
+    config.parameters["INFERENCE_MODE"].string_value = "true"
+    return config
+
+
+def model_config_pbtxt(model: ServedModel, instance_kind: str = "KIND_GPU", instances: int = 1) -> str:
+    """The model's ``config.pbtxt``: `model_config` written by protobuf's own text format."""
+    from google.protobuf import text_format
+
+    return text_format.MessageToString(model_config(model, instance_kind, instances))
 
 
 def export_model_repository(

@@ -1,0 +1,299 @@
+"""A gate in front of Triton's HTTP port: a request beyond a model's stated limits is refused before Triton
+sees it.
+
+Why: Triton's HTTP front-end allocates an input's buffer from the shape a JSON request *declares*, so one
+request with shape ``[2**40, 16]`` makes ``tritonserver`` abort (``std::bad_alloc``) and every later client gets
+"connection refused". A declared batch of ``2**40`` also wraps to 0 in Triton's 32-bit batch size and slips
+past its own ``max_batch_size`` check. So `RequestGuard` listens on the public HTTP port, reads each inference
+request's header (the JSON part; binary tensor data follows it, KServe v2 binary-data extension) and refuses,
+with HTTP 400 and a KServe v2 ``{"error": ...}`` body that tritonclient raises as is:
+
+* an unknown model (404), input name, datatype or rank; a per-sample dimension other than the model's;
+* a batch outside ``1 .. max_batch_size``; a tensor or request beyond the byte limit (413);
+* binary data whose size disagrees with the declared shape; shared-memory inputs; compressed bodies.
+
+Everything else (health, metadata, config, statistics, valid inference) is passed through byte for byte;
+model-repository control and shared-memory registration are refused (403): a served model cannot be unloaded
+or replaced from outside. While Triton is down or restarting the guard answers 503 naming why.
+gRPC requests carry their bytes with them and are checked by Triton itself (batch and shape checks hold
+there), so the guard fronts HTTP only.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+__all__ = ["ModelLimits", "RequestGuard", "RequestRefused"]
+
+_INFER_PATH = re.compile(r"^/v2/models/([^/]+)(?:/versions/[^/]+)?/infer$")
+_READ_ONLY_PATH = re.compile(
+    r"^/v2(/health/(live|ready)|/models/[^/]+(/versions/[^/]+)?(/ready|/config|/stats)?)?$"
+)
+_ITEMSIZE = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "INT16": 2,
+    "INT32": 4,
+    "INT64": 8,
+    "FP16": 2,
+    "FP32": 4,
+    "FP64": 8,
+}
+_HEADER_LIMIT = 1 << 20  # slack for the JSON header of a request (binary data travels after it)
+_JSON_BLOWUP = 8  # a tensor sent as JSON text takes up to ~8x its binary size
+
+
+class RequestRefused(ValueError):
+    """A request the guard refuses; `status` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What one model accepts: ``inputs`` maps name -> (KServe datatype, per-sample dims, -1 = any size)."""
+
+    name: str
+    inputs: dict[str, tuple[str, tuple[int, ...]]]
+    max_batch_size: int
+    max_request_bytes: int
+
+    def check(self, header: dict, body_bytes: int) -> None:
+        """Raise `RequestRefused` unless the request header fits this model (see module docstring)."""
+        inputs = header.get("inputs")
+        if not isinstance(inputs, list) or not inputs:
+            raise RequestRefused(f"model {self.name!r}: the request names no inputs")
+        total = 0
+        for tensor in inputs:
+            if not isinstance(tensor, dict):
+                raise RequestRefused(f"model {self.name!r}: each input must be a JSON object")
+            name = tensor.get("name")
+            if name not in self.inputs:
+                raise RequestRefused(
+                    f"unexpected inference input {name!r} for model {self.name!r}; it takes {list(self.inputs)}"
+                )
+            datatype, dims = self.inputs[name]
+            if tensor.get("datatype") != datatype:
+                raise RequestRefused(
+                    f"input {name!r} of model {self.name!r} has datatype {tensor.get('datatype')}, expected {datatype}"
+                )
+            shape = tensor.get("shape")
+            expected = [-1, *dims]
+            if (
+                not isinstance(shape, list)
+                or len(shape) != len(expected)
+                or not all(type(d) is int and d >= 0 for d in shape)
+                or any(want not in (-1, got) for want, got in zip(expected, shape))
+            ):
+                raise RequestRefused(
+                    f"unexpected shape for input {name!r} for model {self.name!r}. Expected {expected}, got {shape}"
+                )
+            if not 1 <= shape[0] <= self.max_batch_size:
+                raise RequestRefused(
+                    f"input {name!r} of model {self.name!r}: inference request batch-size must be <= "
+                    f"{self.max_batch_size} (and >= 1), got {shape[0]}"
+                )
+            nbytes = int(np.prod(shape, dtype=object)) * _ITEMSIZE[datatype]
+            total += nbytes
+            if total > self.max_request_bytes:
+                raise RequestRefused(
+                    f"model {self.name!r}: input {name!r} of shape {shape} makes the request {total} bytes, "
+                    f"more than its limit of {self.max_request_bytes} bytes",
+                    413,
+                )
+            parameters = tensor.get("parameters") or {}
+            if any(k.startswith("shared_memory") for k in parameters):
+                raise RequestRefused(
+                    f"input {name!r}: shared-memory inputs are not accepted from the network"
+                )
+            if "binary_data_size" in parameters and parameters["binary_data_size"] != nbytes:
+                raise RequestRefused(
+                    f"input {name!r} of model {self.name!r}: binary_data_size {parameters['binary_data_size']} "
+                    f"does not match shape {shape} ({nbytes} bytes)"
+                )
+        if body_bytes > _JSON_BLOWUP * self.max_request_bytes + _HEADER_LIMIT:
+            raise RequestRefused(f"model {self.name!r}: request body of {body_bytes} bytes is too large", 413)
+
+
+class RequestGuard:
+    """Listen on ``host:port``, check inference requests against `limits`, pass the rest to Triton's HTTP port.
+
+    Args:
+        limits: `ModelLimits` per served model name.
+        upstream: a callable returning Triton's ``(host, port)`` now (it changes when Triton is restarted).
+        unavailable: a callable returning None while Triton serves, else why it does not (answered as 503).
+    """
+
+    def __init__(
+        self,
+        limits: dict[str, ModelLimits],
+        host: str,
+        port: int,
+        upstream: Callable[[], tuple[str, int]],
+        unavailable: Callable[[], str | None] = lambda: None,
+    ):
+        self.limits, self.upstream, self.unavailable = limits, upstream, unavailable
+        self.refused = 0  # requests answered by the guard itself with 4xx
+        self._lock = threading.Lock()
+        handler = type("Handler", (_Handler,), {"guard": self})
+        server_class = type("Server", (ThreadingHTTPServer,), {"address_family": _family(host)})
+        self._server = server_class((host, port), handler, bind_and_activate=True)
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._server.server_address[1]
+
+    def start(self) -> RequestGuard:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="hepml-serve-guard", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._server.server_close()
+
+    def count_refusal(self) -> None:
+        with self._lock:
+            self.refused += 1
+
+
+def _family(host: str) -> int:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: tritonclient reuses its connections
+    disable_nagle_algorithm = True
+    timeout = 120  # s: a client that stalls mid-request (or idles) loses its connection, not a thread forever
+    guard: RequestGuard
+    _upstream: http.client.HTTPConnection | None = None
+    _upstream_address: tuple[str, int] | None = None
+
+    def log_message(self, *args) -> None:  # quiet: no line per request on stderr
+        pass
+
+    def do_GET(self) -> None:
+        if not _READ_ONLY_PATH.match(self.path.split("?")[0]):
+            return self._answer(403, f"{self.path} is not served through the kit's guard")
+        self._forward(b"")
+
+    def do_POST(self) -> None:
+        path = self.path.split("?")[0]
+        match = _INFER_PATH.match(path)
+        try:
+            body = self._read_body()
+            if match is None:
+                raise RequestRefused(f"POST {path} is not served through the kit's guard", 403)
+            limits = self.guard.limits.get(match.group(1))
+            if limits is None:
+                raise RequestRefused(f"Request for unknown model: {match.group(1)!r} (unknown model)", 404)
+            limits.check(self._header(body), len(body))
+        except RequestRefused as err:
+            self.guard.count_refusal()
+            return self._answer(err.status, str(err))
+        self._forward(body)
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding"):
+            raise RequestRefused("chunked requests are not accepted: send Content-Length", 411)
+        if self.headers.get("Content-Encoding", "identity") != "identity":
+            raise RequestRefused("compressed requests are not accepted", 415)
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            raise RequestRefused("Content-Length is not a number") from None
+        largest = _JSON_BLOWUP * max((m.max_request_bytes for m in self.guard.limits.values()), default=0)
+        largest += _HEADER_LIMIT
+        if not 0 <= length <= largest:
+            self.close_connection = True  # the body is not read: the connection cannot be reused
+            raise RequestRefused(f"request body of {length} bytes is larger than any model accepts", 413)
+        return self.rfile.read(length)
+
+    def _header(self, body: bytes) -> dict:
+        size = self.headers.get("Inference-Header-Content-Length")
+        try:
+            n = int(size) if size is not None else len(body)
+            if not 0 < n <= len(body):
+                raise ValueError(f"inference header length {n} does not fit a body of {len(body)} bytes")
+            header = json.loads(body[:n])
+        except (ValueError, UnicodeDecodeError) as err:
+            raise RequestRefused(f"the request header is not valid KServe v2 JSON: {err}") from None
+        if not isinstance(header, dict):
+            raise RequestRefused("the request header must be a JSON object")
+        return header
+
+    def _forward(self, body: bytes) -> None:
+        why = self.guard.unavailable()
+        if why is not None:
+            return self._answer(503, why)
+        headers = {
+            k: v
+            for k, v in self.headers.items()
+            if k.lower() in ("content-type", "inference-header-content-length", "accept-encoding")
+        }
+        headers["Content-Length"] = str(len(body))
+        for attempt in (0, 1):  # a kept-alive upstream connection may have been closed by a restart
+            try:
+                conn = self._connection()
+                conn.request(self.command, self.path, body if self.command == "POST" else None, headers)
+                response = conn.getresponse()
+                data = response.read()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                self._drop_connection()
+                if attempt:
+                    why = self.guard.unavailable() or f"the Triton server is not reachable ({err})"
+                    return self._answer(503, why)
+        self.send_response_only(response.status, response.reason)
+        for k, v in response.getheaders():
+            if k.lower() in ("content-type", "inference-header-content-length", "content-encoding"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _connection(self) -> http.client.HTTPConnection:
+        address = self.guard.upstream()
+        if self._upstream is None or self._upstream_address != address:
+            self._drop_connection()
+            self._upstream = http.client.HTTPConnection(*address, timeout=300)
+            self._upstream.connect()
+            self._upstream.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._upstream_address = address
+        return self._upstream
+
+    def _drop_connection(self) -> None:
+        if self._upstream is not None:
+            self._upstream.close()
+        self._upstream = None
+
+    def _answer(self, status: int, message: str) -> None:
+        data = json.dumps({"error": message}).encode()
+        self.send_response_only(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def finish(self) -> None:
+        super().finish()
+        self._drop_connection()

@@ -18,8 +18,7 @@ On a Perlmutter allocation (4 GPUs per node) the usual shape is tp = 4 inside a 
 tp=4)`` in the script. `project_hybrid` predicts that run from a measured one-node step.
 
 Taught in curriculum/05_hybrid. The runner that trains a testbed under any of these strategies
-(`run_strategy`) and the GPU check (`gpu_check_model_parallel`) live in `hepml_kit.parallel.runner` and are
-re-exported here.
+(`run_strategy`) lives in `hepml_kit.parallel.runner`, which imports this module (never the reverse).
 """
 
 from __future__ import annotations
@@ -30,16 +29,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hepml_kit.parallel.runner import STRATEGIES, gpu_check_model_parallel, run_strategy  # re-exported
-
 __all__ = [
-    "STRATEGIES",
     "DataPipelineParallel",
     "ProcessGroups",
     "average_gradients",
-    "gpu_check_model_parallel",
     "project_hybrid",
-    "run_strategy",
     "shard_fsdp_tp",
     "train_step_fsdp_tp",
 ]

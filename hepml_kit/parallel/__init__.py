@@ -6,7 +6,6 @@
 - `tensor`, `pipeline`, `hybrid`, `graph_partition`: model parallelism (lessons 04 and 05).
 - `checkpoint`: ``torch.distributed.checkpoint`` save/load for every strategy, resumable on other rank counts.
 - `compare`: train a testbed under each data-parallel strategy and tabulate throughput, memory, comm share.
-- `gpu_smoke`: `gpu_check_parallel()`, a one-GPU (world size 1, nccl) pass of each strategy.
 
 Submodules are imported on first use (``from hepml_kit.parallel import ddp`` or ``hepml_kit.parallel.ddp``).
 """
@@ -15,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["checkpoint", "compare", "ddp", "fsdp", "gpu_smoke", "graph_partition", "hybrid", "lightning_ddp",
+__all__ = ["checkpoint", "compare", "ddp", "fsdp", "graph_partition", "hybrid", "lightning_ddp",
            "pipeline", "tensor"]
 
 

@@ -2,9 +2,8 @@
 tensor, pipeline, graph-partitioned or hybrid parallelism (or the one-process reference) and reports losses,
 throughput, memory and communication share in the shape `hepml_kit.parallel.compare.table` tabulates.
 
-Used by the tests, lessons 04 and 05, and the GPU check: `gpu_check_model_parallel` is the one-GPU pass
-(world size 1, nccl) of every strategy beside its one-process reference. Each strategy itself lives in its
-own module (`tensor`, `pipeline`, `graph_partition`, `hybrid`); this file only wires them to a training loop.
+Used by the tests, lessons 04 and 05, and the GPU check (bench/gpu_checks/parallel.py). Each strategy
+itself lives in its own module (`tensor`, `pipeline`, `graph_partition`, `hybrid`); this file only wires them to a training loop.
 
 Taught in curriculum/04_model_parallel and curriculum/05_hybrid.
 """
@@ -22,7 +21,7 @@ import warnings
 import torch
 import torch.distributed as dist
 
-__all__ = ["STRATEGIES", "gpu_check_model_parallel", "run_strategy"]
+__all__ = ["STRATEGIES", "run_strategy"]
 
 STRATEGIES = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")
 _COLLECTIVE_PREFIXES = ("c10d::", "_c10d_functional::", "nccl:", "gloo:")
@@ -277,69 +276,3 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     if grads is not None:
         out["grads"] = grads
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# The GPU check: a one-GPU pass (world size 1, nccl) of every model-parallel strategy
-# ----------------------------------------------------------------------------------------------------
-
-_GPU_CHECKS = (  # (strategy, run_strategy keyword arguments, the single-process reference's arguments)
-    ("tensor", {}, {}),
-    ("megatron", {}, {}),
-    ("gpipe", {"micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-    ("1f1b", {"micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-    ("graph", {"global_batch": 4}, {"global_batch": 4}),
-    ("fsdp_tp", {"dims": {"dp": 1, "tp": 1}}, {}),
-    ("dp_pp", {"dims": {"dp": 1, "pp": 1}, "micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-)
-
-
-def gpu_check_model_parallel(preset: str = "small", steps: int = 6, global_batch: int = 256,
-                             backend: str = "nccl") -> list[dict]:
-    """One pass of every model-parallel strategy on one GPU (world size 1), each beside its one-process
-    reference. Returns rows ``{"name", "ok", "throughput", "unit", "peak_memory_bytes", "reference_throughput",
-    "reference_peak_memory_bytes", "max_loss_rel_diff"}``; ``ok`` means the strategy's losses equal the
-    reference's (rtol 1e-4: the same kernels, TF32 off). Initialises a one-rank process group if none exists
-    (``backend="gloo"`` runs the same pass on a CPU). Multi-GPU: ``hepml-kit launch --nprocs 4`` a script
-    calling `run_strategy` (see the module docstring)."""
-    import socket
-
-    own_group = not dist.is_initialized()
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise RuntimeError("gpu_check_model_parallel needs a CUDA GPU (or backend='gloo' for a CPU pass)")
-        torch.cuda.set_device(0)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if own_group:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group(backend, rank=0, world_size=1)
-    elif dist.get_world_size() != 1:
-        raise RuntimeError("gpu_check_model_parallel is a world-size-1 pass; call it in one process")
-    rows, references = [], {}
-    try:
-        for strategy, kwargs, ref_kwargs in _GPU_CHECKS:
-            testbed = "tracking_gnn" if strategy == "graph" else "jet_transformer"
-            run = dict(preset=preset, steps=steps, global_batch=global_batch, return_params=False, timing_steps=0)
-            key = (testbed, tuple(sorted(ref_kwargs.items())))
-            if key not in references:
-                references[key] = run_strategy("single", testbed, **{**run, **ref_kwargs})
-            ref = references[key]
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            res = run_strategy(strategy, testbed, **{**run, **kwargs})
-            diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(res["losses"], ref["losses"]))
-            rows.append({"name": strategy, "ok": bool(diff <= 1e-4), "throughput": res["samples_per_s"],
-                         "unit": f"{res['profile']['unit']}/s",
-                         "peak_memory_bytes": res["profile"].get("peak_memory_bytes", float("nan")),
-                         "reference_throughput": ref["samples_per_s"],
-                         "reference_peak_memory_bytes": ref["profile"].get("peak_memory_bytes", float("nan")),
-                         "max_loss_rel_diff": diff})
-    finally:
-        if own_group:
-            dist.destroy_process_group()
-    return rows

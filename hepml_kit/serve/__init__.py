@@ -6,10 +6,9 @@
 * `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2 server
 * `loadtest.py`  — latency percentiles and throughput vs concurrency and batch size; in-process baseline; plots
 * `export.py`    — the production path: a Triton model repository (TorchScript + config.pbtxt)
-* `gpu_check.py` — TorchScript latency on a GPU, for hosts without PyTriton
 
 Importing this package needs neither PyTriton nor tritonclient (they are imported when used), so the export
-and the GPU check run where only torch is installed. Taught in curriculum/08_inference_service;
+and the GPU check (bench/gpu_checks/serve.py: TorchScript latency on a GPU) run where only torch is installed. Taught in curriculum/08_inference_service;
 running the Triton container on Perlmutter: docs/serving.md.
 """
 
@@ -21,7 +20,6 @@ from hepml_kit.serve.export import (
     model_config_pbtxt,
     read_model_config,
 )
-from hepml_kit.serve.gpu_check import gpu_check_serving
 from hepml_kit.serve.loadtest import (
     LoadResult,
     client_process,
@@ -48,7 +46,6 @@ __all__ = [
     "check_model_repository",
     "client_process",
     "export_model_repository",
-    "gpu_check_serving",
     "in_process_baseline",
     "jet_tagger_model",
     "load_test",

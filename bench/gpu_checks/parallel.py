@@ -7,8 +7,8 @@ one-process reference.
   reference's (rtol 1e-4: the same kernels, TF32 off).
 
 Communication is real (nccl collectives over one rank) but trivial: these check the code paths and the
-single-device throughput, not scaling. Multi-GPU: ``hepml-kit launch --nprocs 4`` a script calling
-`run_strategy`.
+single-device throughput, not scaling. Every run goes through `hepml_kit.parallel.driver.train`.
+Multi-GPU: ``hepml-kit launch --nprocs 4`` a script calling it.
 """
 
 from __future__ import annotations
@@ -48,12 +48,13 @@ def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", 
     ``{name, status, samples_per_s, peak_mb, state_mb, detail}``. ``require_gpu=False`` runs it on CPU/gloo."""
     if require_gpu and not torch.cuda.is_available():
         raise RuntimeError("gpu_check_parallel needs a CUDA GPU")
-    from hepml_kit.parallel.compare import STRATEGIES as DATA_PARALLEL, train_strategy
+    from hepml_kit.parallel.compare import DATA_PARALLEL
+    from hepml_kit.parallel.driver import RunSpec, train
 
-    run = dict(testbed=testbed, preset=preset, steps=steps, global_batch=global_batch, lr=lr, seed=0)
+    spec = RunSpec(testbed, preset=preset, steps=steps, global_batch=global_batch, lr=lr, seed=0)
     rows: list[dict[str, Any]] = []
     with one_rank_group():
-        reference = train_strategy("single", **run)
+        reference = train(spec, "single")
 
         def summarise(res, precision="fp32"):
             err = _max_rel(res["losses"], reference["losses"])
@@ -67,13 +68,13 @@ def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", 
         rows.append({"name": "single", "seconds": 0.0, **summarise(reference)})
         for strategy in DATA_PARALLEL[1:]:
             rows.append(_row(strategy, lambda s=strategy: summarise(
-                train_strategy(s, **run), "bf16" if s.endswith("bf16") else "fp32")))
+                train(spec, s), "bf16" if s.endswith("bf16") else "fp32")))
 
         def checkpoint_resume():
             with tempfile.TemporaryDirectory() as d:
-                full = train_strategy("fsdp", **run)
-                train_strategy("fsdp", **run, checkpoint_dir=d, stop_after=steps // 2)
-                resumed = train_strategy("fsdp", **run, checkpoint_dir=d, resume=True)
+                full = train(spec, "fsdp")
+                train(spec.replace(checkpoint_dir=d, stop_after=steps // 2), "fsdp")
+                resumed = train(spec.replace(checkpoint_dir=d, resume=True), "fsdp")
             worst = max(float((resumed["params"][k] - p).abs().max()) for k, p in full["params"].items())
             return {"status": "ok" if worst <= 1e-5 else "FAILED", "samples_per_s": resumed["samples_per_s"],
                     "peak_mb": resumed["profile"].get("peak_memory_bytes", float("nan")) / 2**20,
@@ -83,13 +84,10 @@ def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", 
         rows.append(_row("checkpoint_fsdp_resume", checkpoint_resume))
 
     def lightning():
-        from hepml_kit.parallel.lightning_ddp import fit_lightning
-
         # Lightning makes its own process group: DDP over one device when none exists, plain otherwise
         with tempfile.TemporaryDirectory() as d:
-            res = fit_lightning(testbed, preset=preset, steps=steps, global_batch=global_batch, lr=lr, seed=0,
-                                devices=1, strategy="ddp" if not dist.is_initialized() else "auto",
-                                accelerator="gpu" if torch.cuda.is_available() else "cpu", out_dir=d)
+            res = train(spec, "lightning", devices=1, lightning_strategy="ddp" if not dist.is_initialized() else "auto",
+                        accelerator="gpu" if torch.cuda.is_available() else "cpu", out_dir=d)
         return summarise(res)
 
     rows.append(_row("lightning_ddp", lightning))
@@ -113,7 +111,7 @@ def gpu_check_model_parallel(preset: str = "small", steps: int = 6, global_batch
     reference. Rows ``{name, status, throughput, unit, peak_memory_bytes, reference_throughput,
     reference_peak_memory_bytes, max_loss_rel_diff}``; FAILED unless the losses equal the reference's (rtol
     1e-4). ``device="cpu"`` runs the same pass with gloo."""
-    from hepml_kit.parallel.runner import run_strategy
+    from hepml_kit.parallel.driver import RunSpec, train
 
     device = torch.device(device or "cuda")
     if device.type == "cuda":
@@ -125,14 +123,15 @@ def gpu_check_model_parallel(preset: str = "small", steps: int = 6, global_batch
     with one_rank_group(device):
         for strategy, kwargs, ref_kwargs in MODEL_PARALLEL_RUNS:
             testbed = "tracking_gnn" if strategy == "graph" else "jet_transformer"
-            run = dict(preset=preset, steps=steps, global_batch=global_batch, return_params=False, timing_steps=0)
+            spec = RunSpec(testbed, preset=preset, steps=steps, global_batch=global_batch, lr=0.05,
+                           return_params=False, timing_steps=0)  # run_strategy's defaults
             key = (testbed, tuple(sorted(ref_kwargs.items())))
             if key not in references:
-                references[key] = run_strategy("single", testbed, **{**run, **ref_kwargs})
+                references[key] = train(spec.replace(**ref_kwargs), "single", reference="model_parallel")
             ref = references[key]
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            res = run_strategy(strategy, testbed, **{**run, **kwargs})
+            res = train(spec.replace(**kwargs), strategy)
             diff = _max_rel(res["losses"], ref["losses"])
             rows.append({"name": strategy, "status": "ok" if diff <= 1e-4 else "FAILED",
                          "throughput": res["samples_per_s"], "unit": f"{res['profile']['unit']}/s",

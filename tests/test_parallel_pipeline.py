@@ -1,4 +1,5 @@
-"""Pipeline parallelism (GPipe and 1F1B) on 2 gloo ranks equals one process.
+"""Pipeline parallelism (GPipe and 1F1B, torch.distributed.pipelining and by hand over send/recv) on 2 gloo
+ranks equals one process.
 
 Model: the jet transformer testbed, tiny preset with 4 encoder layers (2 per stage), 4 micro-batches,
 3 SGD steps. Reference: one process accumulating the loss over the same 4 contiguous micro-batches of each
@@ -44,7 +45,7 @@ def test_bubble_timer_counts_forward_and_backward_intervals():
     assert timer.busy_seconds() == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "gpipe_by_hand", "1f1b_by_hand"])
 def test_pipeline_equals_single_process(pool, reference, schedule):
     ranks = pool.run(run_strategy, schedule, **RUN, return_grads=True)
     held = [set(r["params"]) for r in ranks]

@@ -26,7 +26,8 @@ from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 __all__ = ["BY_HAND", "MODEL_PARALLEL", "run_strategy", "train_model_parallel"]
 
 MODEL_PARALLEL = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")  # in driver.STRATEGIES
-BY_HAND: tuple[str, ...] = ()  # the hand-written pipeline schedules (`pipeline_schedules`)
+BY_HAND = ("gpipe_by_hand", "1f1b_by_hand")  # the hand-written pipeline schedules (`pipeline_schedules`)
+_PIPELINES = ("gpipe", "1f1b") + BY_HAND
 _COLLECTIVE_PREFIXES = ("c10d::", "_c10d_functional::", "nccl:", "gloo:")
 
 
@@ -87,7 +88,8 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     Strategies: ``"single"`` (one process: the reference; with `shards` and `micro_batches` it accumulates
     the loss over the same pieces the parallel run splits the batch into), ``"tensor"`` (DTensor TP over
     all ranks), ``"megatron"`` (the hand-written TP), ``"gpipe"``/``"1f1b"`` (pipeline over all ranks,
-    `micro_batches` micro-batches), ``"graph"`` (tracking GNN, graph partitioned over all ranks),
+    `micro_batches` micro-batches; ``"gpipe_by_hand"``/``"1f1b_by_hand"``: the same schedules written over
+    send/recv, `hepml_kit.parallel.pipeline_schedules`), ``"graph"`` (tracking GNN, graph partitioned over all ranks),
     ``"fsdp_tp"`` (``dims={"dp": 2, "tp": 2}``), ``"dp_pp"`` (``dims={"dp": 2, "pp": 2}``).
 
     `num_layers` sets the depth (``num_layers`` or ``n_iterations`` of the preset's config), `config_overrides`
@@ -122,8 +124,8 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
     micro_batches, shards, optimizer = spec.micro_batches, spec.shards, spec.optimizer
     checkpoint_dir, stop_after, resume = spec.checkpoint_dir, spec.stop_after, spec.resume
-    if strategy not in MODEL_PARALLEL:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(MODEL_PARALLEL)}")
+    if strategy not in MODEL_PARALLEL + BY_HAND:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(MODEL_PARALLEL + BY_HAND)}")
     testbed = spec.testbed or ("tracking_gnn" if strategy == "graph" else "jet_transformer")
     tb = resolve_testbed(testbed)
     if strategy == "graph" and tb.name != "tracking_gnn":
@@ -176,6 +178,12 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
         pipe = PipelineParallel(model, tb, n_microbatches=micro_batches, schedule=strategy, device=device,
                                 measure_bubble=True)
         module = pipe.module
+    elif strategy in BY_HAND:
+        from hepml_kit.parallel.pipeline_schedules import PipelineByHand
+
+        pipe = PipelineByHand(model, tb, n_microbatches=micro_batches, schedule=strategy.removesuffix("_by_hand"),
+                              device=device, measure_bubble=True)
+        module = pipe.module
     elif strategy == "fsdp_tp":
         groups = ProcessGroups(**dims, device=device.type)
         shard_fsdp_tp(model, groups, plan=tp_plan)
@@ -217,7 +225,7 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
             loss = tb.loss(model, batch)
             loss.backward()
             return float(loss.detach())
-        if strategy in ("gpipe", "1f1b", "dp_pp"):
+        if strategy in _PIPELINES + ("dp_pp",):
             return pipe.step(batch)
         if strategy == "graph":
             share = gp.partitioned_loss(model, parts[i])
@@ -248,7 +256,7 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
                 grads = {n: _full(p.grad) for n, p in module.named_parameters() if p.grad is not None}
             opt.step()
             opt.zero_grad(set_to_none=True)
-        if strategy in ("gpipe", "1f1b", "dp_pp") and i > start:
+        if strategy in _PIPELINES + ("dp_pp",) and i > start:
             bubbles.append((pipe.pipeline if strategy == "dp_pp" else pipe).measured_bubble())
     state_bytes = model_state_bytes(module, opt)
     summary = prof.summary()
@@ -256,7 +264,7 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
         checkpoint.save(checkpoint_dir, module, opt, step=stop_after, extra={"strategy": strategy})
 
     comm_share = 0.0
-    if strategy in ("gpipe", "1f1b", "dp_pp"):
+    if strategy in _PIPELINES + ("dp_pp",):
         comm_share = sum(bubbles) / len(bubbles) if bubbles else float("nan")
         extra["bubble_formula"] = (dims.get("pp", world) - 1) / (micro_batches + dims.get("pp", world) - 1)
         extra["measured_idle"] = comm_share

@@ -70,7 +70,8 @@ def _sync_three_ways():
 
     rank = dist.get_rank()
     out = {}
-    for name, kwargs in {"per_tensor": {}, "flat": {"flat": True}, "sum": {"flat": True, "divide": False}}.items():
+    ways = {"per_tensor": {}, "flat": {"flat": True}, "sum": {"flat": True, "divide": False}}
+    for name, kwargs in ways.items():
         net = nn.Linear(3, 2)
         for p in net.parameters():
             p.grad = torch.full_like(p, float(rank + 1))
@@ -99,7 +100,8 @@ def test_gpu_checks_live_outside_the_package(gpu_checks):
     assert not [p for p in package.rglob("*.py") if "gpu_check" in p.name or "gpu_smoke" in p.name]
     names = [c.name for area in gpu_checks.AREAS
              for c in importlib.import_module(f"gpu_checks.{area}").CHECKS]
-    assert len(names) == len(set(names)) and {"parallel_model", "launch_nccl", "serve_torchscript"} <= set(names)
+    assert len(names) == len(set(names))
+    assert {"parallel_model", "launch_nccl", "serve_torchscript", "hpo_trial_auto_device"} <= set(names)
 
 
 def test_one_rank_group_on_cpu(gpu_checks):

@@ -2,7 +2,8 @@
 
 `gpu_check()` trains a `TrialRun` of the waveform VAE on the GPU (``device="auto"`` must pick CUDA), and
 checks the PBT state round trip there: a trial that loads another trial's state continues from its epoch with
-its own learning rate. Run by bench/gpu_check.py (it was registered nowhere before); returns a dict of what it measured.
+its own learning rate. Run by bench/gpu_check.py (it was registered nowhere before); returns a dict of
+what it measured.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ def _row(name: str, fn) -> dict[str, Any]:
 def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", steps: int = 20,
                        global_batch: int = 256, lr: float = 1e-3, require_gpu: bool = True) -> list[dict]:
     """Each data-parallel strategy for `steps` steps on GPU 0 against the one-process reference, rows
-    ``{name, status, samples_per_s, peak_mb, state_mb, detail}``. ``require_gpu=False`` runs it on CPU/gloo."""
+    ``{name, status, samples_per_s, peak_mb, state_mb, detail}``; ``require_gpu=False`` runs it on CPU/gloo.
+    """
     if require_gpu and not torch.cuda.is_available():
         raise RuntimeError("gpu_check_parallel needs a CUDA GPU")
     from hepml_kit.parallel.compare import DATA_PARALLEL
@@ -63,7 +64,8 @@ def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", 
                     "samples_per_s": res["samples_per_s"],
                     "peak_mb": prof.get("peak_memory_bytes", float("nan")) / 2**20,
                     "state_mb": res.get("state_bytes", {}).get("total", float("nan")) / 2**20,
-                    "detail": f"max relative loss difference {err:.1e} (tolerance {TOLERANCE[precision]:.0e})"}
+                    "detail": f"max relative loss difference {err:.1e} "
+                              f"(tolerance {TOLERANCE[precision]:.0e})"}
 
         rows.append({"name": "single", "seconds": 0.0, **summarise(reference)})
         for strategy in DATA_PARALLEL[1:]:
@@ -86,7 +88,8 @@ def gpu_check_parallel(testbed: str = "jet_transformer", preset: str = "small", 
     def lightning():
         # Lightning makes its own process group: DDP over one device when none exists, plain otherwise
         with tempfile.TemporaryDirectory() as d:
-            res = train(spec, "lightning", devices=1, lightning_strategy="ddp" if not dist.is_initialized() else "auto",
+            res = train(spec, "lightning", devices=1,
+                        lightning_strategy="ddp" if not dist.is_initialized() else "auto",
                         accelerator="gpu" if torch.cuda.is_available() else "cpu", out_dir=d)
         return summarise(res)
 
@@ -101,7 +104,8 @@ MODEL_PARALLEL_RUNS = (  # (strategy, run_strategy keyword arguments, the one-pr
     ("1f1b", {"micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
     ("graph", {"global_batch": 4}, {"global_batch": 4}),
     ("fsdp_tp", {"dims": {"dp": 1, "tp": 1}}, {}),
-    ("dp_pp", {"dims": {"dp": 1, "pp": 1}, "micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
+    ("dp_pp", {"dims": {"dp": 1, "pp": 1}, "micro_batches": 4, "num_layers": 4},
+     {"micro_batches": 4, "num_layers": 4}),
 )
 
 

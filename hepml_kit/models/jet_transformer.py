@@ -403,13 +403,15 @@ def _pipeline_plan():
     from hepml_kit.parallel.pipeline import StackRecipe
 
     return StackRecipe(inputs=lambda batch: (batch["tracks"], batch["mask"]), entry_modules=("init",),
-                       stack="encoder.layers", exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head"),
+                       stack="encoder.layers",
+                       exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head"),
                        entry=_pipeline_entry, layer=_pipeline_layer, exit=_pipeline_exit, loss=_pipeline_loss)
 
 
 # Megatron split (hepml_kit.parallel.tensor): attention by heads, q/k/v column-wise and out_proj row-wise
 # (SelfAttention.head_dim forms the heads); the MLP fc1 column-wise, fc2 row-wise.
-TENSOR_PARALLEL_PLAN = {"attention": (("q_proj", "k_proj", "v_proj"), ("out_proj",)), "mlp": (("fc1",), ("fc2",))}
+TENSOR_PARALLEL_PLAN = {"attention": (("q_proj", "k_proj", "v_proj"), ("out_proj",)),
+                        "mlp": (("fc1",), ("fc2",))}
 # Pipeline split points (hepml_kit.parallel.pipeline): `init` on the first stage, encoder.layers cut into
 # contiguous stages, the norm, pooling and heads on the last.
 PIPELINE_PLAN = _pipeline_plan()

@@ -39,8 +39,8 @@ from hepml_kit.parallel.fsdp import mixed_precision, model_state_bytes, shard_mo
 from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 from hepml_kit.profile.step import StepProfiler
 
-__all__ = ["DATA_PARALLEL", "train_data_parallel", "train_strategy", "full_parameters", "table", "lines_of_code",
-           "source_of"]
+__all__ = ["DATA_PARALLEL", "train_data_parallel", "train_strategy", "full_parameters", "table",
+           "lines_of_code", "source_of"]
 
 DATA_PARALLEL = ("single", "naive", "bucket", "ddp", "fsdp", "fsdp_bf16")  # part of driver.STRATEGIES
 
@@ -142,7 +142,8 @@ def train_data_parallel(spec: RunSpec, strategy: str) -> dict[str, Any] | None:
 
 
 def _train(strategy: str, tb: Testbed, spec: RunSpec, rank: int, world: int) -> dict[str, Any]:
-    steps, global_batch, lr, seed, micro_batches = spec.steps, spec.global_batch, spec.lr, spec.seed, spec.micro_batches
+    steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
+    micro_batches = spec.micro_batches
     checkpoint_dir, stop_after = spec.checkpoint_dir, spec.stop_after
     if micro_batches != 1 and strategy != "single":
         raise ValueError("micro_batches is for the single-process reference only")
@@ -198,7 +199,8 @@ def _train(strategy: str, tb: Testbed, spec: RunSpec, rank: int, world: int) -> 
     if strategy == "single":
         result["comm_share"] = 0.0
     else:
-        result["comm_share"] = _comm_share(tb, cfg, lr, plain, batches, summary["step_s"], spec.timing_steps, sync)
+        result["comm_share"] = _comm_share(tb, cfg, lr, plain, batches, summary["step_s"], spec.timing_steps,
+                                           sync)
     return result
 
 

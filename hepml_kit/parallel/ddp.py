@@ -73,7 +73,7 @@ def average_gradients(module: nn.Module, group=None, flat: bool = False, divide:
     grads = [p.grad for p in module.parameters() if p.grad is not None]
     if not flat:
         for g in grads:
-            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=group)  # gloo has no AVG on every build: sum, divide
+            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=group)  # gloo has no AVG on every build
             if divide:
                 g.div_(world)
         return len(grads)

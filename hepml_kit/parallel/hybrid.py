@@ -91,7 +91,8 @@ class ProcessGroups:
 # ----------------------------------------------------------------------------------------------------
 
 
-def shard_fsdp_tp(model: nn.Module, groups: ProcessGroups, mp_policy=None, plan: dict | None = None) -> nn.Module:
+def shard_fsdp_tp(model: nn.Module, groups: ProcessGroups, mp_policy=None,
+                  plan: dict | None = None) -> nn.Module:
     """Tensor-parallelise `model` over ``groups.mesh["tp"]``, then FSDP2-shard it over ``groups.mesh["dp"]``
     (every repeated block, then the root), in place; `plan` is the model's tensor-parallel plan
     (`hepml_kit.parallel.tensor`). Build the optimizer afterwards."""

@@ -97,7 +97,8 @@ class PipelineByHand:
         header = torch.zeros(_HEADER, dtype=torch.int64, device=self.device)
         header[: len(meta)] = torch.tensor(meta)
         for t in [header, *(t.detach().to(self.dtype).contiguous() for t in tensors)]:
-            self._sends.append((dist.isend(t, self._peer(to), group=self.group), t))  # keep t alive until sent
+            # keep t alive until it is sent
+            self._sends.append((dist.isend(t, self._peer(to), group=self.group), t))
 
     def _recv(self, frm: int) -> tuple[torch.Tensor, ...]:
         header = torch.empty(_HEADER, dtype=torch.int64, device=self.device)
@@ -128,7 +129,8 @@ class PipelineByHand:
         grads = None if self.is_last else self._recv(+1)
         torch.autograd.backward(tensors, grad_tensors=grads)
         if not self.is_first:
-            self._send([x.grad if x.grad is not None else torch.zeros_like(x) for x in inputs if x.requires_grad], -1)
+            grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in inputs if x.requires_grad]
+            self._send(grads, -1)
 
     # ---- one training step
     def step(self, batch: dict) -> float:
@@ -153,7 +155,7 @@ class PipelineByHand:
         self._sends.clear()
         self.last_step_seconds = time.perf_counter() - t0
         mean = torch.stack(self._losses).mean() if self._losses else torch.zeros((), device=self.device)
-        last = dist.get_global_rank(self.group, self.n_stages - 1) if self.group is not None else self.n_stages - 1
+        last = self._peer(self.n_stages - 1 - self.index)  # the global rank of the last stage
         dist.broadcast(mean, src=last, group=self.group)  # every rank reports the same loss
         return float(mean)
 

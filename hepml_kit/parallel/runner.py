@@ -3,7 +3,8 @@ tensor, pipeline, graph-partitioned or hybrid parallelism (or the one-process re
 throughput, memory and communication share in the shape `hepml_kit.parallel.compare.table` tabulates.
 
 Used by the tests, lessons 04 and 05, and the GPU check (bench/gpu_checks/parallel.py). Each strategy
-itself lives in its own module (`tensor`, `pipeline`, `graph_partition`, `hybrid`); this file only wires them to a training loop.
+itself lives in its own module (`tensor`, `pipeline`, `pipeline_schedules`, `graph_partition`, `hybrid`);
+this file only wires them to a training loop.
 
 Taught in curriculum/04_model_parallel and curriculum/05_hybrid.
 """
@@ -25,7 +26,8 @@ from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 
 __all__ = ["BY_HAND", "MODEL_PARALLEL", "run_strategy", "train_model_parallel"]
 
-MODEL_PARALLEL = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")  # in driver.STRATEGIES
+# part of driver.STRATEGIES
+MODEL_PARALLEL = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")
 BY_HAND = ("gpipe_by_hand", "1f1b_by_hand")  # the hand-written pipeline schedules (`pipeline_schedules`)
 _PIPELINES = ("gpipe", "1f1b") + BY_HAND
 _COLLECTIVE_PREFIXES = ("c10d::", "_c10d_functional::", "nccl:", "gloo:")
@@ -125,7 +127,8 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     micro_batches, shards, optimizer = spec.micro_batches, spec.shards, spec.optimizer
     checkpoint_dir, stop_after, resume = spec.checkpoint_dir, spec.stop_after, spec.resume
     if strategy not in MODEL_PARALLEL + BY_HAND:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(MODEL_PARALLEL + BY_HAND)}")
+        known = ", ".join(MODEL_PARALLEL + BY_HAND)
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {known}")
     testbed = spec.testbed or ("tracking_gnn" if strategy == "graph" else "jet_transformer")
     tb = resolve_testbed(testbed)
     if strategy == "graph" and tb.name != "tracking_gnn":
@@ -181,8 +184,8 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     elif strategy in BY_HAND:
         from hepml_kit.parallel.pipeline_schedules import PipelineByHand
 
-        pipe = PipelineByHand(model, tb, n_microbatches=micro_batches, schedule=strategy.removesuffix("_by_hand"),
-                              device=device, measure_bubble=True)
+        pipe = PipelineByHand(model, tb, n_microbatches=micro_batches,
+                              schedule=strategy.removesuffix("_by_hand"), device=device, measure_bubble=True)
         module = pipe.module
     elif strategy == "fsdp_tp":
         groups = ProcessGroups(**dims, device=device.type)

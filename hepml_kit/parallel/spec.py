@@ -86,7 +86,8 @@ class RunSpec:
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"RunSpec.{name} must be a positive integer, got {value!r}")
         if self.testbed is not None and not isinstance(self.testbed, (str, Testbed)):
-            raise TypeError(f"RunSpec.testbed must be a testbed name or a Testbed, got {type(self.testbed).__name__}")
+            kind = type(self.testbed).__name__
+            raise TypeError(f"RunSpec.testbed must be a testbed name or a Testbed, got {kind}")
 
     def replace(self, **changes: Any) -> RunSpec:
         """A copy with some fields changed (``spec.replace(steps=2)``)."""

@@ -123,3 +123,30 @@ def test_model_parallel_gpu_check_cpu_pass(gpu_checks):
     rows = gpu_check_model_parallel(preset="tiny", steps=2, global_batch=16, device="cpu")
     assert [r["name"] for r in rows] == ["tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp"]
     assert all(r["status"] == "ok" for r in rows), rows
+
+
+def test_models_carry_their_parallel_plans_and_parallel_stays_generic():
+    """The jet transformer's file declares its plans; tensor.py follows any model's plan; a testbed without
+    a pipeline plan gets a clear error; no parallel/ module names a model's submodules."""
+    from hepml_kit.models import jet_transformer
+    from hepml_kit.parallel import pipeline, tensor
+
+    tb = get("jet_transformer")
+    assert tb.extra["pipeline"] is jet_transformer.PIPELINE_PLAN is pipeline.recipe_for("jet_transformer")
+    assert tb.extra["tensor_parallel"] is jet_transformer.TENSOR_PARALLEL_PLAN
+
+    class Block(nn.Module):  # an MLP block under other names than the default fc1/fc2
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = nn.Linear(4, 8), nn.Linear(8, 4)
+
+    model = nn.Sequential(Block(), Block())
+    assert tensor.find_parallel_blocks(model) == ([], [])
+    plan = {"mlp": (("up",), ("down",))}
+    assert tensor.find_parallel_blocks(model, plan) == ([], ["0", "1"])
+    with pytest.raises(ValueError, match="MLP width 8 does not split over 3 ranks"):
+        tensor.check_tensor_parallel(model, 3, plan)
+    with pytest.raises(ValueError, match="no pipeline recipe for 'tracking_gnn'"):
+        pipeline.recipe_for("tracking_gnn")
+    sources = [p.read_text() for p in (Path(tensor.__file__).parent).glob("*.py")]
+    assert not any("encoder.layers\"" in s or "flavour_head" in s or "origin_head" in s for s in sources)

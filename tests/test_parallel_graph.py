@@ -13,7 +13,7 @@ import torch
 from torch.testing import assert_close
 
 from hepml_kit.parallel import graph_partition as gp
-from hepml_kit.parallel.hybrid import run_strategy
+from hepml_kit.parallel.runner import run_strategy
 
 RUN = dict(steps=3, global_batch=4, lr=0.05, seed=0)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)

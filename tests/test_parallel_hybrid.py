@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.testing import assert_close
 
 import hepml_kit as hk
-from hepml_kit.parallel.hybrid import run_strategy
+from hepml_kit.parallel.runner import run_strategy
 
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 TOL = dict(rtol=1e-4, atol=1e-6)

@@ -1,4 +1,5 @@
-"""Pipeline parallelism (GPipe and 1F1B) on 2 gloo ranks equals one process.
+"""Pipeline parallelism (GPipe and 1F1B, torch.distributed.pipelining and by hand over send/recv) on 2 gloo
+ranks equals one process.
 
 Model: the jet transformer testbed, tiny preset with 4 encoder layers (2 per stage), 4 micro-batches,
 3 SGD steps. Reference: one process accumulating the loss over the same 4 contiguous micro-batches of each
@@ -12,7 +13,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from hepml_kit.parallel.hybrid import run_strategy
+from hepml_kit.parallel.runner import run_strategy
 from hepml_kit.parallel.pipeline import BubbleTimer, bubble_fraction, split_layers
 
 RUN = dict(steps=3, global_batch=32, lr=0.05, seed=0, micro_batches=4, num_layers=4)
@@ -44,7 +45,7 @@ def test_bubble_timer_counts_forward_and_backward_intervals():
     assert timer.busy_seconds() == pytest.approx(3.0)
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
+@pytest.mark.parametrize("schedule", ["gpipe", "1f1b", "gpipe_by_hand", "1f1b_by_hand"])
 def test_pipeline_equals_single_process(pool, reference, schedule):
     ranks = pool.run(run_strategy, schedule, **RUN, return_grads=True)
     held = [set(r["params"]) for r in ranks]

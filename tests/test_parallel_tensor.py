@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from hepml_kit.parallel.hybrid import run_strategy
+from hepml_kit.parallel.runner import run_strategy
 from hepml_kit.parallel.tensor import (
     check_tensor_parallel,
     find_parallel_blocks,

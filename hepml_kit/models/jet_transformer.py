@@ -367,3 +367,52 @@ TESTBED = Testbed(
     extra={"generator_version": GENERATOR_VERSION, "example_inputs": example_inputs,
            "inputs": ("tracks", "mask"), "outputs": ("flavour_logits", "origin_logits")},
 )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parallel plans: how hepml_kit.parallel cuts this model (lesson 04); parallel/ itself knows no model
+# ----------------------------------------------------------------------------------------------------
+
+
+def _pipeline_entry(stage, tracks, mask):
+    key_mask = mask | ~mask.any(dim=1, keepdim=True)  # as JetTransformer.forward
+    return stage.init(tracks), key_mask.to(tracks.dtype)  # (B, T, E), (B, T) as 0/1 floats
+
+
+def _pipeline_layer(layer, acts):
+    x, key_mask = acts
+    return layer(x, key_mask > 0.5), key_mask
+
+
+def _pipeline_exit(stage, acts):
+    x, key_mask = acts
+    key_mask = key_mask > 0.5
+    x = stage.encoder.norm(x)
+    jet = stage.pool(x, key_mask)  # (B, E)
+    track_ctx = torch.cat([x, jet.unsqueeze(1).expand_as(x)], dim=-1)  # (B, T, 2E)
+    return stage.flavour_head(jet), stage.origin_head(track_ctx)  # (B, 3), (B, T, 7)
+
+
+def _pipeline_loss(model, outputs, micro_batch):
+    from hepml_kit.parallel.pipeline import ReplayOutputs
+
+    return loss(ReplayOutputs(outputs, origin_weight=model.origin_weight), micro_batch)
+
+
+def _pipeline_plan():
+    from hepml_kit.parallel.pipeline import StackRecipe
+
+    return StackRecipe(inputs=lambda batch: (batch["tracks"], batch["mask"]), entry_modules=("init",),
+                       stack="encoder.layers",
+                       exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head"),
+                       entry=_pipeline_entry, layer=_pipeline_layer, exit=_pipeline_exit, loss=_pipeline_loss)
+
+
+# Megatron split (hepml_kit.parallel.tensor): attention by heads, q/k/v column-wise and out_proj row-wise
+# (SelfAttention.head_dim forms the heads); the MLP fc1 column-wise, fc2 row-wise.
+TENSOR_PARALLEL_PLAN = {"attention": (("q_proj", "k_proj", "v_proj"), ("out_proj",)),
+                        "mlp": (("fc1",), ("fc2",))}
+# Pipeline split points (hepml_kit.parallel.pipeline): `init` on the first stage, encoder.layers cut into
+# contiguous stages, the norm, pooling and heads on the last.
+PIPELINE_PLAN = _pipeline_plan()
+TESTBED.extra.update(tensor_parallel=TENSOR_PARALLEL_PLAN, pipeline=PIPELINE_PLAN)

@@ -32,21 +32,17 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hepml_kit.models import Testbed, get, to_device
+from hepml_kit.models import Testbed, to_device
 from hepml_kit.parallel import checkpoint
 from hepml_kit.parallel.ddp import DataParallelBucket, DataParallelNaive, shard_batch, wrap_ddp
 from hepml_kit.parallel.fsdp import mixed_precision, model_state_bytes, shard_model
+from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 from hepml_kit.profile.step import StepProfiler
 
-__all__ = ["STRATEGIES", "train_strategy", "full_parameters", "table", "lines_of_code", "source_of"]
+__all__ = ["DATA_PARALLEL", "train_data_parallel", "train_strategy", "full_parameters", "table",
+           "lines_of_code", "source_of"]
 
-STRATEGIES = ("single", "naive", "bucket", "ddp", "fsdp", "fsdp_bf16")
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available() and (not dist.is_initialized() or dist.get_backend() == "nccl"):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+DATA_PARALLEL = ("single", "naive", "bucket", "ddp", "fsdp", "fsdp_bf16")  # part of driver.STRATEGIES
 
 
 def _wrap(strategy: str, model: nn.Module, bucket_cap_mb: float) -> nn.Module:
@@ -65,7 +61,7 @@ def _wrap(strategy: str, model: nn.Module, bucket_cap_mb: float) -> nn.Module:
         return shard_model(model, mp_policy=mixed_precision(None))
     if strategy == "fsdp_bf16":
         return shard_model(model, mp_policy=mixed_precision("bf16"))
-    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(DATA_PARALLEL)}")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -98,7 +94,7 @@ def train_strategy(
     """Train `steps` optimizer steps of `testbed` under `strategy` on this rank; call on every rank.
 
     Args:
-        strategy: one of `STRATEGIES`. ``"single"`` is one process without communication; called on every
+        strategy: one of `DATA_PARALLEL`. ``"single"`` is one process without communication; called on every
             rank of a pool it runs on rank 0 alone, with that rank's threads or GPU (one device: the
             unit of a speed-up), and the other ranks return None at once.
         testbed: a `hepml_kit.models` name or a `Testbed`.
@@ -115,15 +111,24 @@ def train_strategy(
     ``world_size``, ``rank`` and, on rank 0, ``params`` (final full parameters on CPU) and, with
     `return_grads`, ``grads`` (the full averaged gradients of the first step).
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    if steps < 2:
+    spec = RunSpec(testbed=testbed, preset=preset, steps=steps, global_batch=global_batch, lr=lr, seed=seed,
+                   micro_batches=micro_batches, bucket_cap_mb=bucket_cap_mb, timing_steps=timing_steps,
+                   return_params=return_params, return_grads=return_grads, checkpoint_dir=checkpoint_dir,
+                   stop_after=stop_after, resume=resume)
+    return train_data_parallel(spec, strategy)
+
+
+def train_data_parallel(spec: RunSpec, strategy: str) -> dict[str, Any] | None:
+    """`train_strategy` for a `RunSpec` (what `hepml_kit.parallel.driver.train` calls)."""
+    if strategy not in DATA_PARALLEL:
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(DATA_PARALLEL)}")
+    if spec.steps < 2:
         raise ValueError("steps must be >= 2 (the first step is a warm-up, not timed)")
-    if (stop_after is not None or resume) and not checkpoint_dir:
+    if (spec.stop_after is not None or spec.resume) and not spec.checkpoint_dir:
         raise ValueError("stop_after and resume need a checkpoint_dir")
-    if stop_after is not None and not 0 < stop_after < steps:
-        raise ValueError(f"stop_after must be in 1..{steps - 1}, got {stop_after}")
-    tb = get(testbed) if isinstance(testbed, str) else testbed
+    if spec.stop_after is not None and not 0 < spec.stop_after < spec.steps:
+        raise ValueError(f"stop_after must be in 1..{spec.steps - 1}, got {spec.stop_after}")
+    tb = resolve_testbed(spec.testbed or "jet_transformer")
     if tb.loss is None:
         raise ValueError(f"{tb.name} trains with a custom train_step; these strategies need "
                          "a loss(model, batch)")
@@ -133,25 +138,26 @@ def train_strategy(
         if rank != 0:
             return None
         rank, world = 0, 1
-    return _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb,
-                  timing_steps, return_params, return_grads, checkpoint_dir, stop_after, resume, rank, world)
+    return _train(strategy, tb, spec, rank, world)
 
 
-def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, bucket_cap_mb, timing_steps,
-           return_params, return_grads, checkpoint_dir, stop_after, resume, rank, world) -> dict[str, Any]:
+def _train(strategy: str, tb: Testbed, spec: RunSpec, rank: int, world: int) -> dict[str, Any]:
+    steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
+    micro_batches = spec.micro_batches
+    checkpoint_dir, stop_after = spec.checkpoint_dir, spec.stop_after
     if micro_batches != 1 and strategy != "single":
         raise ValueError("micro_batches is for the single-process reference only")
     if global_batch % (world * micro_batches):
         raise ValueError(f"global_batch={global_batch} must be divisible by {world * micro_batches} "
                          f"(ranks x micro-batches)")
-    device = _device()
+    device = spec.torch_device()
 
-    cfg = tb.config(preset)
+    cfg = tb.config(spec.preset)
     data = tb.generate(cfg, steps * global_batch, seed)
     torch.manual_seed(seed)
     model = tb.build(cfg).to(device)
     plain = copy.deepcopy(model)  # the compute-only reference for the communication share
-    wrapped = _wrap(strategy, model, bucket_cap_mb)
+    wrapped = _wrap(strategy, model, spec.bucket_cap_mb)
     optimizer = tb.optimizer(model, cfg, lr)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     # this rank's share of every global batch, cut into micro-batches (one unless accumulating)
@@ -160,7 +166,7 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
                for b in tb.batches(data, global_batch, shuffle=True, seed=seed)][:steps]
     owner = wrapped if strategy == "ddp" else model  # the checkpoint API strips DDP's "module." itself
     alone = world == 1  # one process, possibly rank 0 of a pool: no collectives
-    start = checkpoint.load(checkpoint_dir, owner, optimizer, no_dist=alone)["step"] if resume else 0
+    start = checkpoint.load(checkpoint_dir, owner, optimizer, no_dist=alone)["step"] if spec.resume else 0
     end = stop_after if stop_after is not None else steps
 
     flops = tb.flops_per_sample(cfg) if tb.flops_per_sample else None
@@ -172,7 +178,7 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
         # FSDP2 warns that a unit returned a view; the testbed losses never modify model outputs in place
         warnings.filterwarnings("ignore", message="FSDP2-wrapped module")
         losses, grads, state_bytes = _loop(tb, wrapped, model, optimizer, prof, batches, start, end,
-                                           micro_batches, return_grads, world, device)
+                                           micro_batches, spec.return_grads, world, device)
     summary = prof.summary(gather=world > 1)  # a collective: every rank
     if stop_after is not None:
         checkpoint.save(checkpoint_dir, owner, optimizer, step=stop_after, extra={"strategy": strategy},
@@ -184,7 +190,7 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
         "state_bytes": state_bytes,
         "n_params": sum(p.numel() for p in plain.parameters()),
     }
-    params = full_parameters(model) if return_params else None  # a collective for FSDP
+    params = full_parameters(model) if spec.return_params else None  # a collective for FSDP
     if rank == 0:
         if params is not None:
             result["params"] = params
@@ -193,7 +199,8 @@ def _train(strategy, tb, preset, steps, global_batch, lr, seed, micro_batches, b
     if strategy == "single":
         result["comm_share"] = 0.0
     else:
-        result["comm_share"] = _comm_share(tb, cfg, lr, plain, batches, summary["step_s"], timing_steps, sync)
+        result["comm_share"] = _comm_share(tb, cfg, lr, plain, batches, summary["step_s"], spec.timing_steps,
+                                           sync)
     return result
 
 

@@ -55,18 +55,39 @@ def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src=src)
 
 
-def average_gradients(module: nn.Module) -> int:
+def average_gradients(module: nn.Module, group=None, flat: bool = False, divide: bool = True) -> int:
     """The whole of data parallelism in four lines: sum every gradient over ranks, divide by their number.
 
     Call after ``loss.backward()``, before ``optimizer.step()``. Returns the number of collectives issued.
+    The one gradient sync of the kit: DDP by hand (per tensor), hybrid dp × pp and graph partitioning.
+
+    Args:
+        group: the process group (default: all ranks).
+        flat: one all-reduce over all gradients packed into one flat buffer (one latency instead of one per
+            tensor; `DataParallelBucket` does the same per bucket, overlapped with the backward).
+        divide: ``False`` sums without dividing, for ranks that each hold a *share of one loss* rather than
+            a replica's loss on its own samples: graph partitioning, where every rank's loss is its edges'
+            part of the full-graph mean, so the full gradient is the sum of the ranks' gradients.
     """
-    world, calls = _world(), 0
-    for p in module.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)  # gloo has no AVG on every build: sum, then divide
-            p.grad.div_(world)
-            calls += 1
-    return calls
+    world = dist.get_world_size(group) if dist.is_initialized() else 1
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not flat:
+        for g in grads:
+            dist.all_reduce(g, op=dist.ReduceOp.SUM, group=group)  # gloo has no AVG on every build
+            if divide:
+                g.div_(world)
+        return len(grads)
+    if not grads or world == 1:
+        return 0
+    buffer = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(buffer, group=group)
+    if divide:
+        buffer /= world
+    offset = 0
+    for g in grads:
+        g.copy_(buffer[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+    return 1
 
 
 class DataParallelNaive(nn.Module):

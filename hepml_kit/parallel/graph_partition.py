@@ -33,6 +33,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from hepml_kit.parallel.ddp import average_gradients
+
 __all__ = [
     "GraphPartition",
     "HaloExchange",
@@ -338,16 +340,9 @@ def partitioned_loss(model: nn.Module, part: GraphPartition, group=None) -> torc
 
 
 def sync_gradients(model: nn.Module, group=None) -> None:
-    """Sum every parameter gradient over the ranks (each rank holds its share of the loss's gradient)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])  # one all-reduce for all
-    dist.all_reduce(flat, group=group)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
+    """Sum every parameter gradient over the ranks (each rank holds its share of the loss's gradient):
+    `average_gradients` with ``divide=False``, one flat all-reduce."""
+    average_gradients(model, group, flat=True, divide=False)
 
 
 def partitioned_step(model: nn.Module, part: GraphPartition, optimizer, group=None) -> float:

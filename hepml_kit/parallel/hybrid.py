@@ -18,8 +18,7 @@ On a Perlmutter allocation (4 GPUs per node) the usual shape is tp = 4 inside a 
 tp=4)`` in the script. `project_hybrid` predicts that run from a measured one-node step.
 
 Taught in curriculum/05_hybrid. The runner that trains a testbed under any of these strategies
-(`run_strategy`) and the GPU check (`gpu_check_model_parallel`) live in `hepml_kit.parallel.runner` and are
-re-exported here.
+(`run_strategy`) lives in `hepml_kit.parallel.runner`, which imports this module (never the reverse).
 """
 
 from __future__ import annotations
@@ -30,16 +29,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from hepml_kit.parallel.runner import STRATEGIES, gpu_check_model_parallel, run_strategy  # re-exported
+from hepml_kit.parallel.ddp import average_gradients  # flat=True: one all-reduce per stage
 
 __all__ = [
-    "STRATEGIES",
     "DataPipelineParallel",
     "ProcessGroups",
     "average_gradients",
-    "gpu_check_model_parallel",
     "project_hybrid",
-    "run_strategy",
     "shard_fsdp_tp",
     "train_step_fsdp_tp",
 ]
@@ -95,16 +91,18 @@ class ProcessGroups:
 # ----------------------------------------------------------------------------------------------------
 
 
-def shard_fsdp_tp(model: nn.Module, groups: ProcessGroups, mp_policy=None) -> nn.Module:
+def shard_fsdp_tp(model: nn.Module, groups: ProcessGroups, mp_policy=None,
+                  plan: dict | None = None) -> nn.Module:
     """Tensor-parallelise `model` over ``groups.mesh["tp"]``, then FSDP2-shard it over ``groups.mesh["dp"]``
-    (every repeated block, then the root), in place. Build the optimizer afterwards."""
+    (every repeated block, then the root), in place; `plan` is the model's tensor-parallel plan
+    (`hepml_kit.parallel.tensor`). Build the optimizer afterwards."""
     from hepml_kit.parallel.fsdp import shard_model
     from hepml_kit.parallel.tensor import apply_tensor_parallel
 
     if groups.sizes["pp"] != 1:
         raise ValueError("shard_fsdp_tp is data × tensor; use pp=1 (data × pipeline: DataPipelineParallel)")
     if groups.sizes["tp"] > 1:
-        apply_tensor_parallel(model, groups.mesh["tp"])
+        apply_tensor_parallel(model, groups.mesh["tp"], plan)
     if groups.sizes["dp"] > 1:
         shard_model(model, mesh=groups.mesh["dp"], mp_policy=mp_policy)
     return model
@@ -128,20 +126,6 @@ def train_step_fsdp_tp(model: nn.Module, loss_fn, batch: dict, groups: ProcessGr
 # ----------------------------------------------------------------------------------------------------
 # data × pipeline
 # ----------------------------------------------------------------------------------------------------
-
-
-def average_gradients(module: nn.Module, group=None) -> None:
-    """Average every gradient of `module` over `group` with one flat all-reduce."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads or dist.get_world_size(group) == 1:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat, group=group)
-    flat /= dist.get_world_size(group)
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 class DataPipelineParallel:
@@ -168,7 +152,7 @@ class DataPipelineParallel:
 
         local = shard_batch(batch, self.groups.dp_rank, self.groups.sizes["dp"])
         loss = self.pipeline.step(local)
-        average_gradients(self.module, self.groups.dp_group)
+        average_gradients(self.module, self.groups.dp_group, flat=True)
         total = torch.tensor(loss, device=self.pipeline.device)
         dist.all_reduce(total, group=self.groups.dp_group)
         return float(total) / self.groups.sizes["dp"]

@@ -11,8 +11,10 @@ warm-up, the same bubble with at most p micro-batches of activations alive.
 Built on ``torch.distributed.pipelining`` (``PipelineStage``, ``ScheduleGPipe``, ``Schedule1F1B``).
 A `StackRecipe` says how to cut one model family: which submodules come before the stack (stage 0),
 the stack itself, which come after (last stage), and how to compute the loss from the last stage's
-outputs. A `StackStage` keeps the model's own submodule names (``encoder.layers.3.attn.q_proj.weight``),
-so checkpoints written by any number of stages (`hepml_kit.parallel.checkpoint`) load into any other.
+outputs. Each model's recipe lives in its own file beside its TESTBED (``Testbed.extra["pipeline"]``,
+e.g. `hepml_kit.models.jet_transformer.PIPELINE_PLAN`); this module stays generic. A `StackStage` keeps
+the model's own submodule names (``encoder.layers.3.attn.q_proj.weight``), so checkpoints written by any
+number of stages (`hepml_kit.parallel.checkpoint`) load into any other.
 
 Taught in curriculum/04_model_parallel. On a Perlmutter node: ``hepml-kit launch --nprocs 4 train_pp.py``
 (4 stages, one per GPU); across nodes, pipeline stages are the cheapest cut to put on the network
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,11 +36,13 @@ from torch import nn
 __all__ = [
     "RECIPES",
     "SCHEDULES",
+    "ReplayOutputs",
     "BubbleTimer",
     "PipelineParallel",
     "StackRecipe",
     "StackStage",
     "bubble_fraction",
+    "recipe_for",
     "split_layers",
 ]
 
@@ -91,8 +96,9 @@ class StackRecipe:
     loss: Callable
 
 
-class _Replay(nn.Module):
-    """Stands in for a model inside its testbed `loss`: returns precomputed outputs (plus attributes)."""
+class ReplayOutputs(nn.Module):
+    """Stands in for a model inside its testbed `loss`: returns precomputed outputs (plus attributes), so a
+    recipe's ``loss`` can reuse the testbed's own loss on the last stage's outputs."""
 
     def __init__(self, outputs, **attributes):
         super().__init__()
@@ -103,43 +109,40 @@ class _Replay(nn.Module):
         return self._outputs
 
 
-def _jet_entry(stage, tracks, mask):
-    key_mask = mask | ~mask.any(dim=1, keepdim=True)  # as JetTransformer.forward
-    return stage.init(tracks), key_mask.to(tracks.dtype)  # (B, T, E), (B, T) as 0/1 floats
+_Replay = ReplayOutputs
 
 
-def _jet_layer(layer, acts):
-    x, key_mask = acts
-    return layer(x, key_mask > 0.5), key_mask
+class _PlansOfTestbeds(Mapping):
+    """``RECIPES[name]``: the pipeline plan a testbed's model file carries (``Testbed.extra["pipeline"]``)."""
+
+    def __getitem__(self, name: str) -> StackRecipe:
+        from hepml_kit.models import get, names
+
+        if name not in names() or "pipeline" not in get(name).extra:
+            raise KeyError(name)
+        return get(name).extra["pipeline"]
+
+    def __iter__(self):
+        from hepml_kit.models import get, names
+
+        return iter([n for n in names() if "pipeline" in get(n).extra])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
 
 
-def _jet_exit(stage, acts):
-    x, key_mask = acts
-    key_mask = key_mask > 0.5
-    x = stage.encoder.norm(x)
-    jet = stage.pool(x, key_mask)  # (B, E)
-    track_ctx = torch.cat([x, jet.unsqueeze(1).expand_as(x)], dim=-1)  # (B, T, 2E)
-    return stage.flavour_head(jet), stage.origin_head(track_ctx)  # (B, 3), (B, T, 7)
+RECIPES = _PlansOfTestbeds()
 
 
-def _jet_loss(model, outputs, micro_batch):
-    from hepml_kit.models import jet_transformer
+def recipe_for(testbed) -> StackRecipe:
+    """The `StackRecipe` of a testbed (a name or a `Testbed`): its model file's pipeline plan."""
+    from hepml_kit.parallel.spec import resolve_testbed
 
-    return jet_transformer.loss(_Replay(outputs, origin_weight=model.origin_weight), micro_batch)
-
-
-RECIPES = {
-    "jet_transformer": StackRecipe(
-        inputs=lambda batch: (batch["tracks"], batch["mask"]),
-        entry_modules=("init",),
-        stack="encoder.layers",
-        exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head"),
-        entry=_jet_entry,
-        layer=_jet_layer,
-        exit=_jet_exit,
-        loss=_jet_loss,
-    ),
-}
+    tb = resolve_testbed(testbed)
+    if "pipeline" not in tb.extra:
+        raise ValueError(f"no pipeline recipe for {tb.name!r}; known: {', '.join(RECIPES)} "
+                         "(a model file declares one as Testbed.extra['pipeline'])")
+    return tb.extra["pipeline"]
 
 
 def _set_path(root: nn.Module, path: str, module: nn.Module) -> None:
@@ -231,21 +234,19 @@ class PipelineParallel:
 
     Usage (every rank builds the same model from the same seed, then keeps its stage)::
 
-        pp = PipelineParallel(model, RECIPES["jet_transformer"], n_microbatches=4, schedule="1f1b")
+        pp = PipelineParallel(model, recipe_for("jet_transformer"), n_microbatches=4, schedule="1f1b")
         opt = torch.optim.AdamW(pp.module.parameters(), lr=1e-3)
         loss = pp.step(batch); opt.step(); opt.zero_grad()
 
     The gradient is that of the mean of the micro-batch losses (gradient accumulation over m micro-batches).
     """
 
-    def __init__(self, model: nn.Module, recipe: StackRecipe | str, *, n_microbatches: int, schedule: str = "1f1b",
+    def __init__(self, model: nn.Module, recipe, *, n_microbatches: int, schedule: str = "1f1b",
                  group=None, device: torch.device | str | None = None, measure_bubble: bool = False):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
 
-        if isinstance(recipe, str):
-            if recipe not in RECIPES:
-                raise ValueError(f"no pipeline recipe for {recipe!r}; known: {', '.join(RECIPES)}")
-            recipe = RECIPES[recipe]
+        if not isinstance(recipe, StackRecipe):
+            recipe = recipe_for(recipe)
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if n_microbatches < 1:

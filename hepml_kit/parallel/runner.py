@@ -2,9 +2,9 @@
 tensor, pipeline, graph-partitioned or hybrid parallelism (or the one-process reference) and reports losses,
 throughput, memory and communication share in the shape `hepml_kit.parallel.compare.table` tabulates.
 
-Used by the tests, lessons 04 and 05, and the GPU check: `gpu_check_model_parallel` is the one-GPU pass
-(world size 1, nccl) of every strategy beside its one-process reference. Each strategy itself lives in its
-own module (`tensor`, `pipeline`, `graph_partition`, `hybrid`); this file only wires them to a training loop.
+Used by the tests, lessons 04 and 05, and the GPU check (bench/gpu_checks/parallel.py). Each strategy
+itself lives in its own module (`tensor`, `pipeline`, `pipeline_schedules`, `graph_partition`, `hybrid`);
+this file only wires them to a training loop.
 
 Taught in curriculum/04_model_parallel and curriculum/05_hybrid.
 """
@@ -22,16 +22,15 @@ import warnings
 import torch
 import torch.distributed as dist
 
-__all__ = ["STRATEGIES", "gpu_check_model_parallel", "run_strategy"]
+from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 
-STRATEGIES = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")
+__all__ = ["BY_HAND", "MODEL_PARALLEL", "run_strategy", "train_model_parallel"]
+
+# part of driver.STRATEGIES
+MODEL_PARALLEL = ("single", "tensor", "megatron", "gpipe", "1f1b", "graph", "fsdp_tp", "dp_pp")
+BY_HAND = ("gpipe_by_hand", "1f1b_by_hand")  # the hand-written pipeline schedules (`pipeline_schedules`)
+_PIPELINES = ("gpipe", "1f1b") + BY_HAND
 _COLLECTIVE_PREFIXES = ("c10d::", "_c10d_functional::", "nccl:", "gloo:")
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available() and (not dist.is_initialized() or dist.get_backend() == "nccl"):
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
 
 
 def _full(t: torch.Tensor) -> torch.Tensor:
@@ -91,7 +90,8 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     Strategies: ``"single"`` (one process: the reference; with `shards` and `micro_batches` it accumulates
     the loss over the same pieces the parallel run splits the batch into), ``"tensor"`` (DTensor TP over
     all ranks), ``"megatron"`` (the hand-written TP), ``"gpipe"``/``"1f1b"`` (pipeline over all ranks,
-    `micro_batches` micro-batches), ``"graph"`` (tracking GNN, graph partitioned over all ranks),
+    `micro_batches` micro-batches; ``"gpipe_by_hand"``/``"1f1b_by_hand"``: the same schedules written over
+    send/recv, `hepml_kit.parallel.pipeline_schedules`), ``"graph"`` (tracking GNN, graph partitioned over all ranks),
     ``"fsdp_tp"`` (``dims={"dp": 2, "tp": 2}``), ``"dp_pp"`` (``dims={"dp": 2, "pp": 2}``).
 
     `num_layers` sets the depth (``num_layers`` or ``n_iterations`` of the preset's config), `config_overrides`
@@ -106,17 +106,32 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     inside collectives; for pipelines the measured idle share: bubble + transfers), ``n_params``,
     ``world_size``, ``rank``, and ``params``/``grads`` (full tensors of what this rank holds, model names).
     """
-    from hepml_kit.models import get, to_device
+    spec = RunSpec(testbed=testbed, preset=preset, steps=steps, global_batch=global_batch, lr=lr, seed=seed,
+                   micro_batches=micro_batches, shards=shards, dims=dims, num_layers=num_layers,
+                   config_overrides=config_overrides, optimizer=optimizer, return_params=return_params,
+                   return_grads=return_grads, timing_steps=timing_steps, checkpoint_dir=checkpoint_dir,
+                   stop_after=stop_after, resume=resume)
+    return train_model_parallel(spec, strategy)
+
+
+def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
+    """`run_strategy` for a `RunSpec` (what `hepml_kit.parallel.driver.train` calls)."""
+    from hepml_kit.models import to_device
     from hepml_kit.parallel import checkpoint, graph_partition as gp
     from hepml_kit.parallel.hybrid import DataPipelineParallel, ProcessGroups, shard_fsdp_tp
     from hepml_kit.parallel.ddp import shard_batch
     from hepml_kit.parallel.fsdp import model_state_bytes
     from hepml_kit.profile import StepProfiler
 
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    testbed = testbed or ("tracking_gnn" if strategy == "graph" else "jet_transformer")
-    if strategy == "graph" and testbed != "tracking_gnn":
+    steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
+    micro_batches, shards, optimizer = spec.micro_batches, spec.shards, spec.optimizer
+    checkpoint_dir, stop_after, resume = spec.checkpoint_dir, spec.stop_after, spec.resume
+    if strategy not in MODEL_PARALLEL + BY_HAND:
+        known = ", ".join(MODEL_PARALLEL + BY_HAND)
+        raise ValueError(f"unknown strategy {strategy!r}; choose one of {known}")
+    testbed = spec.testbed or ("tracking_gnn" if strategy == "graph" else "jet_transformer")
+    tb = resolve_testbed(testbed)
+    if strategy == "graph" and tb.name != "tracking_gnn":
         raise ValueError("graph partitioning is for the tracking GNN (testbed='tracking_gnn')")
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
@@ -128,7 +143,7 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if strategy == "single" and world > 1:
         raise ValueError("strategy 'single' is the one-process reference: run it without launch")
-    dims = dict(dims or {})
+    dims = dict(spec.dims or {})
     if strategy == "fsdp_tp":
         dims = {"dp": dims.get("dp", world // dims.get("tp", 2)), "pp": 1, "tp": dims.get("tp", 2)}
     elif strategy == "dp_pp":
@@ -137,45 +152,51 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     if global_batch % split:
         raise ValueError(f"global_batch={global_batch} must split into {split} equal pieces")
 
-    tb = get(testbed)
-    cfg = tb.config(preset)
-    if num_layers is not None:
+    cfg = tb.config(spec.preset)
+    if spec.num_layers is not None:
         field = "num_layers" if hasattr(cfg, "num_layers") else "n_iterations"
-        cfg = dataclasses.replace(cfg, **{field: num_layers})
-    if config_overrides:
-        cfg = dataclasses.replace(cfg, **config_overrides)
-    device = _device()
+        cfg = dataclasses.replace(cfg, **{field: spec.num_layers})
+    if spec.config_overrides:
+        cfg = dataclasses.replace(cfg, **spec.config_overrides)
+    device = spec.torch_device()
     data = tb.generate(cfg, steps * global_batch, seed)
     batches = [to_device(b, device) for b in tb.batches(data, global_batch, shuffle=True, seed=seed)][:steps]
     torch.manual_seed(seed)
     model = tb.build(cfg).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     module, extra = model, {}
+    tp_plan = tb.extra.get("tensor_parallel")  # the model file's plan (None: the default block names)
 
     if strategy in ("tensor", "megatron"):
         from hepml_kit.parallel.tensor import apply_tensor_parallel, megatron_parallelize
         from torch.distributed.device_mesh import init_device_mesh
 
         if strategy == "tensor":
-            apply_tensor_parallel(model, init_device_mesh(device.type, (world,)))
+            apply_tensor_parallel(model, init_device_mesh(device.type, (world,)), tp_plan)
         else:
-            megatron_parallelize(model)
+            megatron_parallelize(model, plan=tp_plan)
     elif strategy in ("gpipe", "1f1b"):
         from hepml_kit.parallel.pipeline import PipelineParallel
 
-        pipe = PipelineParallel(model, tb.name, n_microbatches=micro_batches, schedule=strategy, device=device,
+        pipe = PipelineParallel(model, tb, n_microbatches=micro_batches, schedule=strategy, device=device,
                                 measure_bubble=True)
+        module = pipe.module
+    elif strategy in BY_HAND:
+        from hepml_kit.parallel.pipeline_schedules import PipelineByHand
+
+        pipe = PipelineByHand(model, tb, n_microbatches=micro_batches,
+                              schedule=strategy.removesuffix("_by_hand"), device=device, measure_bubble=True)
         module = pipe.module
     elif strategy == "fsdp_tp":
         groups = ProcessGroups(**dims, device=device.type)
-        shard_fsdp_tp(model, groups)
+        shard_fsdp_tp(model, groups, plan=tp_plan)
         # FSDP2 warns that the root returns a view (in-place ops on it would skip its hook; the loss makes none:
         # the equality tests prove the gradients), and DTensor logs that gathering a 2-D parameter takes two steps
         warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     elif strategy == "dp_pp":
         groups = ProcessGroups(**dims, device=device.type)
-        pipe = DataPipelineParallel(model, tb.name, groups, n_microbatches=micro_batches, device=device,
+        pipe = DataPipelineParallel(model, tb, groups, n_microbatches=micro_batches, device=device,
                                     measure_bubble=True)
         module = pipe.module
     # Tensor parallelism alone leaves a mix of DTensor (split) and plain (replicated) parameters; the fused
@@ -207,7 +228,7 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
             loss = tb.loss(model, batch)
             loss.backward()
             return float(loss.detach())
-        if strategy in ("gpipe", "1f1b", "dp_pp"):
+        if strategy in _PIPELINES + ("dp_pp",):
             return pipe.step(batch)
         if strategy == "graph":
             share = gp.partitioned_loss(model, parts[i])
@@ -234,11 +255,11 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     for i in range(start, end):
         with prof.step():
             losses.append(forward_backward(i))
-            if return_grads and i == start:
+            if spec.return_grads and i == start:
                 grads = {n: _full(p.grad) for n, p in module.named_parameters() if p.grad is not None}
             opt.step()
             opt.zero_grad(set_to_none=True)
-        if strategy in ("gpipe", "1f1b", "dp_pp") and i > start:
+        if strategy in _PIPELINES + ("dp_pp",) and i > start:
             bubbles.append((pipe.pipeline if strategy == "dp_pp" else pipe).measured_bubble())
     state_bytes = model_state_bytes(module, opt)
     summary = prof.summary()
@@ -246,11 +267,11 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
         checkpoint.save(checkpoint_dir, module, opt, step=stop_after, extra={"strategy": strategy})
 
     comm_share = 0.0
-    if strategy in ("gpipe", "1f1b", "dp_pp"):
+    if strategy in _PIPELINES + ("dp_pp",):
         comm_share = sum(bubbles) / len(bubbles) if bubbles else float("nan")
         extra["bubble_formula"] = (dims.get("pp", world) - 1) / (micro_batches + dims.get("pp", world) - 1)
         extra["measured_idle"] = comm_share
-    elif strategy != "single" and timing_steps > 0:
+    elif strategy != "single" and spec.timing_steps > 0:
         from torch.profiler import profile
 
         if device.type == "cuda":
@@ -259,7 +280,7 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
         with _quiet_stderr():  # kineto prints a line to stderr when it starts and stops
             p.start()
         t0 = time.perf_counter()
-        for k in range(timing_steps):  # extra forward/backward passes, no optimizer step: parameters unchanged
+        for k in range(spec.timing_steps):  # extra forward/backward passes, no optimizer step: parameters unchanged
             forward_backward(start + k % max(end - start, 1))
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -272,74 +293,8 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
     out = {"strategy": strategy, "testbed": tb.name, "rank": rank, "world_size": world, "losses": losses,
            "profile": summary, "samples_per_s": summary["global_samples_per_s"], "state_bytes": state_bytes,
            "comm_share": comm_share, "n_params": n_params, "dims": dims, **extra}
-    if return_params:
+    if spec.return_params:
         out["params"] = {n: _full(p) for n, p in module.named_parameters()}  # a collective for DTensors
     if grads is not None:
         out["grads"] = grads
     return out
-
-
-# ----------------------------------------------------------------------------------------------------
-# The GPU check: a one-GPU pass (world size 1, nccl) of every model-parallel strategy
-# ----------------------------------------------------------------------------------------------------
-
-_GPU_CHECKS = (  # (strategy, run_strategy keyword arguments, the single-process reference's arguments)
-    ("tensor", {}, {}),
-    ("megatron", {}, {}),
-    ("gpipe", {"micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-    ("1f1b", {"micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-    ("graph", {"global_batch": 4}, {"global_batch": 4}),
-    ("fsdp_tp", {"dims": {"dp": 1, "tp": 1}}, {}),
-    ("dp_pp", {"dims": {"dp": 1, "pp": 1}, "micro_batches": 4, "num_layers": 4}, {"micro_batches": 4, "num_layers": 4}),
-)
-
-
-def gpu_check_model_parallel(preset: str = "small", steps: int = 6, global_batch: int = 256,
-                             backend: str = "nccl") -> list[dict]:
-    """One pass of every model-parallel strategy on one GPU (world size 1), each beside its one-process
-    reference. Returns rows ``{"name", "ok", "throughput", "unit", "peak_memory_bytes", "reference_throughput",
-    "reference_peak_memory_bytes", "max_loss_rel_diff"}``; ``ok`` means the strategy's losses equal the
-    reference's (rtol 1e-4: the same kernels, TF32 off). Initialises a one-rank process group if none exists
-    (``backend="gloo"`` runs the same pass on a CPU). Multi-GPU: ``hepml-kit launch --nprocs 4`` a script
-    calling `run_strategy` (see the module docstring)."""
-    import socket
-
-    own_group = not dist.is_initialized()
-    if backend == "nccl":
-        if not torch.cuda.is_available():
-            raise RuntimeError("gpu_check_model_parallel needs a CUDA GPU (or backend='gloo' for a CPU pass)")
-        torch.cuda.set_device(0)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-    if own_group:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ["MASTER_PORT"] = str(port)
-        dist.init_process_group(backend, rank=0, world_size=1)
-    elif dist.get_world_size() != 1:
-        raise RuntimeError("gpu_check_model_parallel is a world-size-1 pass; call it in one process")
-    rows, references = [], {}
-    try:
-        for strategy, kwargs, ref_kwargs in _GPU_CHECKS:
-            testbed = "tracking_gnn" if strategy == "graph" else "jet_transformer"
-            run = dict(preset=preset, steps=steps, global_batch=global_batch, return_params=False, timing_steps=0)
-            key = (testbed, tuple(sorted(ref_kwargs.items())))
-            if key not in references:
-                references[key] = run_strategy("single", testbed, **{**run, **ref_kwargs})
-            ref = references[key]
-            if torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-            res = run_strategy(strategy, testbed, **{**run, **kwargs})
-            diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(res["losses"], ref["losses"]))
-            rows.append({"name": strategy, "ok": bool(diff <= 1e-4), "throughput": res["samples_per_s"],
-                         "unit": f"{res['profile']['unit']}/s",
-                         "peak_memory_bytes": res["profile"].get("peak_memory_bytes", float("nan")),
-                         "reference_throughput": ref["samples_per_s"],
-                         "reference_peak_memory_bytes": ref["profile"].get("peak_memory_bytes", float("nan")),
-                         "max_loss_rel_diff": diff})
-    finally:
-        if own_group:
-            dist.destroy_process_group()
-    return rows

@@ -16,10 +16,11 @@ Two versions of the same idea, the naive one first because it shows the two coll
   ``ColwiseParallel`` / ``RowwiseParallel`` styles on a (1-D or 2-D) ``DeviceMesh``. This is the one to
   use: it composes with FSDP2 (`hepml_kit.parallel.hybrid`) and `torch.distributed.checkpoint`.
 
-Both find the blocks by attribute names: an attention block has ``q_proj, k_proj, v_proj, out_proj``
-and a ``head_dim`` (heads are formed by ``view(B, T, -1, head_dim)``, so a rank with a column shard
-sees ``heads / tp`` heads without any change to the model code); an MLP block has ``fc1, fc2``.
-This matches ``hepml_kit.models.jet_transformer`` (``model.encoder.layers[i].attn`` and ``.mlp``).
+Both find the blocks by attribute names, given by a *plan* the model's file carries beside its TESTBED
+(``Testbed.extra["tensor_parallel"]``: ``{"attention": (colwise, rowwise), "mlp": (colwise, rowwise)}``);
+without one, `DEFAULT_PLAN`: an attention block has ``q_proj, k_proj, v_proj, out_proj`` and a ``head_dim``
+(heads are formed by ``view(B, T, -1, head_dim)``, so a rank with a column shard sees ``heads / tp`` heads
+without any change to the model code); an MLP block has ``fc1, fc2``.
 
 Taught in curriculum/04_model_parallel. On a Perlmutter node (4 GPUs, NVLink) run a script with
 ``hepml-kit launch --nprocs 4 train_tp.py`` (torchrun underneath): tensor parallelism belongs inside a
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DEFAULT_PLAN",
     "ATTENTION_COLWISE",
     "ATTENTION_ROWWISE",
     "MLP_COLWISE",
@@ -53,6 +55,7 @@ ATTENTION_COLWISE = ("q_proj", "k_proj", "v_proj")
 ATTENTION_ROWWISE = ("out_proj",)
 MLP_COLWISE = ("fc1",)
 MLP_ROWWISE = ("fc2",)
+DEFAULT_PLAN = {"attention": (ATTENTION_COLWISE, ATTENTION_ROWWISE), "mlp": (MLP_COLWISE, MLP_ROWWISE)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -60,26 +63,34 @@ MLP_ROWWISE = ("fc2",)
 # ----------------------------------------------------------------------------------------------------
 
 
-def find_parallel_blocks(model: nn.Module) -> tuple[list[str], list[str]]:
+def _plan(plan: dict | None) -> tuple[tuple, tuple]:
+    """((attention colwise, rowwise), (mlp colwise, rowwise)) of a model's plan, or of `DEFAULT_PLAN`."""
+    plan = {**DEFAULT_PLAN, **(plan or {})}
+    return plan["attention"], plan["mlp"]
+
+
+def find_parallel_blocks(model: nn.Module, plan: dict | None = None) -> tuple[list[str], list[str]]:
     """Qualified names of the attention blocks and the MLP blocks of `model`, in module order."""
+    (a_col, a_row), (m_col, m_row) = _plan(plan)
     attention, mlp = [], []
     for name, module in model.named_modules():
-        if all(isinstance(getattr(module, a, None), nn.Linear) for a in ATTENTION_COLWISE + ATTENTION_ROWWISE):
+        if all(isinstance(getattr(module, a, None), nn.Linear) for a in a_col + a_row):
             attention.append(name)
-        if all(isinstance(getattr(module, a, None), nn.Linear) for a in MLP_COLWISE + MLP_ROWWISE):
+        if all(isinstance(getattr(module, a, None), nn.Linear) for a in m_col + m_row):
             mlp.append(name)
     return attention, mlp
 
 
-def check_tensor_parallel(model: nn.Module, tp_size: int) -> None:
+def check_tensor_parallel(model: nn.Module, tp_size: int, plan: dict | None = None) -> None:
     """Raise `ValueError` unless every attention block's heads and every MLP width divide by `tp_size`."""
     if tp_size < 1:
         raise ValueError(f"tensor-parallel size must be >= 1, got {tp_size}")
-    attention, mlp = find_parallel_blocks(model)
+    (a_col, a_row), (m_col, m_row) = _plan(plan)
+    attention, mlp = find_parallel_blocks(model, plan)
     if not attention and not mlp:
         raise ValueError(
-            f"{type(model).__name__} has no attention block (q_proj, k_proj, v_proj, out_proj) and no MLP "
-            "block (fc1, fc2): nothing to split"
+            f"{type(model).__name__} has no attention block ({', '.join(a_col + a_row)}) and no MLP "
+            f"block ({', '.join(m_col + m_row)}): nothing to split"
         )
     problems = []
     for name in attention:
@@ -88,11 +99,11 @@ def check_tensor_parallel(model: nn.Module, tp_size: int) -> None:
         if head_dim is None:
             problems.append(f"{name}: attention block has no `head_dim` attribute")
             continue
-        heads = block.q_proj.out_features // head_dim
+        heads = getattr(block, a_col[0]).out_features // head_dim
         if heads % tp_size:
             problems.append(f"{name}: {heads} heads do not split over {tp_size} ranks")
     for name in mlp:
-        width = model.get_submodule(name).fc1.out_features
+        width = getattr(model.get_submodule(name), m_col[0]).out_features
         if width % tp_size:
             problems.append(f"{name}: MLP width {width} does not split over {tp_size} ranks")
     if problems:
@@ -174,11 +185,12 @@ class RowParallelLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def megatron_parallelize(model: nn.Module, group=None) -> nn.Module:
+def megatron_parallelize(model: nn.Module, group=None, plan: dict | None = None) -> nn.Module:
     """Swap every attention and MLP block's linears for their column/row-parallel shards, in place."""
-    check_tensor_parallel(model, dist.get_world_size(group))
-    attention, mlp = find_parallel_blocks(model)
-    for names, colwise, rowwise in ((attention, ATTENTION_COLWISE, ATTENTION_ROWWISE), (mlp, MLP_COLWISE, MLP_ROWWISE)):
+    check_tensor_parallel(model, dist.get_world_size(group), plan)
+    attention, mlp = find_parallel_blocks(model, plan)
+    (a_col, a_row), (m_col, m_row) = _plan(plan)
+    for names, colwise, rowwise in ((attention, a_col, a_row), (mlp, m_col, m_row)):
         for name in names:
             block = model.get_submodule(name)
             for attr in colwise:
@@ -193,21 +205,22 @@ def megatron_parallelize(model: nn.Module, group=None) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------
 
 
-def tensor_parallel_plan(model: nn.Module) -> dict:
+def tensor_parallel_plan(model: nn.Module, plan: dict | None = None) -> dict:
     """The ``parallelize_module`` plan: ``{"encoder.layers.0.attn.q_proj": ColwiseParallel(), ...}``."""
     from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel
 
-    attention, mlp = find_parallel_blocks(model)
-    plan = {}
-    for names, colwise, rowwise in ((attention, ATTENTION_COLWISE, ATTENTION_ROWWISE), (mlp, MLP_COLWISE, MLP_ROWWISE)):
+    attention, mlp = find_parallel_blocks(model, plan)
+    (a_col, a_row), (m_col, m_row) = _plan(plan)
+    styles = {}
+    for names, colwise, rowwise in ((attention, a_col, a_row), (mlp, m_col, m_row)):
         for name in names:
             prefix = f"{name}." if name else ""
-            plan.update({prefix + a: ColwiseParallel() for a in colwise})
-            plan.update({prefix + a: RowwiseParallel() for a in rowwise})
-    return plan
+            styles.update({prefix + a: ColwiseParallel() for a in colwise})
+            styles.update({prefix + a: RowwiseParallel() for a in rowwise})
+    return styles
 
 
-def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
+def apply_tensor_parallel(model: nn.Module, mesh, plan: dict | None = None) -> nn.Module:
     """Shard `model`'s attention and MLP blocks over the 1-D `mesh` (a ``DeviceMesh``, or its ``"tp"``
     sub-mesh in a 2-D one), in place. Parameters outside the blocks stay ordinary replicated tensors.
 
@@ -218,5 +231,5 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
 
     if mesh.ndim != 1:
         raise ValueError(f"apply_tensor_parallel needs a 1-D mesh (pass mesh['tp']), got {mesh.ndim}-D")
-    check_tensor_parallel(model, mesh.size())
-    return parallelize_module(model, mesh, tensor_parallel_plan(model))
+    check_tensor_parallel(model, mesh.size(), plan)
+    return parallelize_module(model, mesh, tensor_parallel_plan(model, plan))

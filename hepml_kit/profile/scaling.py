@@ -207,13 +207,13 @@ def train_testbed_ddp(batch_size: int, model: str = "jet_transformer", preset: s
     import torch.distributed as dist
 
     from hepml_kit.models import get, to_device
+    from hepml_kit.parallel.spec import default_device
     from hepml_kit.profile.step import StepProfiler
 
     tb = get(model)
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    device = torch.device(f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available()
-                          and (not dist.is_initialized() or dist.get_backend() == "nccl") else "cpu")
+    device = default_device()
     cfg = tb.config(preset)
     data = tb.generate(cfg, batch_size * (steps + warmup_steps) * world, seed, rank=rank, world_size=world)
     torch.manual_seed(seed)

@@ -9,11 +9,11 @@
 * `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2 server
 * `loadtest.py`  — latency percentiles and throughput vs concurrency and batch size; in-process baseline; plots
 * `export.py`    — the production path: a Triton model repository (TorchScript + config.pbtxt)
-* `gpu_check.py` — TorchScript latency on a GPU, for hosts without PyTriton
 
 Importing this package needs neither PyTriton nor tritonclient (they are imported when used). Datatype names
 and ``config.pbtxt`` come from tritonclient's own helpers (``np_to_triton_dtype``, the ``ModelConfig``
-protobuf message), so the export needs tritonclient and protobuf (the ``serve`` extra) besides torch. Taught in curriculum/08_inference_service;
+protobuf message), so the export needs tritonclient and protobuf (the ``serve`` extra) besides torch; the GPU
+check (bench/gpu_checks/serve.py) times TorchScript alone. Taught in curriculum/08_inference_service;
 running the Triton container on Perlmutter: docs/serving.md.
 """
 
@@ -26,7 +26,6 @@ from hepml_kit.serve.export import (
     model_config_pbtxt,
     read_model_config,
 )
-from hepml_kit.serve.gpu_check import gpu_check_serving
 from hepml_kit.serve.guard import ModelLimits, RequestGuard, RequestRefused
 from hepml_kit.serve.loadtest import (
     LoadResult,
@@ -64,7 +63,6 @@ __all__ = [
     "check_model_repository",
     "client_process",
     "export_model_repository",
-    "gpu_check_serving",
     "in_process_baseline",
     "jet_tagger_model",
     "load_test",

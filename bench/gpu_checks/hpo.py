@@ -2,12 +2,13 @@
 
 `gpu_check()` trains a `TrialRun` of the waveform VAE on the GPU (``device="auto"`` must pick CUDA), and
 checks the PBT state round trip there: a trial that loads another trial's state continues from its epoch with
-its own learning rate. Called by the lead's GPU script; returns a dict of what it measured.
+its own learning rate. Run by bench/gpu_check.py (it was registered nowhere before); returns a dict of
+what it measured.
 """
 
 from __future__ import annotations
 
-__all__ = ["gpu_check"]
+from gpu_checks.common import Check
 
 
 def gpu_check() -> dict:
@@ -33,3 +34,6 @@ def gpu_check() -> dict:
         raise AssertionError(f"PBT copy wrong: epoch {receiver.epoch} (want 2), learning rates {lrs} (want 1e-3)")
     after = receiver.train_epoch()["auc"]
     return {"device": torch.cuda.get_device_name(), "auc_per_epoch": aucs + [after], "seconds_2_epochs": seconds}
+
+
+CHECKS = [Check("hpo_trial_auto_device", gpu_check, budget_s=40, cuda_only=True)]

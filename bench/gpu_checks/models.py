@@ -1,5 +1,5 @@
 """GPU check for the testbeds: each model's `small` preset trains a few steps on CUDA in bf16 (issue: testbed
-models). Called by bench/gpu_check.py; on CPU (`ctx.smoke`) the tiny preset runs instead."""
+models). Run by bench/gpu_check.py; on CPU (`ctx.smoke`) the tiny preset runs instead."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import time
 
 import torch
 
+from gpu_checks.common import Check
 from hepml_kit.models import get, names, to_device
-
-__all__ = ["gpu_check_models", "cuda_check", "gpu_check_compile"]
 
 
 def gpu_check_models(ctx, steps: int = 6) -> list[dict]:
@@ -102,3 +101,7 @@ def cuda_check(name: str, preset: str = "small", steps: int = 20, batch_size: in
 def gpu_check_compile() -> list[dict]:
     """`cuda_check` of the two models with tensor-only forwards (rows for bench/gpu_check.py)."""
     return [cuda_check("jet_transformer", batch_size=1000, lr=5e-4), cuda_check("waveform_vae", batch_size=512, lr=1e-3)]
+
+
+CHECKS = [Check("models_small_bf16", gpu_check_models, budget_s=90),
+          Check("models_bf16_compile", gpu_check_compile, budget_s=90, cuda_only=True)]

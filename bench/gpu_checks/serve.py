@@ -3,8 +3,7 @@ model repository, load the TorchScript with `torch.jit.load` onto the GPU (as Tr
 does), check it reproduces eager inference, and time it against batch size: the in-process latency and
 throughput a Triton server on that GPU would add its queueing and network to.
 
-    from hepml_kit.serve.gpu_check import gpu_check_serving
-    rows = gpu_check_serving()      # list of dicts, one per (model, batch size)
+    python bench/gpu_check.py --only serve_torchscript
 """
 
 from __future__ import annotations
@@ -15,8 +14,7 @@ import time
 import numpy as np
 import torch
 
-__all__ = ["gpu_check_serving"]
-
+from gpu_checks.common import Check
 
 def _time(fn, repeats: int, sync) -> np.ndarray:
     times = []
@@ -32,12 +30,12 @@ def _time(fn, repeats: int, sync) -> np.ndarray:
 def gpu_check_serving(
     presets: dict | None = None, device: str | None = None, repeats: int = 30, batch_sizes: dict | None = None
 ) -> list[dict]:
-    """Rows ``{check, model, preset, batch_size, eager_ms, torchscript_p50_ms, torchscript_p99_ms,
-    samples_per_s, max_abs_diff, ok}``; `ok` is False when TorchScript on the device differs from eager.
+    """Rows ``{model, preset, batch_size, eager_ms, torchscript_p50_ms, torchscript_p99_ms, samples_per_s,
+    max_abs_diff, status}``; FAILED when TorchScript on the device differs from eager.
 
     `presets` maps a testbed to the presets to check (default: the jet tagger tiny/small/full, the
     tracking GNN tiny/small); `batch_sizes` maps it to the batch sizes to time."""
-    from hepml_kit.serve.export import export_model_repository, load_torchscript
+    from hepml_kit.serve.export import load_torchscript, trace_model
     from hepml_kit.serve.testbeds import served_model
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -49,9 +47,10 @@ def gpu_check_serving(
         sizes = batch_sizes[name]
         for preset in names_presets:
             served = served_model(name, preset=preset, device=device, name=f"{name}_{preset}")
+            # the model file the repository export writes (the GPU host has no tritonclient for config.pbtxt)
             with tempfile.TemporaryDirectory() as repo:
-                export_model_repository([served], repo, instance_kind="KIND_GPU")
-                scripted = load_torchscript(f"{repo}/{served.name}/1/model.pt", device)
+                trace_model(served).save(f"{repo}/model.pt")
+                scripted = load_torchscript(f"{repo}/model.pt", device)
             for b in sizes:
                 request = served.example(b, 0)
                 args = [torch.from_numpy(request[s.name]).to(device) for s in served.inputs]
@@ -65,7 +64,6 @@ def gpu_check_serving(
                 t_eager = _time(lambda f=served.module, a=args: f(*a), repeats, sync)
                 rows.append(
                     {
-                        "check": "serve/torchscript",
                         "device": device,
                         "model": name,
                         "preset": preset,
@@ -75,14 +73,10 @@ def gpu_check_serving(
                         "torchscript_p99_ms": float(np.percentile(t_script, 99) * 1e3),
                         "samples_per_s": float(b / np.median(t_script)),
                         "max_abs_diff": diff,
-                        "ok": diff < 1e-3,
+                        "status": "ok" if diff < 1e-3 else "FAILED",
                     }
                 )
     return rows
 
 
-if __name__ == "__main__":
-    import json
-
-    for row in gpu_check_serving():
-        print(json.dumps(row))
+CHECKS = [Check("serve_torchscript", gpu_check_serving, budget_s=60, cuda_only=True)]

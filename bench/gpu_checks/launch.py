@@ -1,5 +1,5 @@
 """GPU check for the launcher's batch path: `hepml-kit launch --nprocs N` (torchrun) with nccl on every GPU
-(ipyparallel is not needed, so this runs on a bare GPU host). Called by bench/gpu_check.py."""
+(ipyparallel is not needed, so this runs on a bare GPU host). Run by bench/gpu_check.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 import textwrap
 import time
 
-__all__ = ["gpu_check_launch_nccl"]
+from gpu_checks.common import Check
 
 SCRIPT = textwrap.dedent("""
     import torch, torch.distributed as dist
@@ -47,3 +47,6 @@ def gpu_check_launch_nccl(ctx) -> dict:
     if not ok:
         row["error"] = (out.stderr.strip().splitlines() or ["no output"])[-1][:200]
     return row
+
+
+CHECKS = [Check("launch_nccl", gpu_check_launch_nccl, budget_s=40)]

@@ -1,0 +1,97 @@
+"""`RunSpec`: what one training run is (which testbed, preset, steps, batch, learning rate, seed, ...), as one
+frozen dataclass that every trainer of the kit reads: the data-parallel strategies (`compare`), the
+model-parallel ones (`runner`), Lightning (`lightning_ddp`), the GPU checks, and the one entry point over all
+of them, `hepml_kit.parallel.driver.train(spec, strategy)`. Also the one `default_device()`.
+
+A leaf module (torch and the testbed registry only), so every trainer can import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hepml_kit.models._testbed import Testbed
+
+__all__ = ["RunSpec", "default_device", "resolve_testbed"]
+
+
+def default_device() -> torch.device:
+    """This rank's CUDA device when there is one and the process group (if any) is nccl, else the CPU."""
+    if torch.cuda.is_available() and (not dist.is_initialized() or dist.get_backend() == "nccl"):
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_testbed(testbed: str | Testbed) -> Testbed:
+    """A `Testbed` from a registry name (``"jet_transformer"``) or a user's own `Testbed` object."""
+    if isinstance(testbed, Testbed):
+        return testbed
+    from hepml_kit.models import get
+
+    return get(testbed)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One training run, whatever strategy trains it.
+
+    Attributes:
+        testbed: a `hepml_kit.models` name or a `Testbed` (a learner's own model); ``None`` lets the
+            strategy choose (the tracking GNN for ``"graph"``, else the jet transformer).
+        preset: ``"tiny" | "small" | "full"``.
+        steps: optimizer steps.
+        global_batch: samples per step over all ranks.
+        lr, seed: learning rate; seed of the data, the shuffling and the initial weights.
+        micro_batches: pipeline micro-batches, or the reference's gradient-accumulation pieces.
+        shards: the one-process reference of a model-parallel run accumulates over this many data shards.
+        device: ``None`` for `default_device()`, else a device string.
+        dims: hybrid layout, e.g. ``{"dp": 2, "tp": 2}``.
+        num_layers, config_overrides: the model's depth, any other config fields.
+        optimizer: model-parallel runs: ``"sgd"`` (momentum 0.9) or ``"adamw"``; data-parallel runs use
+            the testbed's own optimizer.
+        bucket_cap_mb: DDP / `DataParallelBucket` bucket size.
+        timing_steps: extra steps timed for the communication share.
+        checkpoint_dir, stop_after, resume: stop after `stop_after` steps saving a checkpoint, or resume.
+        return_params, return_grads: include the final parameters / first-step gradients in the result.
+    """
+
+    testbed: str | Testbed | None = None
+    preset: str = "tiny"
+    steps: int = 8
+    global_batch: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    micro_batches: int = 1
+    shards: int = 1
+    device: str | None = None
+    dims: dict | None = None
+    num_layers: int | None = None
+    config_overrides: dict | None = None
+    optimizer: str = "sgd"
+    bucket_cap_mb: float = 25.0
+    timing_steps: int = 3
+    checkpoint_dir: str | None = None
+    stop_after: int | None = None
+    resume: bool = False
+    return_params: bool = True
+    return_grads: bool = False
+
+    def __post_init__(self):
+        for name in ("steps", "global_batch", "micro_batches", "shards"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"RunSpec.{name} must be a positive integer, got {value!r}")
+        if self.testbed is not None and not isinstance(self.testbed, (str, Testbed)):
+            kind = type(self.testbed).__name__
+            raise TypeError(f"RunSpec.testbed must be a testbed name or a Testbed, got {kind}")
+
+    def replace(self, **changes: Any) -> RunSpec:
+        """A copy with some fields changed (``spec.replace(steps=2)``)."""
+        return dataclasses.replace(self, **changes)
+
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device) if self.device else default_device()

@@ -16,7 +16,18 @@ from pathlib import Path
 
 from hepml_kit.batch.quoting import BatchError
 
-__all__ = ["declared_parameters", "near_miss", "check_parameters"]
+__all__ = ["curriculum_dir", "declared_parameters", "near_miss", "check_parameters"]
+
+
+def curriculum_dir() -> Path:
+    """The lessons' folder: ``$HEPML_KIT_CURRICULUM`` or ``curriculum/`` of the checkout the kit runs from.
+    Lessons name their files relative to it, so they run from any working directory."""
+    import os
+
+    folder = Path(os.environ.get("HEPML_KIT_CURRICULUM") or Path(__file__).resolve().parents[2] / "curriculum")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no lesson folder at {folder}: set HEPML_KIT_CURRICULUM to the course's curriculum/")
+    return folder
 
 
 def _cells(nb: Path):

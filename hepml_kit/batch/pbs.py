@@ -66,8 +66,8 @@ def qsub(script_path: Path) -> str:
 
 
 def qstat_state(job_id: str) -> str | None:
-    """The job's state from ``qstat -x -f -F json`` (PBS Pro), else the state column of ``qstat -x``
-    (Torque-style wrappers); None when qstat is missing or does not know the job."""
+    """The job's state from ``qstat -x -f -F json`` (PBS Pro), else the state column of ``qstat -x`` or
+    plain ``qstat`` (Torque-style wrappers); None when qstat is missing or does not know the job."""
     if not shutil.which("qstat"):
         return None
     out = subprocess.run(["qstat", "-x", "-f", "-F", "json", job_id], capture_output=True, text=True, timeout=30)
@@ -79,6 +79,8 @@ def qstat_state(job_id: str) -> str | None:
                 return "FAILED"
             return PBS_STATES.get(code, code)
     out = subprocess.run(["qstat", "-x", job_id], capture_output=True, text=True, timeout=30)
+    if out.returncode != 0:  # Torque-style qstat (e.g. Slurm's qsub/qstat wrappers) has no -x
+        out = subprocess.run(["qstat", job_id], capture_output=True, text=True, timeout=30)
     for line in out.stdout.splitlines():
         cols = line.split()
         if cols and cols[0].split(".")[0] == job_id.split(".")[0] and len(cols) >= 5:

@@ -52,7 +52,7 @@ SITES = {
         gpu="NVIDIA A100 (40/80 GB, NVLink 3)", cpu="1x AMD EPYC 7763 (64 cores)",
         interconnect="HPE Slingshot-11, 4 NICs per GPU node (200 Gb/s each)", machine="perlmutter",
         dist_backend="nccl",
-        env={"NCCL_NET_GDR_LEVEL": "PHB", "NCCL_SOCKET_IFNAME": "hsn", "FI_CXI_DISABLE_HOST_REGISTER": "1",
+        env={"NCCL_NET_GDR_LEVEL": "PHB", "NCCL_SOCKET_IFNAME": "hsn", "NCCL_CROSS_NIC": "1", "FI_CXI_DISABLE_HOST_REGISTER": "1",
              "FI_MR_CACHE_MONITOR": "userfaultfd"},
         filesystems={"home": "$HOME", "scratch": "$SCRATCH (/pscratch, Lustre)", "cfs": "/global/cfs/cdirs/PROJECT"},
         activate="module load pytorch   # or: module load conda; conda activate $SCRATCH/envs/hepml-kit",

@@ -121,7 +121,7 @@ def test_pbs_rank_mapping_from_pals_variables(tmp_path):
         rendezvous.from_pbs({"PBS_NODEFILE": str(nodefile)})
 
 
-def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(tmp_path):
+def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):  # torque: cluster.sh installs mpiexec
     if not shutil.which("mpiexec"):
         pytest.fail("mpiexec missing: tests/slurm/cluster.sh start installs openmpi-bin")
     nodefile = tmp_path / "PBS_NODEFILE"

@@ -78,6 +78,6 @@ def check_parameters(nb: Path, parameters: dict) -> None:
             namespace.update(parameters)
             exec(compile(rules.source, f"{nb.name}:validation", "exec"), namespace)
     except (ParameterError, ValueError, TypeError) as e:
-        raise BatchError(f"{nb.name} refuses these parameters: {e}") from None
+        raise BatchError(f"{nb.name} refuses these parameters: {str(e).replace('bad lesson parameters:', '').strip()}") from None
     except Exception as e:  # the cell needs more than the rules (a bug in the lesson, not in the values)
         raise BatchError(f"could not evaluate {nb.name}'s validation cell: {type(e).__name__}: {e}") from None

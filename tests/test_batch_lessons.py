@@ -100,3 +100,11 @@ def test_render_checks_values_in_process():
     job = BatchJob(notebook=str(ROOT / "curriculum" / "04_model_parallel.ipynb"), parameters={"NPROCS": 1})
     with pytest.raises(BatchError, match="NPROCS=1: must be >= 2"):
         sbatch.render_sbatch(job, Path("/tmp/x"))
+
+
+@pytest.mark.parametrize("nb", LESSONS, ids=lambda p: p.name)
+def test_every_lesson_renders_with_its_defaults_from_elsewhere(nb, tmp_path, monkeypatch):
+    """Each lesson's validation cell evaluates in-process with its own defaults, from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    script = sbatch.render_sbatch(BatchJob(notebook=str(nb), out_dir=str(tmp_path)), tmp_path / "job")
+    assert f"--cwd {nb.parent}" in script

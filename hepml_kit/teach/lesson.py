@@ -85,9 +85,10 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
     errors = []
     folded = {r.lower(): r for r in rules}
     for name, value in namespace.items():
-        if name in rules or name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+        if name in rules:
             continue
-        if name.isupper() or name.lower() in folded:  # `-p seed 7` under papermill injects a lower-case name
+        # `-p seed 7` under papermill injects a lower-case name: caught when it folds onto a declared one
+        if _is_parameter_like(name, value) or name.lower() in folded and _is_parameter_like(name.upper(), value):
             close = folded.get(name.lower()) or next(iter(difflib.get_close_matches(name.upper(), rules, 1, 0.75)), None)
             hint = f"; did you mean {close}?" if close else ""
             errors.append(f"{name}: not a parameter of this lesson{hint} (declared: {', '.join(sorted(rules))})")

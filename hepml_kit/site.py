@@ -20,8 +20,19 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-__all__ = ["Site", "SITES", "detect_site", "device", "gpu_count", "on_gpu", "site_name", "backends", "devices",
-           "optional_parts", "doctor"]
+__all__ = [
+    "SITES",
+    "Site",
+    "backends",
+    "detect_site",
+    "device",
+    "devices",
+    "doctor",
+    "gpu_count",
+    "on_gpu",
+    "optional_parts",
+    "site_name",
+]
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from hepml_kit.batch.quoting import ACCOUNT, CONSTRAINT, BatchError, directive_value
+from hepml_kit.batch.quoting import CONSTRAINT, BatchError, directive_value
 
-__all__ = ["pals_mpi_args", "pbs_engine_template", "engine_cluster_kwargs"]
+__all__ = ["engine_cluster_kwargs", "pals_mpi_args", "pbs_engine_template"]
 
 
 def pals_mpi_args(ppn: int, cpus_per_node: int = 32) -> list[str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from hepml_kit.batch.quoting import BatchError
 
-__all__ = ["curriculum_dir", "declared_parameters", "near_miss", "check_parameters"]
+__all__ = ["check_parameters", "curriculum_dir", "declared_parameters", "near_miss"]
 
 
 def curriculum_dir() -> Path:
@@ -74,10 +74,12 @@ def check_parameters(nb: Path, parameters: dict) -> None:
 
     try:
         with contextlib.redirect_stdout(io.StringIO()):
-            exec(compile(cells[first].source, f"{nb.name}:parameters", "exec"), namespace)
+            # the lesson's own two cells, from the notebook the user asked to run: no new code is trusted here
+            exec(compile(cells[first].source, f"{nb.name}:parameters", "exec"), namespace)  # noqa: S102
             namespace.update(parameters)
-            exec(compile(rules.source, f"{nb.name}:validation", "exec"), namespace)
+            exec(compile(rules.source, f"{nb.name}:validation", "exec"), namespace)  # noqa: S102
     except (ParameterError, ValueError, TypeError) as e:
-        raise BatchError(f"{nb.name} refuses these parameters: {str(e).replace('bad lesson parameters:', '').strip()}") from None
-    except Exception as e:  # the cell needs more than the rules (a bug in the lesson, not in the values)
+        reason = str(e).replace("bad lesson parameters:", "").strip()
+        raise BatchError(f"{nb.name} refuses these parameters: {reason}") from None
+    except Exception as e:  # noqa: BLE001 -- the cell needs more than its rules: a lesson bug, named as such
         raise BatchError(f"could not evaluate {nb.name}'s validation cell: {type(e).__name__}: {e}") from None

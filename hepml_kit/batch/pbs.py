@@ -18,7 +18,7 @@ from pathlib import Path
 
 from hepml_kit.batch.quoting import BatchError, job_name_from
 
-__all__ = ["render_pbs", "qsub", "qstat_state"]
+__all__ = ["qstat_state", "qsub", "render_pbs"]
 
 # PBS Pro job states (qstat -x): Q queued, H held, W waiting, R running, E exiting, B array begun, F finished
 PBS_STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "R": "RUNNING", "B": "RUNNING",
@@ -59,7 +59,8 @@ def qsub(script_path: Path) -> str:
     """Submit with qsub; returns the job id (``1234.polaris-pbs-01...``)."""
     if not shutil.which("qsub"):
         raise BatchError("qsub is not on PATH: run on a PBS login node (or use --dry-run to see the script)")
-    out = subprocess.run(["qsub", str(script_path)], capture_output=True, text=True, timeout=60)
+    # from the job folder: Torque-style wrappers put their default job.pbs.oNNN logs in the current folder
+    out = subprocess.run(["qsub", str(script_path)], capture_output=True, text=True, timeout=60, cwd=script_path.parent)
     if out.returncode != 0 or not out.stdout.strip():
         raise BatchError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()} (script: {script_path})")
     return out.stdout.strip().splitlines()[-1].strip()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 
-__all__ = ["BatchError", "check_text", "directive_value", "shell_word", "job_name_from", "IMAGE", "SAFE_PATH"]
+__all__ = ["IMAGE", "SAFE_PATH", "BatchError", "check_text", "directive_value", "job_name_from", "shell_word"]
 
 
 class BatchError(ValueError):

@@ -26,11 +26,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hepml_kit.batch.lesson_params import check_parameters, declared_parameters
-from hepml_kit.batch.quoting import (ACCOUNT, CONSTRAINT, IMAGE, JOB_NAME, SAFE_PATH, BatchError, check_text,
-                                     directive_value, job_name_from, shell_word)
+from hepml_kit.batch.quoting import (
+    ACCOUNT,
+    CONSTRAINT,
+    IMAGE,
+    JOB_NAME,
+    SAFE_PATH,
+    BatchError,
+    check_text,
+    directive_value,
+    job_name_from,
+    shell_word,
+)
 
-__all__ = ["BatchJob", "BatchError", "render_sbatch", "submit", "job_status", "collect", "parse_value",
-           "notebook_parameters"]
+__all__ = [
+    "BatchError",
+    "BatchJob",
+    "collect",
+    "job_status",
+    "notebook_parameters",
+    "parse_value",
+    "render_sbatch",
+    "submit",
+]
 
 JOBS_INDEX = Path(os.environ.get("HEPML_KIT_JOBS", Path.home() / ".hepml-kit" / "jobs"))
 _TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$")
@@ -173,8 +191,8 @@ def script_body(job: BatchJob, job_dir: Path, job_id: str, before_papermill: tup
             f'echo "job ${{{job_id}:-local}} on $(hostname) started $(date -Is)"', *before_papermill,
             " ".join(papermill),
             "status=$?",
-            'printf \'{"job_id": "%s", "exit_code": %d, "finished": "%s", "executed": "%s"}\\n\' '
-            f'"${{{job_id}:-local}}" "$status" "$(date -Is)" {q(str(executed))} > "$JOBDIR/summary.json"',
+            ('printf \'{"job_id": "%s", "exit_code": %d, "finished": "%s", "executed": "%s"}\\n\' '
+             f'"${{{job_id}:-local}}" "$status" "$(date -Is)" {q(str(executed))} > "$JOBDIR/summary.json"'),
             'exit "$status"', ""]
 
 

@@ -16,8 +16,17 @@ import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 
-__all__ = ["RankInfo", "free_port", "from_slurm", "from_pbs", "in_mpiexec_rank", "init_process_group", "pick_backend",
-           "rank_env", "routable_address"]
+__all__ = [
+    "RankInfo",
+    "free_port",
+    "from_pbs",
+    "from_slurm",
+    "in_mpiexec_rank",
+    "init_process_group",
+    "pick_backend",
+    "rank_env",
+    "routable_address",
+]
 
 # (rank, local rank, world size, local world size) as PALS, MPICH (hydra) and Open MPI name them, in that order
 _MPI_RANK = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK")

@@ -22,7 +22,7 @@ import sys
 
 from hepml_kit.launch.rendezvous import from_pbs, from_slurm, in_mpiexec_rank, init_process_group, rank_env
 
-__all__ = ["main", "torchrun_command", "srun_command", "mpiexec_command", "init_from_env"]
+__all__ = ["init_from_env", "main", "mpiexec_command", "srun_command", "torchrun_command"]
 
 
 def init_from_env(timeout_s: float = 300.0) -> str:

@@ -64,6 +64,10 @@ def _add_batch(sub) -> None:
     p.add_argument("--account")
     p.add_argument("--qos")
     p.add_argument("--constraint", help="e.g. gpu on Perlmutter")
+    p.add_argument("--site", default="perlmutter", choices=["perlmutter", "slurm", "polaris", "pbs"],
+                   help="perlmutter/slurm: an sbatch script; polaris/pbs: a PBS Pro script (qsub) (default: %(default)s)")
+    p.add_argument("--queue", help="PBS queue (-q), e.g. debug or prod on Polaris")
+    p.add_argument("--filesystems", default="home:eagle", help="PBS -l filesystems= (default: %(default)s)")
     env = p.add_mutually_exclusive_group()
     env.add_argument("--conda-env", help="conda environment (path or name) to activate")
     env.add_argument("--module", help="module to load (e.g. pytorch/2.6.0)")

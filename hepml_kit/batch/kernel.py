@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["kernelspec", "install_kernel"]
+__all__ = ["install_kernel", "kernelspec"]
 
 
 def kernelspec(name: str = "hepml-kit", conda_env: str | None = None, image: str | None = None,

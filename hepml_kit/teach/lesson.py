@@ -6,6 +6,7 @@ Taught nowhere; used by every lesson (see curriculum/README.md for the conventio
 from __future__ import annotations
 
 import atexit
+import difflib
 import json
 import os
 import shutil
@@ -89,13 +90,20 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
     """Check a lesson's parameters before any heavy work.
 
     Every UPPER_CASE name in `namespace` (the notebook's ``globals()``) must be declared in `rules`, so a
-    misspelt ``papermill -p NPROC 4`` (which papermill only warns about) stops here with a clear message.
+    misspelt ``papermill -p NPROC 4`` (which papermill only warns about) stops here with a clear message;
+    so does a name that differs from a declared one only in case (``-p seed 7``: "did you mean SEED?").
     Returns the validated parameters as a dict.
     """
     errors = []
+    folded = {r.lower(): r for r in rules}
     for name, value in namespace.items():
-        if _is_parameter_like(name, value) and name not in rules:
-            errors.append(f"{name}: not a parameter of this lesson (declared: {', '.join(sorted(rules))})")
+        if name in rules:
+            continue
+        # `-p seed 7` under papermill injects a lower-case name: caught when it folds onto a declared one
+        if _is_parameter_like(name, value) or name.lower() in folded and _is_parameter_like(name.upper(), value):
+            close = folded.get(name.lower()) or next(iter(difflib.get_close_matches(name.upper(), rules, 1, 0.75)), None)
+            hint = f"; did you mean {close}?" if close else ""
+            errors.append(f"{name}: not a parameter of this lesson{hint} (declared: {', '.join(sorted(rules))})")
     values = {}
     for name, rule in rules.items():
         if name not in namespace:

@@ -26,11 +26,14 @@ import h5py
 import numpy as np
 import torch
 
-from hepml_kit.data.shards import FORMAT, MANIFEST, _sha256, generator_of
+from hepml_kit.data.shards import FORMAT, MANIFEST, file_sha256, generator_of, metadata_checksum
 
 __all__ = ["write_shards"]
 
 _CHUNK_BYTES = 256 * 1024  # HDF5 chunk size target: big enough for fast range reads, small for event reads
+# HDF5 1.10's file format: superblock v3, v2 object headers and the chunk indexes carry checksums of their
+# own (readable by HDF5 >= 1.10); the manifest's metadata checksum covers the same bytes before parsing
+_LIBVER = ("v110", "latest")
 
 
 # ------------------------------------------------------------------------------------------- schema
@@ -212,7 +215,7 @@ def write_shards(
             name = f"shard-{k:05d}-of-{n_shards:05d}.h5"
             partial = out / (name + ".partial")
             count = 0
-            with h5py.File(partial, "w") as f:
+            with h5py.File(partial, "w", libver=_LIBVER) as f:
                 for j in range(per_shard):
                     piece = testbed.generate(cfg, n_events, seed, rank=k * per_shard + j, world_size=n_pieces)
                     layout, n, schema = _infer_schema(piece, cfg)
@@ -236,7 +239,8 @@ def write_shards(
             os.replace(partial, out / name)
             size = (out / name).stat().st_size
             manifest["shards"].append({"file": name, "n_events": count, "bytes": size,
-                                       "sha256": _sha256(out / name)})
+                                       "sha256": file_sha256(out / name),
+                                       "metadata": metadata_checksum(out / name)})
             bar.shard_done(k, n_shards, count, done, size)
     finally:
         bar.close()

@@ -106,7 +106,7 @@ def validate_main(args) -> int:
 def data_main(args) -> int:
     """`hepml-kit data generate ...` and `hepml-kit data verify DIR`."""
     _quiet_openmp()
-    from hepml_kit.data.shards import ShardError, ShardSet, write_shards
+    from hepml_kit.data import ShardError, ShardSet, write_shards
 
     if args.action == "generate":
         _cpu_threads(args.threads)
@@ -124,4 +124,7 @@ def data_main(args) -> int:
     except ShardError as e:
         return _fail(str(e), 1)
     print(f"{shards}: every shard matches the manifest and its SHA-256")
+    if any("metadata" not in s for s in shards.manifest["shards"]):
+        print("note: written before shards carried metadata checksums, so every open hashes each file whole; "
+              "regenerate (hepml-kit data generate --overwrite) for fast checked opens")
     return 0

@@ -113,3 +113,26 @@ def test_written_shards_carry_checksummed_metadata(jets):
         with h5py.File(jets / entry["file"], "r") as f:
             assert f.id.get_create_plist().get_version()[0] >= 2  # superblock v2+: checksummed
             assert all(f[k].fletcher32 for k in ("tracks", "mask", "flavour"))
+
+
+def test_data_set_without_metadata_checksums_is_hashed_whole(jets, tmp_path):
+    """Shards written before metadata checksums still read; their whole-file SHA-256 stands in."""
+    import shutil
+
+    t = shutil.copytree(jets, tmp_path / "old")
+    manifest = json.loads((t / "manifest.json").read_text())
+    for entry in manifest["shards"]:
+        del entry["metadata"]
+    (t / "manifest.json").write_text(json.dumps(manifest))
+    assert len(ShardSet(t).read(0, 2000)["tracks"]) == 2000
+    with open(t / "shard-00001-of-00002.h5", "r+b") as f:  # any byte, in a fresh file (the hash is per file)
+        f.seek(5000)
+        b = f.read(1)
+        f.seek(5000)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(ShardError, match="shard-00001-of-00002.h5: SHA-256 differs"):
+        ShardSet(t)
+    manifest["shards"][0]["metadata"] = {"ranges": "10:5,0:3", "sha256": "0"}
+    (t / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ShardError, match="manifest.json: shard 0's metadata checksum entry is malformed"):
+        ShardSet(t)

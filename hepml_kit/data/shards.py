@@ -522,8 +522,11 @@ def read_events(shards: ShardSet, start: int, stop: int):
     """Events [start, stop) (global indices) of `shards` in the testbed's data format (`ShardSet.read`)."""
     pieces = list(shards.pieces(start, stop))
     if shards.layout == "events":
-        return [ev for k, a, b in pieces for ev in _split_events(shards, _read_into_slab(shards, k, a, b))]
-    parts = [_read_plain(shards, k, a, b) for k, a, b in pieces]
+        return [ev for k, a, b in pieces
+                for ev in _split_events(shards, shards.checked(k, lambda: _read_into_slab(shards, k, a, b),  # noqa: B023
+                                                               f"events [{a}, {b})"))]
+    parts = [shards.checked(k, lambda: _read_plain(shards, k, a, b), f"events [{a}, {b})")  # noqa: B023
+             for k, a, b in pieces]
     out = {}
     for key, spec in shards.schema.items():
         if spec.get("kind") == "config":
@@ -538,7 +541,7 @@ def read_event(shards: ShardSet, i: int) -> dict[str, np.ndarray]:
     """Event i alone, as {key: array} (`ShardSet.read_event`): one ordinary h5py read per array."""
     i = int(i)
     ((k, a, b),) = list(shards.pieces(i, i + 1))
-    part = _read_plain(shards, k, a, b)
+    part = shards.checked(k, lambda: _read_plain(shards, k, a, b), f"event {i}")
     if shards.layout == "events":
         return _split_events(shards, part)[0]
     return {key: rows[0] for key, rows in part.items()}

@@ -104,7 +104,7 @@ def validate_main(args) -> int:
 
 
 def data_main(args) -> int:
-    """`hepml-kit data generate ...` and `hepml-kit data verify DIR`."""
+    """`hepml-kit data generate ...`, `hepml-kit data convert INPUT...` and `hepml-kit data verify DIR`."""
     _quiet_openmp()
     from hepml_kit.data import ShardError, ShardSet, write_shards
 
@@ -118,6 +118,21 @@ def data_main(args) -> int:
         size = sum(s["bytes"] for s in m["shards"])
         print(f"wrote {m['n_events']} events of {m['model']} ({m['generator_version']}, seed {m['seed']}) in "
               f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}")
+        return 0
+    if args.action == "convert":
+        from hepml_kit.data.convert import ConvertError, convert_files
+
+        branches = [b.strip() for b in args.branches.split(",") if b.strip()] if args.branches else None
+        quiet = (lambda line: None) if args.quiet else print
+        try:
+            m = convert_files(args.inputs, args.shards, args.out, tree=args.tree, branches=branches, cut=args.cut,
+                              overwrite=args.overwrite, progress=False if args.quiet else None, log=quiet)
+        except ConvertError as e:
+            return _fail(str(e), 2)
+        size = sum(s["bytes"] for s in m["shards"])
+        print(f"wrote {m['n_events']} events ({', '.join(m['schema'])}) from {len(args.inputs)} file(s) in "
+              f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}; check with `hepml-kit data verify "
+              f"{args.out}`")
         return 0
     try:
         shards = ShardSet(args.dir, verify="full")

@@ -27,7 +27,8 @@ import torch
 from hepml_kit.data.shards import ShardSet, collate_events, read_event, read_events
 
 # collate_events, read_event, read_events: defined in hepml_kit.data.shards (ShardSet.read), importable here too
-__all__ = ["ShardDataset", "ShardEvents", "collate_events", "rank_chunks", "read_event", "read_events"]
+__all__ = ["ShardDataset", "ShardEvents", "collate_events", "rank_chunks", "read_event", "read_events",
+           "table_batches"]
 
 # ------------------------------------------------------------------------------------------- ranks
 def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *, shuffle: bool = False,
@@ -53,6 +54,16 @@ def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int
     if drop_last:
         order = order[: len(order) // world_size * world_size]
     return [chunks[i] for i in order[rank::world_size]]
+
+
+def table_batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
+    """Batches of a user's table (`hepml-kit data convert`): {column: rows} with numpy or awkward columns
+    (jagged ones stay awkward; pad them in the model's collate as the model needs)."""
+    n = len(next(iter(data.values())))
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for i in range(0, n, batch_size):
+        rows = order[i : i + batch_size]
+        yield {key: column[rows] for key, column in data.items()}
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -110,7 +121,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         for a, b in self.chunks(worker, n_workers):
             data = self.shards.read(a, b)
             batch_seed = int(np.random.SeedSequence([self.seed, self.epoch, a]).generate_state(1)[0])
-            yield from self.testbed.batches(data, self.batch_size, shuffle=self.shuffle, seed=batch_seed)
+            batches = table_batches if self.testbed is None else self.testbed.batches
+            yield from batches(data, self.batch_size, shuffle=self.shuffle, seed=batch_seed)
 
     def loader(self, **kwargs) -> torch.utils.data.DataLoader:
         """``DataLoader(self, batch_size=None, **kwargs)``: batches are already made here."""

@@ -5,13 +5,15 @@
     for batch in ds.loader(num_workers=2, pin_memory=True): ...            # the testbed's batch dicts
 
 What a data set holds is exactly what ``Testbed.generate(cfg, n, seed)`` returns, so a batch read from
-shards is the batch the model would have trained on from memory. Two layouts are handled generically:
+shards is the batch the model would have trained on from memory. Three layouts are handled generically:
 
 * ``columns``: a dict of arrays whose first axis is the event (jets, waveforms, showers, cosmology boxes);
   torch tensors are stored as arrays and come back as tensors; the model config (``cfg`` entries) is not
   stored but rebuilt from the manifest's preset.
 * ``events``: a list of per-event dicts (tracking): fixed-shape entries are stacked; ragged entries
   (hits, particles, edges) are concatenated along their varying axis with ``offsets`` (n + 1) beside them.
+* ``table``: a user's own files (``hepml-kit data convert``, `hepml_kit.data.convert`): one column per
+  branch, jagged branches stored as values + offsets and read back as awkward arrays; no testbed.
 
 Files: ``shard-00000-of-00008.h5`` ... and ``manifest.json`` (model, preset, config, generator module and
 ``GENERATOR_VERSION``, seed, events per shard, bytes and SHA-256 per file, the array schema). Each shard
@@ -210,6 +212,27 @@ class ShardSet:
         self.manifest_path = path if path.name == MANIFEST or path.is_file() else path / MANIFEST
         self.root = self.manifest_path.parent
         m = self.manifest = self._load_manifest()
+        if m["model"] is None:  # a user's own files (`hepml-kit data convert`): a table, no testbed behind it
+            self.testbed, cfg = None, None
+        else:
+            cfg = self._check_generator(m, cfg)
+        self.cfg, self.layout, self.schema = cfg, m["layout"], m["schema"]
+        self.counts = np.array([s["n_events"] for s in m["shards"]], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)])
+        if int(self.starts[-1]) != m["n_events"]:
+            raise ShardError(f"{self.manifest_path}: shard counts add up to {int(self.starts[-1])}, "
+                             f"but n_events is {m['n_events']}")
+        self._files: dict[int, h5py.File] = {}
+        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}  # handles cached: a lookup costs ~50 us
+        self._pid = os.getpid()
+        self._offsets: dict[tuple[int, str], np.ndarray] = {}
+        self.slabs: list[np.ndarray] = []  # chunk buffers the loader reuses once no event points into them
+        for k in range(len(m["shards"])):
+            self._check_shard(k, verify)
+        self.close()  # reopened lazily, per process (DataLoader workers fork)
+
+    def _check_generator(self, m: dict, cfg: Any) -> Any:
+        """The testbed and config of a generated data set, refusing another generator version or config."""
         try:
             generator, version = generator_of(m["model"])
         except ValueError as e:
@@ -227,20 +250,7 @@ class ShardSet:
                 raise ShardError(f"{self.manifest_path}: the data was written with a config other than today's "
                                  f"preset {m['preset']!r} of {m['model']}:\n  written: {m['config']}\n  now:     "
                                  f"{cfg!r}\nPass cfg= explicitly, or regenerate.")
-        self.cfg, self.layout, self.schema = cfg, m["layout"], m["schema"]
-        self.counts = np.array([s["n_events"] for s in m["shards"]], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)])
-        if int(self.starts[-1]) != m["n_events"]:
-            raise ShardError(f"{self.manifest_path}: shard counts add up to {int(self.starts[-1])}, "
-                             f"but n_events is {m['n_events']}")
-        self._files: dict[int, h5py.File] = {}
-        self._datasets: dict[tuple[int, str], h5py.Dataset] = {}  # handles cached: a lookup costs ~50 us
-        self._pid = os.getpid()
-        self._offsets: dict[tuple[int, str], np.ndarray] = {}
-        self.slabs: list[np.ndarray] = []  # chunk buffers the loader reuses once no event points into them
-        for k in range(len(m["shards"])):
-            self._check_shard(k, verify)
-        self.close()  # reopened lazily, per process (DataLoader workers fork)
+        return cfg
 
     # ---- checks
     def _load_manifest(self) -> dict:
@@ -304,7 +314,7 @@ class ShardSet:
         """Why a shard with these attributes does not belong at position k of this data set, or None."""
         m, entry = self.manifest, self.manifest["shards"][k]
         want = {"generator_version": m["generator_version"], "dataset_id": m["dataset_id"], "shard": k,
-                "n_events": entry["n_events"], "model": m["model"]}
+                "n_events": entry["n_events"], "model": m["model"] or ""}
         for key, value in want.items():
             got = attrs.get(key)
             got = got.decode() if isinstance(got, bytes) else (got.item() if hasattr(got, "item") else got)
@@ -325,7 +335,7 @@ class ShardSet:
         for key, spec in self.schema.items():
             if spec.get("kind") == "config":
                 continue
-            ragged = self.layout == "events" and spec["ragged_axis"] is not None
+            ragged = self.is_ragged(key)
             try:
                 ds = f[key]["values"] if ragged else f[key]
                 rows = ds.shape[0]
@@ -406,7 +416,7 @@ class ShardSet:
             start, k = end, k + 1
 
     def is_ragged(self, key: str) -> bool:
-        return self.layout == "events" and self.schema[key]["ragged_axis"] is not None
+        return self.layout in ("events", "table") and self.schema[key].get("ragged_axis") is not None
 
     def dataset(self, k: int, key: str) -> h5py.Dataset:
         """The HDF5 dataset of `key` in shard k (ragged keys: their ``values``), handle cached per process."""
@@ -427,6 +437,9 @@ class ShardSet:
 
     def __repr__(self) -> str:
         m = self.manifest
+        if m["model"] is None:
+            return (f"ShardSet({str(self.root)!r}: {len(self)} events of {', '.join(self.schema)} in "
+                    f"{len(self.counts)} shards, converted from {len(m['source']['inputs'])} file(s))")
         return (f"ShardSet({str(self.root)!r}: {m['model']} preset {m['preset']}, {len(self)} events in "
                 f"{len(self.counts)} shards, {m['generator_version']}, seed {m['seed']})")
 
@@ -527,6 +540,8 @@ def read_events(shards: ShardSet, start: int, stop: int):
                                                                f"events [{a}, {b})"))]
     parts = [shards.checked(k, lambda: _read_plain(shards, k, a, b), f"events [{a}, {b})")  # noqa: B023
              for k, a, b in pieces]
+    if shards.layout == "table":
+        return _table(shards, parts)
     out = {}
     for key, spec in shards.schema.items():
         if spec.get("kind") == "config":
@@ -537,6 +552,21 @@ def read_events(shards: ShardSet, start: int, stop: int):
     return out
 
 
+def _table(shards: ShardSet, parts: list[dict]) -> dict:
+    """A user's table (`hepml-kit data convert`): {branch: numpy rows, or an awkward array if jagged}."""
+    import awkward as ak
+
+    out = {}
+    for key in shards.schema:
+        if shards.is_ragged(key):
+            values = np.concatenate([p[key][0] for p in parts])
+            counts = np.concatenate([np.diff(p[key][1]) for p in parts])
+            out[key] = ak.unflatten(values, counts)
+        else:
+            out[key] = parts[0][key] if len(parts) == 1 else np.concatenate([p[key] for p in parts])
+    return out
+
+
 def read_event(shards: ShardSet, i: int) -> dict[str, np.ndarray]:
     """Event i alone, as {key: array} (`ShardSet.read_event`): one ordinary h5py read per array."""
     i = int(i)
@@ -544,13 +574,18 @@ def read_event(shards: ShardSet, i: int) -> dict[str, np.ndarray]:
     part = shards.checked(k, lambda: _read_plain(shards, k, a, b), f"event {i}")
     if shards.layout == "events":
         return _split_events(shards, part)[0]
-    return {key: rows[0] for key, rows in part.items()}
+    return {key: rows[0] for key, rows in part.items()}  # ragged: (this event's values, offsets)
 
 
 def collate_events(shards: ShardSet, events: list[dict[str, np.ndarray]]):
     """Events from `read_event` -> the testbed's data format (`ShardSet.collate`)."""
     if shards.layout == "events":
         return list(events)
+    if shards.layout == "table":
+        import awkward as ak
+
+        return {key: ak.Array([ev[key] for ev in events]) if shards.is_ragged(key) else
+                np.stack([ev[key] for ev in events]) for key in shards.schema}
     out = {}
     for key, spec in shards.schema.items():
         if spec.get("kind") == "config":

@@ -37,6 +37,11 @@ class ConvertError(ValueError):
     """An input cannot be converted: the message names the file and what to do."""
 
 
+def _why(e: BaseException) -> str:
+    """An exception as one line: its type and message (uproot's messages span lines)."""
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
+
+
 def _check_cut(cut: str | None) -> None:
     if cut is None:
         return
@@ -64,7 +69,7 @@ def _numeric_columns(path: Path, arrays, names: list[str]) -> dict[str, Any]:
                 rows = ak.to_numpy(col)  # fixed-size arrays per event
         except (ValueError, TypeError) as e:
             raise ConvertError(f"{path}: branch {name!r} has type {col.type}, which is not a number, a fixed "
-                               f"array or one jagged list of numbers per event ({e}); leave it out with "
+                               f"array or one jagged list of numbers per event ({_why(e)}); leave it out with "
                                "--branches") from None
         values = rows[0] if isinstance(rows, tuple) else rows
         if values.dtype.kind not in "biuf":
@@ -80,7 +85,7 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
     try:
         f = uproot.open(path)
     except Exception as e:  # noqa: BLE001  (uproot raises many kinds on a damaged file)
-        raise ConvertError(f"{path}: cannot open as a ROOT file ({type(e).__name__}: {e}): truncated or "
+        raise ConvertError(f"{path}: cannot open as a ROOT file ({_why(e)}): truncated or "
                            "corrupt; copy it again or rewrite it") from None
     with f:
         trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))]
@@ -94,7 +99,7 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
             t = f[tree]
             known = list(t.keys())
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: cannot read tree {tree!r} ({type(e).__name__}: {e}): truncated or "
+            raise ConvertError(f"{path}: cannot read tree {tree!r} ({_why(e)}): truncated or "
                                "corrupt; copy it again or rewrite it") from None
         names = branches or known
         missing = [b for b in names if b not in known]
@@ -104,7 +109,7 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
         try:
             arrays = t.arrays(known if cut else names, library="ak")  # the cut may use branches not kept
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: reading tree {tree!r} failed ({type(e).__name__}: {e}): truncated or "
+            raise ConvertError(f"{path}: reading tree {tree!r} failed ({_why(e)}): truncated or "
                                "corrupt; copy it again or rewrite it") from None
     return _apply_cut(path, arrays, names, cut), names
 
@@ -119,7 +124,7 @@ def _apply_cut(path: Path, arrays, names: list[str], cut: str | None):
     try:
         mask = eval(compile(cut, "<cut>", "eval"), {"__builtins__": {}}, scope)  # noqa: S307  (the user's own cut)
     except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: --cut {cut!r} cannot be evaluated ({type(e).__name__}: {e}); use the "
+        raise ConvertError(f"{path}: --cut {cut!r} cannot be evaluated ({_why(e)}); use the "
                            f"column names: {', '.join(arrays.fields)}") from None
     return arrays[mask]
 
@@ -142,7 +147,7 @@ def _read_hdf5(path: Path, group: str | None, branches: list[str] | None, cut: s
     except ConvertError:
         raise
     except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: cannot read as HDF5 ({type(e).__name__}: {e}): truncated or corrupt") from None
+        raise ConvertError(f"{path}: cannot read as HDF5 ({_why(e)}): truncated or corrupt") from None
     return _apply_cut(path, arrays, names, cut), names
 
 
@@ -152,7 +157,7 @@ def _read_parquet(path: Path, branches: list[str] | None, cut: str | None):
     try:
         arrays = ak.from_parquet(path)
     except Exception as e:  # noqa: BLE001
-        raise ConvertError(f"{path}: cannot read as Parquet ({type(e).__name__}: {e}): truncated or corrupt") from None
+        raise ConvertError(f"{path}: cannot read as Parquet ({_why(e)}): truncated or corrupt") from None
     names = branches or list(arrays.fields)
     missing = [b for b in names if b not in arrays.fields]
     if missing:

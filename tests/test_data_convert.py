@@ -96,7 +96,7 @@ def test_hdf5_and_parquet_inputs(root_files, tmp_path):
 
 
 def test_bad_input_fails_by_name_and_leaves_nothing(root_files, tmp_path, capsys):
-    d, a, _ = root_files
+    d, _, _ = root_files
     broken = tmp_path / "broken.root"
     broken.write_bytes((d / "a.root").read_bytes()[:4000])
     ak.to_parquet(ak.zip({"name": ["a", "b", "c"], "x": [1.0, 2.0, 3.0]}), tmp_path / "strings.parquet")
@@ -112,8 +112,6 @@ def test_bad_input_fails_by_name_and_leaves_nothing(root_files, tmp_path, capsys
     for args, message in cases:
         out = tmp_path / "out"
         assert cli_main(["data", "convert", *args, "--shards", "2", "--out", str(out)]) == 2, args
-        import re
-
         err = capsys.readouterr().err
         assert re.search(message, err, re.DOTALL), (message, err)
         assert not out.exists() and not list(tmp_path.glob(".out.partial-*")), args

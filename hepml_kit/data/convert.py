@@ -21,8 +21,8 @@ Taught in curriculum/09_data_delivery.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -134,3 +134,26 @@ def test_failed_write_leaves_no_partial_folder(root_files, tmp_path, monkeypatch
     with pytest.raises(ConvertError, match="not an empty folder"):
         convert_files([d / "a.root"], 2, tmp_path / "out", tree="jets", log=lambda line: None)
     assert json.dumps(sorted(p.name for p in (tmp_path / "out").iterdir())) == '["mine.txt"]'
+
+
+def test_root_stream_reads_each_ranks_share_directly(root_files):
+    from hepml_kit.data.root_stream import RootStream
+
+    d, a, b = root_files
+    files, keep = [d / "a.root", d / "b.root"], list(a)
+    one = list(RootStream(files, "jets", 40, branches=keep, chunk_events=64))
+    for key in keep:  # one rank, in order: exactly the files' arrays
+        assert _equal(ak.concatenate([ak.Array(x[key]) for x in one]),
+                      ak.concatenate([ak.Array(a[key]), ak.Array(b[key])])), key
+    seen = []
+    for rank in range(2):
+        stream = RootStream(files, "jets", 40, branches=keep, chunk_events=64, shuffle=True, seed=1, rank=rank,
+                            world_size=2)
+        stream.set_epoch(2)
+        serial = [float(x) for batch in stream for x in batch["jet_pt"]]
+        workers = [float(x) for batch in stream.loader(num_workers=2) for x in batch["jet_pt"]]
+        assert sorted(serial) == sorted(workers)
+        seen += serial
+    assert sorted(seen) == sorted(np.concatenate([a["jet_pt"], b["jet_pt"]]).tolist())  # each jet once
+    with pytest.raises(ConvertError, match="a.root: tree 'jets' has no branch 'nope'"):
+        RootStream(files, "jets", 40, branches=["nope"])

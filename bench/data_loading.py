@@ -126,7 +126,7 @@ def bench_integrity(name: str, path: str, n: int, root: str, repeats: int) -> di
            "open_full": time_open(path, "full"), "read_old": med(read_old), "read_new": med(read_new)}
     out["open_ratio"] = out["open_new"] / out["open_old"]
     out["read_ratio"] = out["read_new"] / out["read_old"]
-    print(f"{'':16} checks: open old default {out['open_old'] * 1e3:7.2f} ms  new default (+metadata SHA-256) "
+    print(f"{name:16} checks: open old default {out['open_old'] * 1e3:7.2f} ms  new default (+metadata SHA-256) "
           f"{out['open_new'] * 1e3:7.2f} ms  x{out['open_ratio']:4.2f}  full {out['open_full'] * 1e3:7.2f} ms  |  "
           f"chunked read old format {out['read_old']:9.0f}  new {out['read_new']:9.0f} ev/s  x{out['read_ratio']:4.2f}",
           flush=True)

@@ -1,11 +1,15 @@
-"""Writing sharded HDF5 data sets: a testbed's Monte Carlo, generated in pieces, as shards + manifest.
+"""Writing sharded HDF5 data sets: a testbed's Monte Carlo (`write_shards`) or a user's table (`write_table`).
 
     write_shards("jet_transformer", 100_000, 8, "data/jets", seed=0)       # 8 files + manifest.json
 
-The format (file names, manifest, attributes, checksums) is described in `hepml_kit.data.shards`, which
-also re-exports `write_shards`; `ShardSet` there opens and checks what this module writes. The schema of
-a data set is inferred from the first generated piece: ``columns`` (a dict of per-event arrays) or
-``events`` (a list of per-event dicts; ragged entries stored as values + offsets).
+The format (file names, manifest, attributes, checksums) is described in `hepml_kit.data.shards`, whose
+`ShardSet` opens and checks what this module writes; `hepml_kit.data` re-exports `write_shards`. Every
+shard is written in HDF5's 1.10 format with Fletcher-32 on every chunk, and the manifest records its
+SHA-256 and the checksum of its metadata ranges (`metadata_checksum`). The schema of a generated data set
+is inferred from the first generated piece: ``columns`` (a dict of per-event arrays) or ``events`` (a list
+of per-event dicts; ragged entries stored as values + offsets). `write_table` writes what
+`hepml_kit.data.convert` read from a user's files (layout ``table``), into a temporary folder renamed at
+the end.
 
 Taught in curriculum/09_data_delivery.
 """

@@ -44,6 +44,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -177,6 +178,16 @@ with h5py.File(sys.argv[1], "r") as f:
 """
 
 
+def _holds(path: Path, text: str) -> bool:
+    """Whether the bytes of `text` occur in the file (a plain scan, no HDF5 parsing)."""
+    with open(path, "rb") as f:
+        try:
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return m.find(text.encode()) >= 0
+        except ValueError:  # an empty file
+            return False
+
+
 def _attributes_in_child(path: Path) -> dict | None:
     """A damaged shard's attributes read in a child process (a corrupt file can crash the HDF5 parser,
     which must not take the caller down), or None when they cannot be read. Used on the error path only."""
@@ -283,8 +294,8 @@ class ShardSet:
             problem = f"{path}: SHA-256 differs from {self.manifest_path}: the file is corrupt"
         else:
             problem = self._metadata_problem(k, path, entry, verify)
-        if problem:  # say which data set, version or position the shard comes from if it is readable at all
-            attrs = _attributes_in_child(path)
+        if problem:  # a shard of another data set (its id is not in it): say which, if it is readable at all
+            attrs = None if _holds(path, self.manifest["dataset_id"]) else _attributes_in_child(path)
             raise ShardError((attrs is not None and self._attributes_problem(k, path, attrs)) or problem)
         try:
             self._check_contents(k, path, entry)

@@ -48,8 +48,9 @@ import mmap
 import os
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import h5py
 import numpy as np
@@ -245,7 +246,7 @@ class ShardSet:
     def _check_generator(self, m: dict, cfg: Any) -> Any:
         """The testbed and config of a generated data set, refusing another generator version or config."""
         try:
-            generator, version = generator_of(m["model"])
+            _, version = generator_of(m["model"])
         except ValueError as e:
             raise ShardError(f"{self.manifest_path}: {e}") from None
         if m["generator_version"] != version:

@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from hepml_kit.batch.job_script import directive_path, script_body
 from hepml_kit.batch.quoting import BatchError, job_name_from
 
 __all__ = ["qstat_state", "qsub", "render_pbs"]
@@ -27,11 +28,9 @@ PBS_STATES = {"Q": "PENDING", "H": "PENDING", "W": "PENDING", "T": "PENDING", "R
 
 def render_pbs(job, job_dir: Path) -> str:
     """The PBS Pro script for `job` (a validated `BatchJob` with ``site="polaris"``)."""
-    from hepml_kit.batch.sbatch import _directive_path, script_body
-
     nb = Path(job.notebook).resolve()
     name = job.job_name or job_name_from(nb.stem)
-    out = _directive_path("-o", job_dir)
+    out = directive_path("-o", job_dir)
     select = f"select={job.nodes}:system=polaris" if job.site == "polaris" else f"select={job.nodes}"
     if job.gpus_per_node and job.site != "polaris":
         select += f":ngpus={job.gpus_per_node}"

@@ -55,3 +55,12 @@ def test_bar_is_met_by_the_simulation_and_missed_by_an_untrained_generator():
     assert not cg.threshold(untrained)
     too_wide = dict(perfect, resolution_ratio=8.0)  # the case: energy spread 8x the simulated one
     assert not cg.threshold(too_wide)
+
+
+def test_plots_write_the_shower_profiles_and_energy_response(tmp_path):
+    cfg = cg.config("tiny")
+    torch.manual_seed(0)
+    paths = cg.plots(cg.build(cfg), cg.generate(cfg, 256, 9405), tmp_path)
+    assert [p.name for p in paths] == ["calo_gan_longitudinal_profile.png", "calo_gan_energy_response.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    assert cg.TESTBED.plots is cg.plots  # `hepml-kit validate calo_gan --plots DIR` draws them

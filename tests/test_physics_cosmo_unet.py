@@ -58,3 +58,12 @@ def test_bar_passes_the_truth_and_catches_wrong_phases_wrong_velocity_and_an_unt
     torch.manual_seed(9502)
     untrained = cu.metrics(cu.build(cfg), data)
     assert not cu.threshold(untrained)
+
+
+def test_plots_write_power_spectra_and_cross_correlation(tmp_path):
+    cfg = cu.config("tiny")
+    data = cu.generate(cfg, 1, 9503)
+    paths = cu.plots(Lookup(data["x"], data["y"]), data, tmp_path)
+    assert [p.name for p in paths] == ["cosmo_unet_power_spectra.png", "cosmo_unet_cross_correlation.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+    assert cu.TESTBED.plots is cu.plots

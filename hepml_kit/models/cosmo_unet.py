@@ -383,7 +383,7 @@ def plots(model: nn.Module, data: dict, outdir) -> list:
         ax.semilogx(k, s["r_temperature"], label="temperature")
         ax.semilogx(k, s["rv"], label="gas velocity")
         ax.axvspan(lo, hi, color="grey", alpha=0.12, lw=0, label="trained k range")
-        ax.axhline(BARS["r_min"], color="k", ls=":", label=f"bar r = {BARS['r_min']}")
+        ax.axhline(BARS["r_min"], color="k", ls=":", label=f"bar (gas density): r = {BARS['r_min']}")
         ax.set(xlabel=r"$k$ [h/Mpc]", ylabel="r(k), U-Net x truth",
                ylim=(0, 1.05))
         ax.legend()

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hepml_kit.models import names  # noqa: E402
+from hepml_kit.models import names
 
 HEPML_KIT = Path(sys.executable).with_name("hepml-kit")
 BOOKKEEPING = {"train_events", "test_events", "epochs", "seed", "generate_s", "train_s", "metrics_s"}
@@ -40,7 +40,7 @@ def run_one(model: str, seed: int, preset: str, timeout: float) -> dict:
     t0 = time.perf_counter()
     try:
         done = subprocess.run([str(HEPML_KIT), "validate", model, "--seed", str(seed), "--preset", preset],
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
         print(f"  {model} seed {seed}: timed out after {timeout:.0f} s", flush=True)
         return {}

@@ -35,7 +35,7 @@ def test_cross_correlation_of_a_field_with_itself_and_with_an_independent_one():
     rng = np.random.default_rng(9501)
     a, _ = gaussian_random_field(rng, 32, 10.0, lambda k: 1.0 / np.maximum(k, 1e-3) ** 2)
     b, _ = gaussian_random_field(rng, 32, 10.0, lambda k: 1.0 / np.maximum(k, 1e-3) ** 2)
-    k, p_aa, modes = power_spectrum(a, 10.0)
+    _, p_aa, modes = power_spectrum(a, 10.0)
     assert np.allclose(cross_power_spectrum(a, 3 * a, 10.0)[1] / np.sqrt(p_aa * 9 * p_aa), 1.0)
     r = cross_power_spectrum(a, b, 10.0)[1] / np.sqrt(p_aa * power_spectrum(b, 10.0)[1])
     assert np.all(np.abs(r[4:]) < 4 / np.sqrt(modes[4:]))

@@ -18,7 +18,7 @@ def test_layer_centroids_follow_the_shower_axis():
     """The energy-weighted centroid is the first moment of the transverse profile; for a radially symmetric
     profile about an axis at d it is d (Grindhammer & Peters, hep-ex/0001020, profile about the axis), so
     the strip and middle layers measure the same axis. Pure-noise angular bins give slope 0, correlation 0."""
-    cfg, d, f = _showers("photon", 16384, 9301)
+    _, d, f = _showers("photon", 16384, 9301)
     axis = d["axis_mm"]
     assert axis[:, 0].std() > 1.0  # the axes really are spread
     for layer in (1, 2):

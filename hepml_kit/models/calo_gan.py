@@ -51,7 +51,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hepml_kit.data.showers import CALOCHALLENGE_ENERGIES_MEV, ShowerConfig, generate_showers, shower_features
@@ -80,9 +79,6 @@ class CaloGANConfig:
     energies_mev: tuple = CALOCHALLENGE_ENERGIES_MEV
     feature_bins: int = 20
     voxel_power: float = 1.0  # the nets see (E_voxel / (E sf))^power; < 1 lifts the faint outer voxels
-    layer_energy_head: bool = False  # generator: layer energies from their own head x per-layer softmax shapes
-    critic_sums: bool = False  # critic also sees the total and per-layer deposited fractions (Paganini et al.)
-    sum_gain: float = 10.0  # scale of those sums in the critic input
     sum_matching: float = 0.0  # weight of the energy-sum feature-matching term in the generator loss
     shower: ShowerConfig = field(init=False, compare=False, repr=False)  # from particle, eta_bin, energies
 
@@ -145,52 +141,25 @@ def _layer_slices(cfg: CaloGANConfig) -> list[slice]:
 
 
 class ShowerGenerator(nn.Module):
-    """(z: (B, latent), label: (B, 1)) -> voxels (B, V) in network units (E_voxel / (E sf))^power.
-
-    FastCaloGAN's MLP with a ReLU output; with ``layer_energy_head`` the last hidden layer feeds two heads:
-    each layer's deposited fraction of E (softplus) and the voxel logits, softmaxed within each layer (the
-    shape), so the total and layer energies are a few outputs the critic can steer directly."""
+    """(z: (B, latent), label: (B, 1)) -> voxels (B, V) in network units (E_voxel / (E sf))^power."""
 
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
-        self.cfg = cfg
-        if not cfg.layer_energy_head:
-            self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden, cfg.n_voxels), nn.SiLU, nn.ReLU)
-            return
-        self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden), nn.SiLU, nn.SiLU)
-        self.shape = nn.Linear(cfg.generator_hidden[-1], cfg.n_voxels)
-        self.layer_energy = nn.Linear(cfg.generator_hidden[-1], len(cfg.shower.layers))
-        self.slices = _layer_slices(cfg)
+        self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden, cfg.n_voxels), nn.SiLU, nn.ReLU)
 
     def forward(self, z, label):
-        h = self.net(torch.cat([z, label], dim=1))
-        if not self.cfg.layer_energy_head:
-            return h
-        logits, e_layer = self.shape(h), F.softplus(self.layer_energy(h) - 2.0)  # (B, V), (B, L)
-        frac = torch.cat([torch.softmax(logits[:, sl], 1) * e_layer[:, j : j + 1]
-                          for j, sl in enumerate(self.slices)], 1)
-        return (frac + 1e-12) ** self.cfg.voxel_power
+        return self.net(torch.cat([z, label], dim=1))
 
 
 class ShowerCritic(nn.Module):
-    """(voxels: (B, V), label: (B, 1)) -> Wasserstein critic score (B,). With ``critic_sums`` the input also
-    holds the total and per-layer deposited fractions of E (x sum_gain), as CaloGAN's discriminator was
-    given the energy sums (Paganini, de Oliveira, Nachman, PRD 97 (2018) 014021)."""
+    """(voxels: (B, V), label: (B, 1)) -> Wasserstein critic score (B,)."""
 
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
-        self.cfg = cfg
-        extra = 1 + len(cfg.shower.layers) if cfg.critic_sums else 0
-        self.net = _mlp((cfg.n_voxels + 1 + extra, *cfg.critic_layers, 1), nn.LeakyReLU)
-        self.slices = _layer_slices(cfg)
+        self.net = _mlp((cfg.n_voxels + 1, *cfg.critic_layers, 1), nn.LeakyReLU)
 
     def forward(self, voxels, label):
-        parts = [voxels, label]
-        if self.cfg.critic_sums:
-            frac = voxels.clamp_min(0) ** (1.0 / self.cfg.voxel_power)
-            layers = torch.stack([frac[:, sl].sum(1) for sl in self.slices], 1)  # (B, L)
-            parts += [self.cfg.sum_gain * layers, self.cfg.sum_gain * layers.sum(1, keepdim=True)]
-        return self.net(torch.cat(parts, dim=1)).squeeze(-1)
+        return self.net(torch.cat([voxels, label], dim=1)).squeeze(-1)
 
 
 class CaloGAN(nn.Module):

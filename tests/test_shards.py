@@ -251,7 +251,7 @@ def test_cli_generate_overwrite_and_verify(tmp_path, capsys):
     args = ["data", "generate", "calo-gan", "--events", "200", "--shards", "2", "--out", str(out), "--seed", "3"]
     assert cli_main(args) == 0
     log = capsys.readouterr().out
-    assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.0, seed 3)" in log
+    assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.1, seed 3)" in log
     assert cli_main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert cli_main(args + ["--overwrite", "--quiet", "--shards", "4"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{k}-of-00004.h5" for k in range(4)]

@@ -194,7 +194,7 @@ def _where(state: dict | None) -> str:
         shapes = f" with shapes {state['shapes']}" if state["shapes"] else ""
         return f"in {state['op']} #{state['seq']}{shapes}"
     last = f" (last collective: {state['op']} #{state['seq']})" if state["op"] else " (no collective yet)"
-    return {"running": "running the function, not in a collective", "returned": "returned from the function",
+    return {"running": "running the function, not in a collective", "returned": "back from the function",
             "raised": "raised", "idle": "idle"}.get(state["phase"], state["phase"]) + last
 
 

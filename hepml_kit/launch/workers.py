@@ -80,7 +80,8 @@ def _probe_engine(bind_host: str = "127.0.0.1") -> dict:
     return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus, "helpers": helpers, "port": port}
 
 
-def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes):
+def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes,
+              check_collectives: bool = False):
     """Runs on each engine for every call: wire the rank, run the function, unwire together."""
     import torch
     import torch.distributed as dist
@@ -91,6 +92,9 @@ def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payl
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     mon = diagnose.monitor()
+    # torch's own desync check (TORCH_DISTRIBUTED_DEBUG=DETAIL): every collective first compares op and
+    # shapes across ranks, so a shape mismatch is an error naming both ranks, not a crash or garbage
+    dist.set_debug_level(dist.DebugLevel.DETAIL if check_collectives else dist.DebugLevel.OFF)
     # The rank-0 engine hosts the store the ranks meet at; holding it lets the ranks leave together (below).
     store = dist.TCPStore(info.master_addr, info.master_port, info.world_size, info.rank == 0,
                           timedelta(seconds=timeout_s))
@@ -159,6 +163,11 @@ class Workers:
             (engines submitted through Slurm); the controller listens on all interfaces for the last two.
         device: ``"auto"`` (one GPU per rank when there are enough, else CPU), ``"cpu"`` or ``"cuda"``.
         start_timeout: seconds to wait for the engines to register.
+        check_collectives: run torch's collective checks (``TORCH_DISTRIBUTED_DEBUG=DETAIL``): before every
+            collective the ranks compare op and shapes, so a shape mismatch, which gloo may answer with a
+            crash or garbage, becomes an error naming the ranks and both collectives. It costs one extra small
+            collective per collective (bench/debug_overhead.py), so it is off by default; the kit's own
+            checks (skipped or different collectives, reported within seconds) are always on.
         cluster_kwargs: passed to `ipyparallel.Cluster` (e.g. ``{"engine_launcher_class": ...}``,
             batch-system options).
 
@@ -166,7 +175,7 @@ class Workers:
     """
 
     def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto", start_timeout: float = 120.0,
-                 **cluster_kwargs):
+                 check_collectives: bool = False, **cluster_kwargs):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
         if engines not in ENGINE_KINDS:
@@ -180,6 +189,7 @@ class Workers:
                                  "or device='cpu'")
         self.n, self.engines_kind, self.device = n, engines, device
         self.start_timeout = start_timeout
+        self.check_collectives = bool(check_collectives)
         self.cluster_kwargs = cluster_kwargs
         self._cluster = None
         self._client = None
@@ -460,7 +470,7 @@ class Workers:
             threads = max(1, (os.cpu_count() or 1) // max(local_sizes))
             for info, e in zip(infos, self._engines):
                 pending[info.rank] = self._client[e.engine_id].apply_async(
-                    _run_rank, info, backend, threads, float(timeout), payload
+                    _run_rank, info, backend, threads, float(timeout), payload, self.check_collectives
                 )
         else:
             for rank in ranks:
@@ -495,8 +505,12 @@ class Workers:
                     first_failure_at = first_failure_at or time.monotonic()
                 now = time.monotonic()
                 if pending and first_failure_at and now - first_failure_at > _ERROR_GRACE_S:
+                    diagnosis = self._diagnose(sorted(pending)) if ranks is None else ""
                     note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were still waiting (probably in a "
                             f"collective on a failed rank) and were stopped{restarted}")
+                    if engine_died and not self.check_collectives and "is in " in diagnosis:
+                        note += ("; a rank that crashes in a collective may have been passed other shapes than "
+                                 "its peers: Workers(check_collectives=True) names them")
                     break
                 if pending and now > deadline:
                     diagnosis = self._diagnose(range(self.n) if ranks is None else ranks)
@@ -549,12 +563,17 @@ class Workers:
                               f"{describe_exit(self._exit_code(e.pid))}")
         return dead
 
-    def _exit_code(self, pid: int) -> int | None:
-        proc = self._launched.get(pid)  # ipyparallel's launcher waits on it; psutil keeps the code it got
-        try:
-            return proc.wait(timeout=1.0) if proc is not None else None
-        except Exception:
-            return None
+    def _exit_code(self, pid: int, wait_s: float = 1.5) -> int | None:
+        """The exit code ipyparallel's launcher collected (its waiter thread is the only one that reaps the
+        engine: a second waiter would race it for the status); None when unknown."""
+        proc = self._launched.get(pid)
+        end = time.monotonic() + wait_s
+        while proc is not None and time.monotonic() < end:
+            code = getattr(proc, "_exitcode", None)  # psutil keeps the status its wait() collected
+            if isinstance(code, int):
+                return int(code)
+            time.sleep(0.05)
+        return None
 
     def __repr__(self) -> str:
         state = "running" if self.started else "stopped"
@@ -562,13 +581,13 @@ class Workers:
 
 
 def launch(fn: Callable, *args, nprocs: int = 2, timeout: float = 600.0, engines: str = "local",
-           device: str = "auto", **kwargs) -> list:
+           device: str = "auto", check_collectives: bool = False, **kwargs) -> list:
     """Run ``fn(*args, **kwargs)`` on `nprocs` ranks with torch.distributed initialised; return the results in
     rank order. A one-shot `Workers` pool: started, used once, closed (also on error)."""
     if isinstance(nprocs, bool) or not isinstance(nprocs, int) or nprocs < 1:
         raise ValueError(f"nprocs must be an integer >= 1, got {nprocs!r}")
     check_sendable(fn, args, kwargs)  # fail before starting anything
-    with Workers(n=nprocs, engines=engines, device=device) as w:
+    with Workers(n=nprocs, engines=engines, device=device, check_collectives=check_collectives) as w:
         w._one_shot = True
         return w.run(fn, *args, timeout=timeout, **kwargs)
 

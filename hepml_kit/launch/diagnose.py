@@ -25,12 +25,14 @@ import functools
 import inspect
 import json
 import linecache
+import re
 import socket
 import sys
 import threading
 import time
 
-__all__ = ["RankMonitor", "ask", "collective_summary", "find_desync", "format_stacks", "start_monitor"]
+__all__ = ["RankMonitor", "ask", "code_files", "collective_summary", "find_desync", "format_stacks",
+           "resolve_sent_code", "start_monitor"]
 
 # collectives on a group, and the index of their `group` parameter (found once from the signature)
 COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_into_tensor", "reduce",
@@ -185,6 +187,45 @@ def ask(host: str, port: int, what: str = "state", timeout: float = 2.0) -> dict
         return json.loads(b"".join(chunks).decode())
     except (OSError, ValueError):
         return None
+
+
+def code_files(*objects) -> dict[str, str]:
+    """Function name -> source file for the functions sent to the ranks (and functions they define):
+    cloudpickle sends code by value under the file name ``<dynamic-code>``; the driver still knows it."""
+    files: dict[str, str] = {}
+    todo = [getattr(o, "__code__", None) for o in objects]
+    while todo:
+        code = todo.pop()
+        if code is None or not hasattr(code, "co_consts"):
+            continue
+        files.setdefault(code.co_name, code.co_filename)
+        todo += [c for c in code.co_consts if hasattr(c, "co_consts")]
+    return files
+
+
+_FRAME = re.compile(r'  File "<dynamic-code>", line (\d+), in (\S+)')
+
+
+def resolve_sent_code(stack: str, files: dict[str, str]) -> str:
+    """Put back the file names and source lines of sent functions (from this process's linecache, which
+    also holds notebook cells) in a rank's stack."""
+    out, skip_hint = [], False
+    for line in stack.splitlines():
+        m = _FRAME.fullmatch(line)
+        if m and m.group(2) in files:
+            path, lineno = files[m.group(2)], int(m.group(1))
+            source = linecache.getline(path, lineno).strip()
+            out.append(f'  File "{path}", line {lineno}, in {m.group(2)}')
+            if source:
+                out.append(f"    {source}")
+                skip_hint = True
+            continue
+        if skip_hint and line.startswith("    (calling "):
+            skip_hint = False
+            continue
+        skip_hint = False
+        out.append(line)
+    return "\n".join(out)
 
 
 def _where(state: dict | None) -> str:

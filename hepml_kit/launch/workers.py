@@ -200,6 +200,7 @@ class Workers:
         self._tag: str | None = None
         self._launched: dict[int, Any] = {}  # pid -> psutil.Process of what ipyparallel started
         self._one_shot = False  # set by `launch`: no "restarted" in its reports
+        self._sent_code: dict[str, str] = {}  # function name -> file, for the ranks' stacks
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> "Workers":
@@ -414,6 +415,7 @@ class Workers:
         if ranks is not None:
             ranks = self._check_ranks(ranks)
         payload = check_sendable(fn, args, kwargs)
+        self._sent_code = diagnose.code_files(fn, *args, *kwargs.values())
         if ranks is not None:
             return self._run_once(payload, timeout, quiet, ranks)
         for attempt in range(3):
@@ -447,7 +449,8 @@ class Workers:
         answers = self._ask(ranks, "stacks", timeout)
         lines = ["where the ranks are: " + diagnose.collective_summary(answers)]
         for rank, answer in answers.items():
-            stack = answer["stack"] if answer else "  (no answer: the process is gone or holds the GIL)"
+            stack = (diagnose.resolve_sent_code(answer["stack"], self._sent_code) if answer
+                     else "  (no answer: the process is gone or holds the GIL)")
             lines.append(f"--- rank {rank} stack (most recent call last) ---\n{stack}")
         return "\n".join(lines)
 

@@ -66,8 +66,9 @@ def describe_remote_failure(exc: BaseException) -> str:
         cut = max(tb.find("_run_rank"), tb.find("_run_plain"))
         tb = tb[tb.rfind("File", 0, cut) :] if cut > 0 else tb
         text = tb.rstrip()
-        last = _last_line(text) if text else ""
         exc_line = f"{ename}: {evalue}" if evalue else ename
-        # a bare `raise MemoryError` ends in "MemoryError", not "MemoryError: ": don't add a second line
-        return text if last in (exc_line, f"{ename}: {evalue}".strip()) else f"{text}\n{exc_line}".strip()
+        if text.endswith(f"\n{ename}:"):  # IPython ends a bare `raise MemoryError` in "MemoryError: "
+            text = text[: -len(ename) - 1] + ename
+        # name the exception once: add its line only when the traceback does not end with it
+        return text if _last_line(text) == exc_line else f"{text}\n{exc_line}".strip()
     return "".join(traceback.format_exception(exc))

@@ -4,12 +4,12 @@ Engine side, a `RankMonitor` started once per engine: a daemon thread that answe
 rank's state (``running``, ``in all_reduce #41 [(1024,)] float32``, ``returned``) and, on request, the Python
 stack of its main thread. A thread answers while the main thread blocks in a collective or a sleep (both
 release the GIL); a rank stuck in native code that holds the GIL does not answer, and the report says so.
-The state comes from the kit's light wrapper around ``torch.distributed``'s collectives (one tuple stored per
-call, about a microsecond), numbered per call on the default group. It is the kit's own because PyTorch's
-flight recorder (``TORCH_FR_BUFFER_SIZE``, dumped with ``torch._C._distributed_c10d._dump_fr_trace``) is
-filled by the NCCL backend only in torch 2.13's CPU build here: on gloo it records nothing; on nccl use both.
-Collectives issued from C++ (DDP's gradient buckets) bypass the wrapper; the stack still shows the
-``backward`` they happen in.
+The state comes from the kit's light wrapper around ``torch.distributed``'s Python collectives (one tuple
+stored per call), numbered per call on the default group. Collectives issued from C++ (DDP's gradient
+buckets) bypass it; PyTorch's flight recorder sees those too: start the pool with ``TORCH_FR_BUFFER_SIZE``
+set (e.g. 2000) and the report adds each rank's last recorded collectives with their sequence numbers, sizes
+and states. Checked here on gloo (torch 2.13 CPU: entries such as ``gloo:all_reduce``); on nccl it is
+PyTorch's documented default use (not checked here: no GPU).
 
 Driver side: `ask` fetches a rank's answer, `collective_summary` names the odd rank out ("ranks 0, 2 are in
 all_reduce #41; rank 1 is in barrier #40"), `find_desync` spots ranks that can never meet (a rank returned
@@ -25,6 +25,7 @@ import functools
 import inspect
 import json
 import linecache
+import os
 import re
 import socket
 import sys
@@ -70,7 +71,7 @@ class RankMonitor:
                     request = conn.recv(64).decode().strip()
                     answer = self.describe()
                     if request == "stacks":
-                        answer["stack"] = format_stacks()
+                        answer["stack"] = format_stacks() + flight_recorder_tail()
                     conn.sendall(json.dumps(answer).encode())
             except OSError:
                 pass
@@ -148,6 +149,23 @@ def format_stacks() -> str:
         if hint:
             lines.append(f"    {hint}" if source else f"    (calling {hint})")
     return "\n".join(lines) or "  (idle: not running a call)"
+
+
+def flight_recorder_tail(last: int = 3) -> str:
+    """This rank's last collectives from PyTorch's flight recorder, when ``TORCH_FR_BUFFER_SIZE`` is set."""
+    if not os.environ.get("TORCH_FR_BUFFER_SIZE"):
+        return ""
+    try:
+        import pickle
+
+        import torch
+
+        entries = pickle.loads(torch._C._distributed_c10d._dump_fr_trace()).get("entries", [])[-last:]
+    except Exception as e:  # no process group yet, or a torch without the recorder
+        return f"\n  flight recorder: unavailable ({type(e).__name__})"
+    lines = [f"    {e['profiling_name']} #{e['collective_seq_id']} sizes {e['input_sizes']} {e['state']}"
+             for e in entries]
+    return "\n  flight recorder, last collectives:\n" + "\n".join(lines) if lines else ""
 
 
 def _call_in_progress(code, lineno: int, lasti: int) -> str:

@@ -81,7 +81,7 @@ def _probe_engine(bind_host: str = "127.0.0.1") -> dict:
 
 
 def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payload: bytes,
-              check_collectives: bool = False):
+              check_collectives: bool = False, diagnostics: bool = True):
     """Runs on each engine for every call: wire the rank, run the function, unwire together."""
     import torch
     import torch.distributed as dist
@@ -101,6 +101,7 @@ def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payl
     init_process_group(info, backend=backend, timeout_s=timeout_s, store=store)
     finished = False
     if mon:
+        mon.armed = diagnostics
         mon.begin_call()
     try:
         result = fn(*args, **kwargs)
@@ -167,7 +168,10 @@ class Workers:
             collective the ranks compare op and shapes, so a shape mismatch, which gloo may answer with a
             crash or garbage, becomes an error naming the ranks and both collectives. It costs one extra small
             collective per collective (bench/debug_overhead.py), so it is off by default; the kit's own
-            checks (skipped or different collectives, reported within seconds) are always on.
+            checks (skipped or different collectives, reported within seconds) come with `diagnostics`.
+        diagnostics: record each rank's collectives (op, number, shapes) and ask the ranks where they are once
+            a second during a call, so desyncs end the call and timeouts say which collective each rank is in
+            (bench/debug_overhead.py measures the cost). Stacks on request work either way.
         cluster_kwargs: passed to `ipyparallel.Cluster` (e.g. ``{"engine_launcher_class": ...}``,
             batch-system options).
 
@@ -175,7 +179,7 @@ class Workers:
     """
 
     def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto", start_timeout: float = 120.0,
-                 check_collectives: bool = False, **cluster_kwargs):
+                 check_collectives: bool = False, diagnostics: bool = True, **cluster_kwargs):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
         if engines not in ENGINE_KINDS:
@@ -190,6 +194,7 @@ class Workers:
         self.n, self.engines_kind, self.device = n, engines, device
         self.start_timeout = start_timeout
         self.check_collectives = bool(check_collectives)
+        self.diagnostics = bool(diagnostics)
         self.cluster_kwargs = cluster_kwargs
         self._cluster = None
         self._client = None
@@ -473,7 +478,8 @@ class Workers:
             threads = max(1, (os.cpu_count() or 1) // max(local_sizes))
             for info, e in zip(infos, self._engines):
                 pending[info.rank] = self._client[e.engine_id].apply_async(
-                    _run_rank, info, backend, threads, float(timeout), payload, self.check_collectives
+                    _run_rank, info, backend, threads, float(timeout), payload, self.check_collectives,
+                    self.diagnostics,
                 )
         else:
             for rank in ranks:
@@ -521,7 +527,7 @@ class Workers:
                         failures[rank] = f"timed out after {timeout:g} s (still running)"
                     note = f"the call outlived its {timeout:g} s timeout; its ranks were killed{restarted}"
                     break
-                if ranks is None and pending and not first_failure_at and now >= next_watch:
+                if self.diagnostics and ranks is None and pending and not first_failure_at and now >= next_watch:
                     next_watch = now + _WATCH_EVERY_S
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)

@@ -30,7 +30,8 @@ class Reaper:
 
     def __init__(self):
         self._proc = subprocess.Popen(
-            [sys.executable, "-c", f"from hepml_kit.launch.reaper import main; main({os.getpid()})"],
+            # run as a file, not through the package: a bare interpreter starts in a fraction of the time
+            [sys.executable, os.path.abspath(__file__), str(os.getpid())],
             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, start_new_session=True, text=True,
         )
 
@@ -145,3 +146,7 @@ def _alive(pid: int) -> bool:
 def main(driver_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C in the driver's terminal is the driver's business
     _watch(driver_pid)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -95,36 +95,42 @@ def monitor() -> "RankMonitor | None":
 
 
 def _wrap_collectives(mon: RankMonitor) -> None:
-    import torch
     import torch.distributed as dist
 
     for name in COLLECTIVES:
         fn = getattr(dist, name, None)
-        if fn is None or getattr(fn, "_hepml_recorded", False):
-            continue
-        params = list(inspect.signature(fn).parameters)
-        at = params.index("group") if "group" in params else None
+        if fn is not None and not getattr(fn, "_hepml_recorded", False):
+            setattr(dist, name, recorded(mon, fn, name))
 
-        def recorded(*args, _fn=fn, _name=name, _at=at, **kwargs):
-            if not mon.armed:
-                return _fn(*args, **kwargs)
-            group = kwargs.get("group") if _at is None or len(args) <= _at else args[_at]
-            world = group is None or group is dist.GroupMember.WORLD
-            if world:
-                mon.seq += 1
-            shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
-            for a in args:
-                if isinstance(a, (list, tuple)):
-                    shapes += [list(t.shape) for t in a if isinstance(t, torch.Tensor)]
-            mon.state = ("in", _name if world else f"{_name} (subgroup)", mon.seq, shapes, time.time())
-            try:
-                return _fn(*args, **kwargs)
-            finally:
-                mon.state = ("running", *mon.state[1:4], time.time())
 
-        recorded = functools.wraps(fn)(recorded)
-        recorded._hepml_recorded = True
-        setattr(dist, name, recorded)
+def recorded(mon: RankMonitor, fn, name: str):
+    """`fn` (a torch.distributed collective) that first stores what it is about to do in `mon.state`."""
+    import torch
+    import torch.distributed as dist
+
+    params = list(inspect.signature(fn).parameters)
+    at = params.index("group") if "group" in params else None
+
+    @functools.wraps(fn)
+    def collective(*args, **kwargs):
+        if not mon.armed:
+            return fn(*args, **kwargs)
+        group = kwargs.get("group") if at is None or len(args) <= at else args[at]
+        world = group is None or group is dist.GroupMember.WORLD
+        if world:
+            mon.seq += 1
+        shapes = [list(a.shape) for a in args if isinstance(a, torch.Tensor)]
+        for a in args:
+            if isinstance(a, (list, tuple)):
+                shapes += [list(t.shape) for t in a if isinstance(t, torch.Tensor)]
+        mon.state = ("in", name if world else f"{name} (subgroup)", mon.seq, shapes, time.time())
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            mon.state = ("running", *mon.state[1:4], time.time())
+
+    collective._hepml_recorded = True
+    return collective
 
 
 def format_stacks() -> str:
@@ -141,7 +147,7 @@ def format_stacks() -> str:
     lines = []
     for f in frames[start:]:
         code = f.f_code
-        if code.co_name == "recorded" and code.co_filename == __file__:
+        if code.co_name == "collective" and code.co_filename == __file__:
             continue
         lines.append(f'  File "{code.co_filename}", line {f.f_lineno}, in {code.co_name}')
         source = linecache.getline(code.co_filename, f.f_lineno).strip()

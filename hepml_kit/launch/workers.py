@@ -6,10 +6,14 @@ its rank, the rendezvous address and the pickled function — never a `push` fol
 can leave one engine without its rank and the others waiting in rendezvous forever. Each rank initialises
 the process group, runs the function, and destroys the group once every rank is done with it (gloo's init
 is not a barrier: a fast rank must not leave a slow one mid-handshake). Every wait has a timeout; a rank
-that raises or dies ends the call with a `WorkerError` naming it, and ranks left blocked in a collective
-are killed and the pool restarted, so nothing hangs and nothing is left behind.
+that raises or dies ends the call with a `WorkerError` naming it (and, for a dead one, how it died); ranks
+left blocked in a collective, or past the call's timeout, are SIGKILLed at once and the pool restarted, so
+nothing hangs and a timeout is reported within seconds of its limit. A timeout or a desync (ranks that can
+never meet, found by asking each rank's monitor where it is: `diagnose`) is reported with every rank's
+stack and collective. A watchdog process (`reaper`) kills the pool and removes its folders when the driver
+dies without closing it.
 
-Taught in curriculum/00_setup.
+Taught in curriculum/00_setup (the pool) and curriculum/11_debugging (the reports).
 """
 
 from __future__ import annotations

@@ -143,7 +143,10 @@ def format_stacks() -> str:
         frame = frame.f_back
     frames.reverse()
     names = [f.f_code.co_name for f in frames]
-    start = names.index("_run_rank") + 1 if "_run_rank" in names else 0
+    calls = [i for i, name in enumerate(names) if name in ("_run_rank", "_run_plain")]
+    if not calls:
+        return "  (idle: not running a call)"
+    start = calls[0] + 1
     lines = []
     for f in frames[start:]:
         code = f.f_code

@@ -117,6 +117,8 @@ def _run_rank(info: RankInfo, backend: str, threads: int, timeout_s: float, payl
         _leave_together(store, info, finished, timeout_s)
         if dist.is_initialized():
             dist.destroy_process_group()
+        if mon:
+            mon.end_call("idle")
         sys.stdout.flush()
         sys.stderr.flush()
 

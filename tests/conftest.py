@@ -62,3 +62,22 @@ def pool():
 
     with hk.Workers(n=2) as w:
         yield w
+
+
+# The one-process reference the data-parallel and FSDP tests compare with: the jet transformer taking the same
+# steps on the same global batches, accumulating over the two shares two ranks get (see hepml_kit.parallel.ddp),
+# so the only admissible difference is float32 summation order (tolerances below).
+JET_MODEL = "jet_transformer"
+JET_RUN = dict(steps=4, global_batch=32, lr=1e-3, seed=0)
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="session")
+def jet_reference():
+    """`train_strategy("single", micro_batches=2)` on one thread, with first-step gradients (computed once)."""
+    import torch
+
+    from hepml_kit.parallel.compare import train_strategy
+
+    torch.set_num_threads(1)
+    return train_strategy("single", JET_MODEL, micro_batches=2, return_grads=True, **JET_RUN)

@@ -206,3 +206,15 @@ def test_pbs_engine_job_for_ipyparallel(tmp_path):
     assert engine_cluster_kwargs("mpi", 2)["config"].MPIEngineSetLauncher.mpi_args[:2] == ["--ppn", "2"]
     with pytest.raises(sbatch.BatchError, match="queue"):
         pbs_engine_template(4, queue="debug -W x")
+
+
+def test_workers_accept_pbs_engines_and_xpu_devices():
+    """`Workers(engines="pbs")` passes ipyparallel the PBS Pro engine job; `device="xpu"` picks xccl."""
+    import hepml_kit as hk
+    from hepml_kit.batch.engines import engine_cluster_kwargs
+
+    pool = hk.Workers(n=8, engines="pbs", device="xpu")
+    assert pool._backend() == "xccl"
+    kw = engine_cluster_kwargs("pbs", 8)
+    template = kw["config"].PBSEngineSetLauncher.batch_template
+    assert kw["engines"] == "pbs" and "#PBS -l select=2:system=polaris" in template and "--ppn 4" in template

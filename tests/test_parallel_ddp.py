@@ -13,6 +13,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import FP32_TOL as TOL
+from conftest import JET_MODEL as MODEL
+from conftest import JET_RUN as RUN
 from torch import nn
 from torch.testing import assert_close
 
@@ -26,15 +29,12 @@ from hepml_kit.parallel.ddp import (
     shard_batch,
 )
 
-MODEL, STEPS, BATCH = "jet_transformer", 4, 32
-RUN = dict(steps=STEPS, global_batch=BATCH, lr=1e-3, seed=0)
-TOL = dict(rtol=1e-5, atol=1e-6)
+STEPS, BATCH = RUN["steps"], RUN["global_batch"]
 
 
 @pytest.fixture(scope="module")
-def reference():
-    torch.set_num_threads(1)
-    return train_strategy("single", MODEL, micro_batches=2, return_grads=True, **RUN)
+def reference(jet_reference):
+    return jet_reference
 
 
 @pytest.mark.parametrize("strategy", ["naive", "bucket", "ddp"])

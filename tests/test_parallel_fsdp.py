@@ -8,6 +8,9 @@ to rtol 1e-2 and parameters to atol 1e-2 after 4 AdamW steps of lr 1e-3 (each st
 
 import pytest
 import torch
+from conftest import FP32_TOL as TOL
+from conftest import JET_MODEL as MODEL
+from conftest import JET_RUN as RUN
 from torch import nn
 from torch.testing import assert_close
 
@@ -20,15 +23,10 @@ from hepml_kit.parallel.fsdp import (
     shard_model,
 )
 
-MODEL, STEPS, BATCH = "jet_transformer", 4, 32
-RUN = dict(steps=STEPS, global_batch=BATCH, lr=1e-3, seed=0)
-TOL = dict(rtol=1e-5, atol=1e-6)
-
 
 @pytest.fixture(scope="module")
-def reference():
-    torch.set_num_threads(1)
-    return train_strategy("single", MODEL, micro_batches=2, return_grads=True, **RUN)
+def reference(jet_reference):
+    return jet_reference
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,7 @@ from hepml_kit.launch.rendezvous import RankInfo, free_port
 
 __all__ = ["Workers", "WorkerError", "launch", "ENGINE_KINDS"]
 
-ENGINE_KINDS = ("local", "mpi", "slurm")
+ENGINE_KINDS = ("local", "mpi", "slurm", "pbs")
 # Rendezvous failures that happen before `fn` starts on any rank, so the call can safely be retried: another
 # program took the port between our choice and rank 0's bind, or gloo's full-mesh connect lost a peer.
 _RENDEZVOUS_FAILED = ("EADDRINUSE", "connectFullMesh failed")
@@ -168,7 +168,8 @@ class Workers:
         n: number of ranks (engines).
         engines: ``"local"`` (this machine), ``"mpi"`` (mpiexec, e.g. inside an allocation) or ``"slurm"``
             (engines submitted through Slurm); the controller listens on all interfaces for the last two.
-        device: ``"auto"`` (one GPU per rank when there are enough, else CPU), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (one GPU per rank when there are enough, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"xpu"`` (Intel GPUs, e.g. Aurora: the xccl backend; untested on hardware).
         start_timeout: seconds to wait for the engines to register.
         check_collectives: run torch's collective checks (``TORCH_DISTRIBUTED_DEBUG=DETAIL``): before every
             collective the ranks compare op and shapes, so a shape mismatch, which gloo may answer with a
@@ -190,7 +191,7 @@ class Workers:
             raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
         if engines not in ENGINE_KINDS:
             raise ValueError(f"unknown engines kind {engines!r}; choose one of {', '.join(ENGINE_KINDS)}")
-        if device not in ("auto", "cpu", "cuda"):
+        if device not in ("auto", "cpu", "cuda", "xpu"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         if device == "cuda" and engines == "local":
             gpus = _local_gpu_count()
@@ -249,7 +250,11 @@ class Workers:
                       engine_timeout=int(self.start_timeout), controller_args=[f"--HeartMonitor.period={period_ms}"])
         if self.engines_kind != "local":
             kwargs.update(controller_ip="*", controller_location=_routable())
-        if self.engines_kind == "mpi":
+        if self.engines_kind == "pbs" or (self.engines_kind == "mpi" and "PBS_JOBID" in os.environ):
+            from hepml_kit.batch.engines import engine_cluster_kwargs  # PBS Pro job / Cray PALS mpiexec flags
+
+            kwargs.update(engine_cluster_kwargs(self.engines_kind, self.n))
+        elif self.engines_kind == "mpi":
             kwargs.setdefault("config", _mpi_config(self.n))
         kwargs.update(self.cluster_kwargs)
         _live_pools.add(self)
@@ -401,6 +406,8 @@ class Workers:
     def _backend(self) -> str:
         if self.device == "cpu":
             return "gloo"
+        if self.device == "xpu":
+            return "xccl"
         per_host = {}
         for e in self._engines:
             per_host.setdefault(e.host, []).append(e)

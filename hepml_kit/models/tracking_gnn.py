@@ -99,8 +99,8 @@ class Config:
     @classmethod
     def preset(cls, name: str) -> "Config":
         if name == "tiny":  # a handful of vertices: ~10^3 edges, trains in seconds on a CPU core
-            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=4), graph_nodes=596,
-                       graph_edges=538, name=name)
+            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=6, max_layer_gap=2),
+                       graph_nodes=932, graph_edges=2_240, name=name)
         if name == "small":
             return cls(hidden=64, n_iterations=4, pos_weight=2.0, data=TrackingConfig(pileup=40),
                        graph_nodes=6_210, graph_edges=15_700, name=name)

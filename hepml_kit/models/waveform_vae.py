@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
+from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
 from hepml_kit.data.waveforms import ANOMALY_KINDS, GENERATOR_VERSION, WaveformGenConfig
@@ -51,6 +51,7 @@ __all__ = [
     "samples_in",
     "loss",
     "metrics",
+    "plots",
     "roc_auc",
     "threshold",
 ]
@@ -198,13 +199,12 @@ def anomaly_scores(model: nn.Module, data: dict, batch_size: int = 1024) -> tupl
 
 
 def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tied ranks averaged); label 1 = positive."""
+    """Area under the ROC curve (sklearn's roc_auc_score; ties count half); label 1 = positive."""
     label = np.asarray(label).astype(bool)
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"need both classes for an AUC, got {n_pos} anomalies and {n_neg} normal events")
-    ranks = rankdata(score)
-    return float((ranks[label].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(label, score))
 
 
 def metrics(model: nn.Module, data: dict) -> dict:
@@ -224,11 +224,56 @@ def metrics(model: nn.Module, data: dict) -> dict:
         if (kind == k).any():
             sel = (kind == k) | ~label
             out[f"auc_{name}"] = roc_auc(mse[sel], label[sel])
+            out[f"efficiency_at_1pct_fpr_{name}"] = float((mse[kind == k] > cut).mean())
     return out
 
 
+# Per-kind bars (see the module docstring): each kind must be found on its own, the hard ones included.
+BARS = {"auc": 0.85, "auc_double_s2": 0.70, "auc_gas_s2": 0.97, "auc_electron_train": 0.90, "auc_pileup": 0.65}
+
+
 def threshold(m: dict) -> bool:
-    return m["auc"] >= 0.85
+    """Every per-kind AUC of `BARS` met (a kind absent from the test events fails)."""
+    return all(m.get(name, 0.0) >= bar for name, bar in BARS.items())
+
+
+def plots(model: nn.Module, data: dict, outdir) -> list:
+    """Anomaly-score distributions per kind and the ROC curve per kind (normal events as background)."""
+    import matplotlib.pyplot as plt
+
+    from hepml_kit.plots import save, style
+
+    mse, _ = anomaly_scores(model, data)
+    kind, label = data["anomaly_kind"], data["anomaly"].astype(bool)
+    log_score = np.log10(np.maximum(mse, 1e-8))
+    bins = np.linspace(np.quantile(log_score, 0.001), log_score.max(), 60)
+    paths = []
+    with style():
+        fig, ax = plt.subplots()
+        for k, name in enumerate(ANOMALY_KINDS):
+            if (kind == k).any():
+                ax.hist(log_score[kind == k], bins=bins, density=True, histtype="step", lw=1.5,
+                        label=f"{name} ({int((kind == k).sum())})")
+        ax.set_xlabel("log10 reconstruction MSE (anomaly score)")
+        ax.set_ylabel("events (normalised)")
+        ax.set_yscale("log")
+        ax.legend()
+        paths.append(save(fig, outdir, "waveform_vae_scores"))
+        fig, ax = plt.subplots()
+        for k, name in enumerate(ANOMALY_KINDS[1:], start=1):
+            if (kind == k).any():
+                sel = (kind == k) | ~label
+                fpr, tpr, _ = roc_curve(label[sel], mse[sel])
+                ax.plot(fpr, tpr, label=f"{name}: AUC {roc_auc(mse[sel], label[sel]):.3f}")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.axvline(FALSE_POSITIVE_RATE, ls="--", c="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(1e-3, 1)
+        ax.set_xlabel("false-positive rate (normal waveforms)")
+        ax.set_ylabel("anomaly efficiency")
+        ax.legend(loc="lower right")
+        paths.append(save(fig, outdir, "waveform_vae_roc"))
+    return paths
 
 
 # ---- Lightning ------------------------------------------------------------------------------------
@@ -276,6 +321,7 @@ TESTBED = Testbed(
     loss=loss,
     flops_per_sample=flops_per_sample,
     lightning=lightning,
+    plots=plots,
     extra={"generator_version": GENERATOR_VERSION, "example_inputs": example_inputs,
            "inputs": ("waveform",), "outputs": ("recon", "mu", "logvar")},
 )  # fmt: skip

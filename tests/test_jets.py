@@ -134,7 +134,7 @@ def test_shapes_and_padding_does_not_change_outputs(jets):
     batch = next(jt.batches(jets, 64))
     with torch.no_grad():
         flav, origin = model(batch["tracks"], batch["mask"])
-        assert flav.shape == (64, 3) and origin.shape == (64, 40, 7)
+        assert flav.shape == (64, 3) and origin.shape == (64, 40, 8)  # GN2: 8 track origins
         junk = torch.where(batch["mask"][..., None], batch["tracks"], torch.randn_like(batch["tracks"]) * 5)
         flav2, origin2 = model(junk, batch["mask"])
         empty = torch.zeros_like(batch["mask"])  # a jet with no tracks still gives finite numbers

@@ -1,11 +1,13 @@
 """GN2-style jet flavour tagger: a transformer over a jet's tracks.
 
-Follows ATLAS's GN2 (ATL-PHYS-PUB-2022-027, "Graph Neural Network Jet Flavour Tagging with the ATLAS
-Detector", and its transformer successor in the `salt` framework, github.com/umami-hep/salt):
+Follows ATLAS's GN2 (ATLAS, "Transforming jet flavour tagging at ATLAS", arXiv:2505.19689, trained with
+the `salt` framework, github.com/umami-hep/salt), the transformer successor of GN1 (ATL-PHYS-PUB-2022-027,
+"Graph Neural Network Jet Flavour Tagging with the ATLAS Detector"):
 a per-track initialiser MLP (21 -> 256 -> 256), a 4-layer pre-norm transformer encoder (embedding
 256, 8 heads, feed-forward 512), attention pooling over tracks, a jet flavour head (b / c / light,
-cross-entropy) and an auxiliary track-origin head (7 classes, loss weight 0.5). The `full` preset has
-2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left out here.
+cross-entropy) and an auxiliary track-origin head (GN2's 8 classes, FromTau included; loss weight 0.5).
+The `full` preset has 2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left
+out here (the generator's ``track_vertex`` labels are there for it).
 
 Attention is written out (no nn.MultiheadAttention) so tensor and pipeline parallelism can take it
 apart: each `EncoderLayer` has `norm1`, `attn` (Linear `q_proj`, `k_proj`, `v_proj`, `out_proj`,
@@ -15,14 +17,19 @@ still works), `norm2` and `mlp` (Linear `fc1`, `fc2`); the layers are `model.enc
 (TorchScript and torch.export work, as tested; for serving). `mask` is True for real tracks, False
 for padding.
 
-Metric: light- and c-jet rejection (1 / mistag rate) at 70% b-jet efficiency with
-D_b = ln(p_b / (f_c p_c + (1 - f_c) p_light)), f_c = 0.018, beside the same figures for a cut-based
-track-counting tagger on the same jets (the 2nd-largest signed d0 significance, the classic IP
-baseline). Threshold (tiny preset): light rejection >= 3 x the baseline's. The baseline reaches ~10
-on these jets; a network that only re-learnt the d0 significances would tie it, so 3x shows that it
-combines the tracks (multiplicity, z0, hits, vertex consistency) as GN2 does, which is why GN2 beats
-IP taggers by large factors. The tiny preset reaches 30-60x on ~6,700 test light jets (a rejection of
-~400 is then known to ~20%), so the bar holds for any seed with a wide margin.
+Metric: the b-jet efficiency against light- and c-jet rejection (1 / mistag rate) curves
+(`rejection_curves`, sklearn's roc_curve; `plots` draws them) with D_b = ln(p_b / (f_c p_c + (1 - f_c)
+p_light)), f_c = 0.018, and their values at the 70% b-efficiency working point, beside the same figures for
+a cut-based track-counting tagger (the 2nd-largest signed d0 significance, the classic IP baseline).
+Threshold (tiny preset, absolute, `BARS`): light rejection >= 100 and c rejection >= 4 at 70%
+b-efficiency. Why: GN2 on ATLAS ttbar jets reaches light rejections of several hundred and c rejections
+of order 10-20 at this working point (arXiv:2505.19689, where earlier taggers such as DL1r had roughly
+half); track counting reaches only ~7 and ~3 here, a tagger trained on shuffled labels ~1 and ~1
+(tests/test_physics_jet_transformer.py), so the bar says the network combines the tracks as GN2 does.
+The tiny preset (16k training jets, 4 epochs, a 40k-parameter model) measured over fresh seeds
+(hepml-kit validate jet_transformer --seed S): see TINY_MEASURED below. The c bar is loose because
+c-jets are hard with little data (GN2 itself trains on ~2e8 jets); the light rejection on ~6,700 test
+light jets is known to ~10-20% at 300.
 """
 
 from __future__ import annotations

@@ -101,3 +101,11 @@ def test_tagger_trained_on_shuffled_labels_fails_the_bar():
         torch.set_num_threads(old)
     assert not tb.threshold(m), m
     assert m["light_rejection"] < 0.2 * jt.BARS["light_rejection"], m
+
+
+def test_plots_draw_rejection_curves(tmp_path):
+    cfg = jt.config("tiny")
+    data = jt.generate(cfg, 1500, seed=1508)
+    torch.manual_seed(0)
+    (path,) = jt.TESTBED.plots(jt.build(cfg), data, tmp_path)
+    assert path.name == "jet_transformer_rejection.png" and path.stat().st_size > 10_000

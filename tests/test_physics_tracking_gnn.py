@@ -73,3 +73,11 @@ def test_gnn_trained_on_shuffled_labels_fails_the_bar():
         torch.set_num_threads(old)
     assert not tb.threshold(m), m
     assert m["edge_auc"] < 0.8, m
+
+
+def test_plots_draw_edge_roc_and_efficiency_vs_pt(tmp_path):
+    cfg = gnn.config("tiny")
+    torch.manual_seed(0)
+    paths = gnn.TESTBED.plots(gnn.build(cfg), gnn.generate(cfg, 3, 1606), tmp_path)
+    assert [p.name for p in paths] == ["tracking_gnn_edge_roc.png", "tracking_gnn_efficiency_vs_pt.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)

@@ -106,3 +106,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def test_plots_draw_scores_and_roc_per_kind(tmp_path, one_thread):
+    cfg = wv.config("tiny")
+    data = generate_waveforms(1500, seed=1404, cfg=replace(cfg.data, anomaly_rate=0.2))
+    torch.manual_seed(0)
+    paths = wv.TESTBED.plots(wv.build(cfg), data, tmp_path)
+    assert [p.name for p in paths] == ["waveform_vae_scores.png", "waveform_vae_roc.png"]
+    assert all(p.stat().st_size > 10_000 for p in paths)

@@ -26,14 +26,16 @@ Memory (measured on one H200, bf16 autocast, one training step of ``full`` on on
 pileup 200 (31k hits, 0.29 M edges) 3.6 GiB with checkpointing / 10 GiB without; pileup 400 (1.2 M
 edges) 14 / 39 GiB; pileup 800 (4.5 M edges) 52 GiB / out of memory: the graph must be partitioned.
 
-Physics bar of the tiny preset (`threshold`): edge ROC AUC ≥ 0.95. Why this bar: the graph cuts already
-remove everything a single segment's direction can reject, so what is left must be separated by the
-consistency of neighbouring segments, i.e. by message passing; DeZoort et al. reach AUC > 0.99 with
-6.4k parameters on TrackML at pT > 1 GeV, and the tiny preset (6 epochs on 160 graphs of ~540 edges)
-reaches 0.993-0.997 here over 17 seeds, so 0.95 leaves margin for any seed, while an untrained network
-(AUC ≈ 0.5) or one that only learned the per-edge geometry (``baseline_auc`` in `metrics`, a quadratic
-logistic regression on one edge's features, 0.78-0.82) fails it. Track efficiency (0.92-0.99) and fake
-rate (≤ 2%) are reported beside it.
+Physics bar of the tiny preset (`threshold`, `BARS`): edge ROC AUC >= 0.99, track efficiency >= 0.90 and
+track fake rate <= 5% at the edge cut 0.5. Why: the tiny graph (pile-up 5, edges that may skip one layer so
+that a missed hit does not split a track) holds only ~34% true edges, and a per-edge classifier without
+message passing (``baseline_auc``, a quadratic logistic regression on one edge's features) reaches ~0.92,
+so what the bar asks for beyond the graph cuts must come from the consistency of neighbouring segments
+(shortcut edges that jump a hit the track has are false, and only the neighbours show it). DeZoort et al.
+reach edge AUC > 0.99 with 6.4k parameters on TrackML at pT > 1 GeV, and Exa.TrkX / GNN4ITk report
+track efficiencies above 90% at pT > 1 GeV with fake rates of a few per cent; an untrained network or one
+trained on shuffled labels (AUC ~0.5, tests/test_physics_tracking_gnn.py) fails. Measured over fresh
+seeds with ``hepml-kit validate tracking_gnn --seed S`` (dev VM, 2026-12-06): TINY_MEASURED.
 """
 
 from __future__ import annotations
@@ -100,8 +102,8 @@ class Config:
     @classmethod
     def preset(cls, name: str) -> "Config":
         if name == "tiny":  # a handful of vertices: ~10^3 edges, trains in seconds on a CPU core
-            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=6, max_layer_gap=2),
-                       graph_nodes=932, graph_edges=2_240, name=name)
+            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=5, max_layer_gap=2),
+                       graph_nodes=770, graph_edges=1_710, name=name)
         if name == "small":
             return cls(hidden=64, n_iterations=4, pos_weight=2.0, data=TrackingConfig(pileup=40),
                        graph_nodes=6_210, graph_edges=15_700, name=name)
@@ -463,7 +465,7 @@ def edges_in(batch: dict) -> int:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 160, "epochs": 6, "batch_size": 4, "lr": 3e-3},
+    "tiny": {"events": 96, "epochs": 6, "batch_size": 4, "lr": 3e-3},  # 1.9x the edges of tracking-1.0's 160 x 538
     "small": {"events": 1000, "epochs": 20, "batch_size": 4, "lr": 1e-3},
     "full": {"events": 7800, "epochs": 30, "batch_size": 1, "lr": 1e-3},  # GNN4ITk: 7800 training events
 }

@@ -29,8 +29,9 @@ order ten); the tiny preset's own jets are easier in some ways (an ideal detecto
 the published order of magnitude for light jets and below it for c-jets. Track counting reaches only ~7
 and ~3 here, and a tagger trained on shuffled labels ~1 (tests/test_physics_jet_transformer.py): the bar
 says the network combines the tracks as GN2 does. Measured over fresh seeds with ``hepml-kit validate
-jet_transformer --seed S`` (dev VM, 2026-12-06, seeds 300-303 so far): light rejection 290-940 (mean
-540), c rejection 4.95-5.9 (mean 5.5), track counting 6.8-7.4 and 3.06-3.15; 4 of 4 seeds meet the bar. The light rejection on ~6,700 test light
+jet_transformer --seed S`` (dev VM, 2026-12-06, seeds 300-309): light rejection 290-946 (mean 515,
+sd 234), c rejection 4.9-6.1 (mean 5.4, sd 0.4), track counting 6.5-7.9 and 3.0-3.2; 10 of 10 seeds meet
+the bar. The light rejection on ~6,700 test light
 jets is known to ~10-20% at 300 (a few dozen mistagged jets).
 """
 

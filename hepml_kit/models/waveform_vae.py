@@ -22,12 +22,12 @@ kind must be found by a model that has learnt the normal S2 (whose size, width a
 change with energy and drift time): `BARS` = overall AUC >= 0.80, double_s2 >= 0.62, gas_s2 >= 0.97,
 electron_train >= 0.90, pileup >= 0.65, all at once. An untrained VAE, and any score evaluated against
 shuffled labels (AUC 0.5), fail them (tests/test_physics_waveform_vae.py). Measured with ``hepml-kit
-validate waveform_vae --seed S`` (dev VM, 2026-12-06, seeds 200-206, generator waveforms-1.1): overall AUC
-0.82-0.90 (mean 0.867, sd 0.028), double_s2 0.65-0.78 (0.734), gas_s2 0.992-1.0, electron_train
-0.93-0.99 (0.972), pileup 0.69-0.81 (0.762), efficiency at 1% FPR 0.20-0.46; 7 of 7 seeds meet the bars.
-Two of the seven train less well (normal-pulse MSE twice the others: AUC 0.82-0.84, double_s2 0.65-0.71),
-which is why the bars sit below the typical seed. An AUC on ~120 anomalies of one kind carries a
-statistical error of ~0.02-0.03.
+validate waveform_vae --seed S`` (dev VM, 2026-12-06, seeds 200-209, generator waveforms-1.1): overall AUC
+0.82-0.90 (mean 0.867, sd 0.024), double_s2 0.65-0.78 (mean 0.724, sd 0.038), gas_s2 0.992-1.0,
+electron_train 0.93-0.99 (mean 0.975), pileup 0.69-0.81 (mean 0.766), efficiency at 1% FPR 0.20-0.46;
+10 of 10 seeds meet the bars. Two of the ten train less well (normal-pulse MSE twice the others: AUC
+0.82-0.84, double_s2 0.65-0.71), which is why the bars sit below the typical seed. An AUC on ~120
+anomalies of one kind carries a statistical error of ~0.02-0.03.
 """
 
 from __future__ import annotations

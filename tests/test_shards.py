@@ -209,7 +209,7 @@ def test_other_generator_version_is_refused(jets_copy, tmp_path, monkeypatch):
     import hepml_kit.data.jets as jets
 
     monkeypatch.setattr(jets, "GENERATOR_VERSION", "jets-0.9")
-    with pytest.raises(ShardError, match="manifest.json: written by generator .*'jets-1.0'.*'jets-0.9'"):
+    with pytest.raises(ShardError, match="manifest.json: written by generator .*'jets-1.1'.*'jets-0.9'"):
         ShardSet(jets_copy)  # the whole data set is older than the code
     old = tmp_path / "old"
     write_shards("jet_transformer", 300, 3, old, seed=4, progress=False)  # written by "jets-0.9"
@@ -218,9 +218,9 @@ def test_other_generator_version_is_refused(jets_copy, tmp_path, monkeypatch):
         assert f.attrs["generator_version"] == "jets-0.9"
     manifest = json.loads((jets_copy / "manifest.json").read_text())
     shutil.copy(old / "shard-00000-of-00003.h5", jets_copy / "shard-00000-of-00003.h5")
-    with pytest.raises(ShardError, match="shard-00000-of-00003.h5: generator_version is 'jets-0.9' but .*'jets-1.0'"):
+    with pytest.raises(ShardError, match="shard-00000-of-00003.h5: generator_version is 'jets-0.9' but .*'jets-1.1'"):
         ShardSet(jets_copy)
-    assert manifest["generator_version"] == "jets-1.0" and manifest["generator"] == "hepml_kit.data.jets"
+    assert manifest["generator_version"] == "jets-1.1" and manifest["generator"] == "hepml_kit.data.jets"
 
 
 def test_config_mismatch_and_bad_writes_are_refused(jets_dir, tmp_path):

@@ -43,9 +43,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hepml_kit import models  # noqa: E402
-from hepml_kit.data import ShardDataset, ShardEvents, ShardSet, rank_chunks, write_shards  # noqa: E402
+from hepml_kit.data import (  # noqa: E402
+    ShardDataset,
+    ShardEvents,
+    ShardSet,
+    rank_chunks,
+    write_shards,
+    writer,
+)
 from hepml_kit.data import shards as shards_module  # noqa: E402
-from hepml_kit.data import writer  # noqa: E402
 
 # events per data set (full run, --quick); chosen so each generation takes seconds on 2 cores
 EVENTS = {"tracking_gnn": (400, 100), "waveform_vae": (20_000, 4096), "calo_gan": (20_000, 4096),

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from hepml_kit.batch import sbatch
-from hepml_kit.batch.kernel import install_kernel, kernelspec
+from hepml_kit.batch.kernel import kernelspec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"

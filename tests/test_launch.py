@@ -15,7 +15,6 @@ import torch.distributed as dist
 import hepml_kit as hk
 from hepml_kit.launch.rendezvous import from_slurm
 
-
 # Every process this test session starts inherits this tag, so other programs on the machine (which may run
 # their own ipyparallel clusters) do not disturb the leftover counts.
 TAG = f"hepml-test-{os.getpid()}"

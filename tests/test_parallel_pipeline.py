@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from hepml_kit.parallel.runner import run_strategy
 from hepml_kit.parallel.pipeline import BubbleTimer, bubble_fraction, split_layers
+from hepml_kit.parallel.runner import run_strategy
 
 RUN = dict(steps=3, global_batch=32, lr=0.05, seed=0, micro_batches=4, num_layers=4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)

@@ -3,11 +3,11 @@
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
 from hepml_kit.teach import exercises, lesson

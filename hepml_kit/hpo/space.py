@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Categorical", "Float", "Int", "SearchSpace", "SearchSpaceError"]
 
@@ -153,7 +154,7 @@ class SearchSpace:
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "SearchSpace":
+    def from_dict(cls, spec: Mapping[str, Any]) -> SearchSpace:
         """Build from the plain form: a list is categorical; a dict ``{low, high[, log, step, grid, points]}``
         is `Int` when both bounds are integers, else `Float`; a Float/Int/Categorical passes through."""
         if not isinstance(spec, Mapping):
@@ -208,7 +209,7 @@ class SearchSpace:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
 
-    def subset(self, names) -> "SearchSpace":
+    def subset(self, names) -> SearchSpace:
         missing = [n for n in names if n not in self.params]
         if missing:
             raise SearchSpaceError(f"not in the search space: {missing}; it has {self.names}")

@@ -40,7 +40,7 @@ COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_i
                "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all", "all_to_all_single",
                "all_gather_object", "broadcast_object_list", "gather_object", "scatter_object_list",
                "monitored_barrier")
-_monitor: "RankMonitor | None" = None
+_monitor: RankMonitor | None = None
 
 
 class RankMonitor:
@@ -90,7 +90,7 @@ def start_monitor(bind_host: str = "127.0.0.1") -> int:
     return _monitor.port
 
 
-def monitor() -> "RankMonitor | None":
+def monitor() -> RankMonitor | None:
     return _monitor
 
 

@@ -21,15 +21,15 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 
@@ -49,7 +49,7 @@ _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish 
 _DESYNC_STALL_S = 3.0  # ranks that can never meet, unchanged this long, end the call as a desync
 _WATCH_EVERY_S = 1.0  # how often a running call asks the ranks where they are
 _POLL_S = 0.005
-_live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
+_live_pools: weakref.WeakSet[Workers] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -215,7 +215,7 @@ class Workers:
         self._sent_code: dict[str, str] = {}  # function name -> file, for the ranks' stacks
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         self.start()
         return self
 
@@ -226,7 +226,7 @@ class Workers:
     def started(self) -> bool:
         return self._client is not None
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         """Start the controller and engines (about 5-10 s) and learn each engine's host, pid and GPUs.
 
         A watchdog process (`reaper`) kills them and removes the pool's folders if this process dies

@@ -117,7 +117,7 @@ class HaloPlan:
     send_index: list[torch.Tensor]
     recv_counts: list[int]
 
-    def to(self, device) -> "HaloPlan":
+    def to(self, device) -> HaloPlan:
         return HaloPlan([s.to(device) for s in self.send_index], list(self.recv_counts))
 
 
@@ -160,7 +160,7 @@ class GraphPartition:
     def n_owned_edges(self) -> int:
         return len(self.owned_edges)
 
-    def to(self, device) -> "GraphPartition":
+    def to(self, device) -> GraphPartition:
         move = lambda t: t.to(device)  # noqa: E731
         return GraphPartition(
             self.rank, self.world_size, move(self.x), move(self.edge_attr), move(self.y), move(self.edge_index),

@@ -117,10 +117,11 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
 def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     """`run_strategy` for a `RunSpec` (what `hepml_kit.parallel.driver.train` calls)."""
     from hepml_kit.models import to_device
-    from hepml_kit.parallel import checkpoint, graph_partition as gp
-    from hepml_kit.parallel.hybrid import DataPipelineParallel, ProcessGroups, shard_fsdp_tp
+    from hepml_kit.parallel import checkpoint
+    from hepml_kit.parallel import graph_partition as gp
     from hepml_kit.parallel.ddp import shard_batch
     from hepml_kit.parallel.fsdp import model_state_bytes
+    from hepml_kit.parallel.hybrid import DataPipelineParallel, ProcessGroups, shard_fsdp_tp
     from hepml_kit.profile import StepProfiler
 
     steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
@@ -168,8 +169,9 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     tp_plan = tb.extra.get("tensor_parallel")  # the model file's plan (None: the default block names)
 
     if strategy in ("tensor", "megatron"):
-        from hepml_kit.parallel.tensor import apply_tensor_parallel, megatron_parallelize
         from torch.distributed.device_mesh import init_device_mesh
+
+        from hepml_kit.parallel.tensor import apply_tensor_parallel, megatron_parallelize
 
         if strategy == "tensor":
             apply_tensor_parallel(model, init_device_mesh(device.type, (world,)), tp_plan)

@@ -12,8 +12,9 @@ import os
 import shutil
 import tempfile
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 SCALES = ("tiny", "small", "full")
 RECORD_ENV = "HEPML_KIT_RECORD"  # set by `hepml-kit curriculum run`: where `record` appends JSON lines

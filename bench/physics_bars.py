@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hepml_kit.models import names
+from hepml_kit.models import names  # noqa: E402  (needs the repository root on sys.path first)
 
 HEPML_KIT = Path(sys.executable).with_name("hepml-kit")
 BOOKKEEPING = {"train_events", "test_events", "epochs", "seed", "generate_s", "train_s", "metrics_s"}

@@ -263,9 +263,9 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
     outs = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [o[1][-2000:] for o in outs]
     lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
-    assert [l.split()[1] for l in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
-    assert all("world=4" in l and "sum=4.0" in l for l in lines)
-    assert {l.split()[3] for l in lines} == {"node=0", "node=1"}
+    assert [line.split()[1] for line in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
+    assert all("world=4" in line and "sum=4.0" in line for line in lines)
+    assert {line.split()[3] for line in lines} == {"node=0", "node=1"}
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ def _assert_params(got, want, exact):
         if exact:
             assert torch.equal(got[name], want[name]), f"{name} differs after resuming"
         else:
-            assert_close(got[name], want[name], **TOL, msg=lambda m: f"{name}: {m}")
+            assert_close(got[name], want[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])

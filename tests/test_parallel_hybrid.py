@@ -65,7 +65,7 @@ def test_fsdp_times_tensor_parallel_equals_single_process(pool4):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, want in reference["params"].items():
-            assert_close(r["params"][name], want, **TOL, msg=lambda m: f"{name} after 2 steps: {m}")
+            assert_close(r["params"][name], want, **TOL, msg=lambda m, name=name: f"{name} after 2 steps: {m}")
     # sharded twice (tp slice, then dp shard): each rank keeps well under half of the parameters
     assert ranks[0]["state_bytes"]["params"] < 0.5 * reference["state_bytes"]["params"]
 
@@ -80,4 +80,4 @@ def test_data_times_pipeline_equals_single_process(pool4):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, got in r["params"].items():
-            assert_close(got, reference["params"][name], **TOL, msg=lambda m: f"{name} after 2 steps: {m}")
+            assert_close(got, reference["params"][name], **TOL, msg=lambda m, name=name: f"{name} after 2 steps: {m}")

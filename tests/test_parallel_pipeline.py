@@ -55,9 +55,9 @@ def test_pipeline_equals_single_process(pool, reference, schedule):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, got in r["grads"].items():
-            assert_close(got, reference["grads"][name], **TOL, msg=lambda m: f"gradient of {name}: {m}")
+            assert_close(got, reference["grads"][name], **TOL, msg=lambda m, name=name: f"gradient of {name}: {m}")
         for name, got in r["params"].items():
-            assert_close(got, reference["params"][name], **TOL, msg=lambda m: f"{name} after 3 steps: {m}")
+            assert_close(got, reference["params"][name], **TOL, msg=lambda m, name=name: f"{name} after 3 steps: {m}")
         assert r["bubble_formula"] == pytest.approx(1 / 5)
         assert 0.0 <= r["measured_idle"] <= 1.0
     # each stage holds about half of the model's state
@@ -98,4 +98,4 @@ def test_pipeline_checkpoint_resumes_bitwise_and_in_one_process(pool, tmp_path):
     assert_close(torch.tensor(single["losses"]), torch.tensor(full[0]["losses"][2:]), **LOSS_TOL)
     for r in full:
         for name, want in r["params"].items():
-            assert_close(single["params"][name], want, **TOL, msg=lambda m: f"{name}: {m}")
+            assert_close(single["params"][name], want, **TOL, msg=lambda m, name=name: f"{name}: {m}")

@@ -157,7 +157,9 @@ def test_environment_yml_installs_what_pyproject_names():
     all_extras = {x for e in extras["all"] for x in e.split("[")[1].rstrip("]").split(",")}
     assert all_extras == {k for k in extras if k not in ("all", "mpi")}, \
         "the 'all' extra must include every other extra (but mpi, see pyproject.toml)"
-    names = lambda reqs: {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
+    def names(reqs):
+        return {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
+
     declared = names(pyproject["project"]["dependencies"]) | {n for k in extras if k != "all" for n in names(extras[k])}
     others = names(conda) - {"python", "pip"}
     assert others <= declared, f"environment.yml names packages pyproject.toml does not: {others - declared}"

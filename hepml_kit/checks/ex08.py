@@ -83,7 +83,7 @@ def ex08_pad_jets(pad_jets) -> None:
     except Exception as err:  # noqa: BLE001 - tell the learner what was raised instead
         raise CheckFailed(
             f"a jet with too many tracks should raise ValueError, got {type(err).__name__}: {err}"
-        )
+        ) from err
     else:
         raise CheckFailed(
             f"a jet with {_T + 2} tracks and max_tracks={_T} must raise ValueError (silently "

@@ -354,7 +354,7 @@ class ShardSet:
                 if ds.dtype.str != spec["dtype"]:
                     raise ShardError(f"{path}: {key} has dtype {ds.dtype.str}, the manifest says {spec['dtype']}")
                 if ragged:
-                    off = self.checked(k, lambda: f[key]["offsets"][:], key)
+                    off = self.checked(k, lambda key=key: f[key]["offsets"][:], key)
                     if len(off) != n + 1 or off[0] != 0 or off[-1] != rows or np.any(np.diff(off) < 0):
                         raise ShardError(f"{path}: {key}/offsets do not describe {n} events over {rows} values")
                     self._offsets[(k, key)] = off
@@ -475,9 +475,9 @@ def _read_plain(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
         if shards.is_ragged(key):
             off = shards.offsets(k, key)
             lo, hi = int(off[a]), int(off[b])
-            out[key] = (shards.checked(k, lambda: ds[lo:hi], f"{key}[{a}:{b}]"), off[a : b + 1] - lo)
+            out[key] = (shards.checked(k, lambda ds=ds, lo=lo, hi=hi: ds[lo:hi], f"{key}[{a}:{b}]"), off[a : b + 1] - lo)
         else:
-            out[key] = shards.checked(k, lambda: ds[a:b], f"{key}[{a}:{b}]")
+            out[key] = shards.checked(k, lambda ds=ds: ds[a:b], f"{key}[{a}:{b}]")
     return out
 
 
@@ -519,7 +519,7 @@ def _read_into_slab(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
         if shape[0]:
             file_space = ds.id.get_space()
             file_space.select_hyperslab((lo,) + (0,) * (len(shape) - 1), shape)
-            shards.checked(k, lambda: ds.id.read(h5py.h5s.create_simple(shape), file_space, rows), f"{key}[{a}:{b}]")
+            shards.checked(k, lambda ds=ds, shape=shape, file_space=file_space, rows=rows: ds.id.read(h5py.h5s.create_simple(shape), file_space, rows), f"{key}[{a}:{b}]")
         out[key] = rows if local is None else (rows, local)
     return out
 

@@ -49,7 +49,7 @@ def _infer_schema(data, cfg) -> tuple[str, int, dict]:
         if not data or not all(isinstance(ev, dict) for ev in data):
             raise TypeError("an 'events' data set must be a non-empty list of dicts of arrays")
         schema = {}
-        for key, first in data[0].items():
+        for key in data[0]:
             values = [np.asarray(ev[key]) for ev in data]
             if any(v.dtype != values[0].dtype or v.ndim != values[0].ndim for v in values):
                 raise TypeError(f"entry {key!r} changes dtype or rank between events")

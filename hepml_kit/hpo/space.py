@@ -85,7 +85,10 @@ class Int:
         out += _range_problems(name, self.low, self.high, self.log, self.step, self.points)
         if self.log and self.step != 1:
             out.append(f"{name}: a log-spaced Int must have step 1 (Optuna and Ray both require it)")
-        on_step = lambda v: isinstance(v, int) and self.low <= v <= self.high and (v - self.low) % self.step == 0
+
+        def on_step(v):
+            return isinstance(v, int) and self.low <= v <= self.high and (v - self.low) % self.step == 0
+
         out += _grid_problems(name, self.grid, on_step)
         return out
 

@@ -203,7 +203,8 @@ def test_sigkill_during_save_keeps_old_or_new_checkpoint(tmp_path):
             step = checkpoint.load(path, loaded)["step"]  # (warns if the kill came between the two renames)
             assert step >= last_done, fraction  # never older than the last complete save ...
             for name, p in loaded.named_parameters():  # ... and one complete state, not a mix
-                assert torch.all(p == step), f"{name} holds values of another save than step {step} ({fraction})"
+                assert torch.all(p
+                                 == step), f"{name} holds values of another save than step {step} ({fraction})"
     finally:
         saver.kill()
         saver.wait()

@@ -1,4 +1,5 @@
-"""Planted faults on 2 CPU ranks (issue 16): each report names the right rank(s) and collective within a stated
+"""Planted faults on 2 CPU ranks (issue 16): each report names the right rank(s) and collective within a
+stated
 time, and nothing is left running afterwards; per-rank inspection; the fork guard."""
 
 import os

@@ -124,7 +124,8 @@ def _late_store_use_on_rank_1():
 
 def test_ranks_leave_together_so_rank_0_keeps_the_store_for_slower_peers(pool):
     # Without the leave-together step rank 0 tore the store down on return, and a slower peer still connecting
-    # (seen as gloo "connectFullMesh failed ... Connection closed by peer" under mpiexec) or still using it failed.
+    # (seen as gloo "connectFullMesh failed ... Connection closed by peer" under mpiexec) or still using
+    # it failed.
     assert pool.run(_late_store_use_on_rank_1, timeout=60) == ["early", "1"]
 
 
@@ -225,8 +226,8 @@ def test_cli_launch_runs_a_script_under_torchrun(tmp_path):
         dist.destroy_process_group()
     """))
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
-    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello", str(tmp_path)], capture_output=True,
-                         text=True, timeout=180)
+    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello", str(tmp_path)],
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     assert lines == ["RESULT rank=0 sum=3.0 arg=hello", "RESULT rank=1 sum=3.0 arg=hello"]
@@ -258,7 +259,8 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([exe, "launch", "--nprocs", "2", "--nnodes", "2", "--node-rank", str(i),
-                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}", str(script), str(tmp_path)],
+                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}",
+                               str(script), str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [o[1][-2000:] for o in outs]
@@ -270,14 +272,16 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
 
 @pytest.fixture(scope="module")
 def mpi_site(tmp_path_factory):
-    """Open MPI (Debian's openmpi-bin) and mpi4py for the engines only: mpi4py goes to a folder of its own that
+    """Open MPI (Debian's openmpi-bin) and mpi4py for the engines only: mpi4py goes to a folder of its own
+    that
     only the engines see (PYTHONPATH), as an MPI site module would; see pyproject.toml's `mpi` extra."""
     import shutil
 
     if not shutil.which("mpiexec"):
         out = subprocess.run(["bash", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                               "--no-install-recommends openmpi-bin >/dev/null || (apt-get update -qq && "
-                              "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin)"],
+                              "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                              "--no-install-recommends openmpi-bin)"],
                              capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not shutil.which("mpiexec"):
             pytest.fail(f"could not install Open MPI (openmpi-bin): {out.stderr[-1000:]}")

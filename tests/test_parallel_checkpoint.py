@@ -162,7 +162,8 @@ def test_sharded_save_is_atomic_checksummed_and_verified_by_all_ranks(pool, tmp_
     assert files0 == files1 == [".metadata", "__0_0.distcp", "__1_0.distcp", checkpoint.MANIFEST]
     assert step0 == step1 == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # renamed into place, nothing left beside
-    # a flipped bit in a file that only one rank checks (the ranks split the files): every rank raises, naming it
+    # a flipped bit in a file that only one rank checks (the ranks split the files): every rank raises,
+    # naming it
     results = pool.run(_sharded_save_flip_load, str(path), "__1_0.distcp")
     for _, message in results:
         assert f"{path / '__1_0.distcp'} is damaged" in message

@@ -67,7 +67,8 @@ def test_dtensor_tensor_parallel_equals_single_process(pool, reference):
         for name, want in reference["grads"].items():
             assert_close(r["grads"][name], want, **TOL, msg=lambda m, name=name: f"gradient of {name}: {m}")
         for name, want in reference["params"].items():
-            assert_close(r["params"][name], want, **TOL, msg=lambda m, name=name: f"{name} after 3 steps: {m}")
+            assert_close(r["params"][name], want, **TOL,
+                         msg=lambda m, name=name: f"{name} after 3 steps: {m}")
     # each rank holds half of every split matrix: its parameter bytes are well below the full model's
     assert ranks[0]["state_bytes"]["params"] < 0.75 * reference["state_bytes"]["params"]
     # the comparison can fail: three steps moved the parameters far beyond the tolerance

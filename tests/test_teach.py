@@ -82,7 +82,8 @@ def test_every_lesson_follows_the_conventions():
     for path in sorted((ROOT / "curriculum").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell is not tagged parameters"
+        assert "parameters" in code[0].metadata.get("tags",
+                                                    []), f"{path.name}: first code cell is not tagged parameters"
         assert "SCALE" in code[0].source, f"{path.name}: parameters cell lacks SCALE"
         assert "validate_parameters" in code[1].source, f"{path.name}: second code cell must validate the parameters"
         head = nb.cells[0].source.lower()
@@ -128,7 +129,8 @@ def test_record_appends_to_the_run_file(tmp_path, monkeypatch, capsys):
 def test_runner_writes_summary_and_names_failing_lesson(tmp_path):
     folder = tmp_path / "curriculum"
     folder.mkdir()
-    _notebook(folder / "00_ok.ipynb", "from hepml_kit.teach import lesson\nlesson.record('answer', 42, goal='>= 40')")
+    _notebook(folder / "00_ok.ipynb",
+              "from hepml_kit.teach import lesson\nlesson.record('answer', 42, goal='>= 40')")
     _notebook(folder / "01_broken.ipynb", "raise RuntimeError('lesson bug')")
     results = run_curriculum(folder, tmp_path / "build", "tiny", log=lambda m: None)
     assert [r.ok for r in results] == [True, False]
@@ -141,8 +143,8 @@ def test_bad_papermill_parameter_stops_the_lesson(tmp_path):
     import papermill as pm
 
     nb = _notebook(tmp_path / "x.ipynb", "from hepml_kit.teach import lesson\n"
-                   "lesson.validate_parameters(globals(), SCALE=lesson.choice('tiny'), SEED=lesson.integer(0))\n"
-                   "print('heavy work')")
+                   "lesson.validate_parameters(globals(), SCALE=lesson.choice('tiny'), "
+                   "SEED=lesson.integer(0))\nprint('heavy work')")
     with pytest.raises(pm.PapermillExecutionError, match="NPROC: not a parameter"):
         pm.execute_notebook(str(nb), str(tmp_path / "o.ipynb"), parameters={"NPROC": 4}, progress_bar=False)
 

@@ -49,9 +49,11 @@ class RootStream(torch.utils.data.IterableDataset):
         self.files, self.tree, self.cut = [str(f) for f in files], tree, cut
         self.batch_size, self.chunk_events, self.shuffle, self.seed = int(batch_size), int(chunk_events), shuffle, seed
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None else int(world_size))
+        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None
+                                                                          else int(world_size))
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size; got rank={self.rank}, world_size={self.world_size}")
+            raise ValueError(f"need 0 <= rank < world_size; got rank={self.rank}, "
+                             f"world_size={self.world_size}")
         self.drop_last, self.epoch, self._chunks = drop_last, 0, []
         for path in self.files:  # check every file now: a bad one is named before any rank starts reading
             if not os.path.isfile(path):
@@ -64,8 +66,8 @@ class RootStream(torch.utils.data.IterableDataset):
                 raise ConvertError(f"{path}: cannot read tree {tree!r} ({_why(e)}); check --tree and the file") from None
             missing = [b for b in branches or [] if b not in known]
             if missing:
-                raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; its "
-                                   f"branches are {', '.join(known)}")
+                raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; "
+                                   f"its branches are {', '.join(known)}")
             self.branches = branches or known
             self._chunks += [(path, a, min(a + self.chunk_events, n)) for a in range(0, n, self.chunk_events)]
 

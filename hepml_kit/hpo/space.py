@@ -285,7 +285,8 @@ def _range_problems(name, low, high, log, step, points) -> list[str]:
     if step is not None and (not step > 0 or (high - low) < step):
         out.append(f"{name}: step {step} must be > 0 and fit in [{low}, {high}]")
     if not (isinstance(points, int) and points >= 1):
-        out.append(f"{name}: points (grid values when no grid is given) must be an integer >= 1, got {points!r}")
+        out.append(f"{name}: points (grid values when no grid is given) must be an "
+                   f"integer >= 1, got {points!r}")
     return out
 
 

@@ -37,9 +37,9 @@ __all__ = ["RankMonitor", "ask", "code_files", "collective_summary", "find_desyn
 
 # collectives on a group, and the index of their `group` parameter (found once from the signature)
 COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_into_tensor", "reduce",
-               "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all", "all_to_all_single",
-               "all_gather_object", "broadcast_object_list", "gather_object", "scatter_object_list",
-               "monitored_barrier")
+               "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all",
+               "all_to_all_single", "all_gather_object", "broadcast_object_list", "gather_object",
+               "scatter_object_list", "monitored_barrier")
 _monitor: RankMonitor | None = None
 
 
@@ -78,7 +78,8 @@ class RankMonitor:
 
     def describe(self) -> dict:
         phase, op, seq, shapes, since = self.state
-        return {"phase": phase, "op": op, "seq": seq, "shapes": shapes, "for_s": round(time.time() - since, 1)}
+        return {"phase": phase, "op": op, "seq": seq, "shapes": shapes,
+                "for_s": round(time.time() - since, 1)}
 
 
 def start_monitor(bind_host: str = "127.0.0.1") -> int:
@@ -287,8 +288,8 @@ def find_desync(states: dict[int, dict | None]) -> str | None:
     returned = [r for r, s in known.items() if s["phase"] == "returned"]
     if returned:
         r0, s0 = next(iter(waiting.items()))
-        return (f"rank(s) {', '.join(map(str, returned))} returned from the function while rank {r0} waits in "
-                f"{s0['op']} #{s0['seq']}: a rank skipped a collective")
+        return (f"rank(s) {', '.join(map(str, returned))} returned from the function "
+                f"while rank {r0} waits in {s0['op']} #{s0['seq']}: a rank skipped a collective")
     if len(waiting) == len(states):
         prints = {(s["op"], s["seq"], json.dumps(s["shapes"])) for s in waiting.values()}
         if len(prints) > 1:

@@ -185,8 +185,9 @@ class Workers:
     ``with Workers(n=2) as w: w.run(fn, *args)`` returns ``fn``'s return values in rank order.
     """
 
-    def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto", start_timeout: float = 120.0,
-                 check_collectives: bool = False, diagnostics: bool = True, **cluster_kwargs):
+    def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto",
+                 start_timeout: float = 120.0, check_collectives: bool = False, diagnostics: bool = True,
+                 **cluster_kwargs):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
         if engines not in ENGINE_KINDS:
@@ -196,8 +197,8 @@ class Workers:
         if device == "cuda" and engines == "local":
             gpus = _local_gpu_count()
             if n > gpus:
-                raise ValueError(f"asked for {n} GPU ranks but this machine has {gpus} GPU(s); use n <= {gpus} "
-                                 "or device='cpu'")
+                raise ValueError(f"asked for {n} GPU ranks but this machine has {gpus} "
+                                 f"GPU(s); use n <= {gpus} or device='cpu'")
         self.n, self.engines_kind, self.device = n, engines, device
         self.start_timeout = start_timeout
         self.check_collectives = bool(check_collectives)
@@ -247,7 +248,8 @@ class Workers:
         # two local engines take ~6.5 s to register, a 0.5 s period ~2.5 s (measured on 2 cores).
         period_ms = 500 if self.engines_kind == "local" else 1000
         kwargs = dict(n=self.n, engines=self.engines_kind, profile_dir=self._profile_dir, log_level=40,
-                      engine_timeout=int(self.start_timeout), controller_args=[f"--HeartMonitor.period={period_ms}"])
+                      engine_timeout=int(self.start_timeout),
+                      controller_args=[f"--HeartMonitor.period={period_ms}"])
         if self.engines_kind != "local":
             kwargs.update(controller_ip="*", controller_location=_routable())
         if self.engines_kind == "pbs" or (self.engines_kind == "mpi" and "PBS_JOBID" in os.environ):
@@ -284,7 +286,8 @@ class Workers:
                 os.environ[TAG_VARIABLE] = before
         # ranks: grouped by host (so local ranks are contiguous), engine id within a host
         self._engines = sorted(
-            (_Engine(eid, p["host"], p["pid"], p["gpus"], tuple(p["helpers"]), p["port"]) for eid, p in probed.items()),
+            (_Engine(eid, p["host"], p["pid"], p["gpus"], tuple(p["helpers"]),
+                     p["port"]) for eid, p in probed.items()),
             key=lambda e: (e.host != probed[ids[0]]["host"], e.host, e.engine_id),
         )
         for proc in self._local_engine_processes():
@@ -329,7 +332,8 @@ class Workers:
             except Exception:
                 pass
         if not (fast and local):
-            self._terminate(procs)  # engines first (ipyparallel's own stop waits on each in turn): ~1 s not ~5 s
+            # engines first (ipyparallel's own stop waits on each in turn): ~1 s not ~5 s
+            self._terminate(procs)
         if cluster is not None:
             try:
                 cluster.stop_cluster_sync()
@@ -416,7 +420,8 @@ class Workers:
             return "nccl"
         return "gloo"
 
-    def run(self, fn: Callable, *args, timeout: float = 600.0, quiet: bool = False, ranks=None, **kwargs) -> list:
+    def run(self, fn: Callable, *args, timeout: float = 600.0, quiet: bool = False, ranks=None,
+            **kwargs) -> list:
         """Run ``fn(*args, **kwargs)`` on every rank; return the results in rank order.
 
         Raises `WorkerError` naming the failing rank(s) with their tracebacks if any rank raises or dies, if
@@ -453,7 +458,8 @@ class Workers:
             chosen = sorted(set(ranks))
         except TypeError:
             chosen = None
-        if not chosen or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < self.n for r in chosen):
+        if not chosen or not all(isinstance(r, int) and not isinstance(r, bool)
+                                 and 0 <= r < self.n for r in chosen):
             raise ValueError(f"ranks must be a non-empty list of ranks in 0..{self.n - 1}, got {ranks!r}")
         return chosen
 
@@ -472,7 +478,8 @@ class Workers:
             lines.append(f"--- rank {rank} stack (most recent call last) ---\n{stack}")
         return "\n".join(lines)
 
-    def _ask(self, ranks: list[int] | range, what: str = "state", timeout: float = 2.0) -> dict[int, dict | None]:
+    def _ask(self, ranks: list[int] | range, what: str = "state",
+             timeout: float = 2.0) -> dict[int, dict | None]:
         from concurrent.futures import ThreadPoolExecutor
 
         local = self.engines_kind == "local"
@@ -528,11 +535,13 @@ class Workers:
                 now = time.monotonic()
                 if pending and first_failure_at and now - first_failure_at > _ERROR_GRACE_S:
                     diagnosis = self._diagnose(sorted(pending)) if ranks is None else ""
-                    note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were still waiting (probably in a "
-                            f"collective on a failed rank) and were stopped{restarted}")
+                    note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were "
+                            "still waiting (probably in a collective on a failed rank) "
+                            f"and were stopped{restarted}")
                     if engine_died and not self.check_collectives and "is in " in diagnosis:
-                        note += ("; a rank that crashes in a collective may have been passed other shapes than "
-                                 "its peers: Workers(check_collectives=True) names them")
+                        note += ("; a rank that crashes in a collective may have been "
+                                 "passed other shapes than its peers: Workers(check_collectives=True) names "
+                                 "them")
                     break
                 if pending and now > deadline:
                     diagnosis = self._diagnose(range(self.n) if ranks is None else ranks)
@@ -545,7 +554,8 @@ class Workers:
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)
                     key = (why, tuple(sorted((r, _state_key(s)) for r, s in states.items())))
-                    desync, desync_since = (key, desync_since if key == desync else now) if why else (None, None)
+                    desync, desync_since = (key,
+                                            desync_since if key == desync else now) if why else (None, None)
                     if why and now - desync_since >= _DESYNC_STALL_S:
                         diagnosis = self._diagnose(range(self.n))
                         for rank in range(self.n):

@@ -274,7 +274,8 @@ class PipelineParallel:
         pipeline); gradients accumulate in ``module``'s parameters. Returns the mean micro-batch loss."""
         batch_size = len(next(v for v in batch.values() if torch.is_tensor(v)))
         if batch_size % self.n_microbatches:
-            raise ValueError(f"batch of {batch_size} does not split into {self.n_microbatches} equal micro-batches")
+            raise ValueError(f"batch of {batch_size} does not split into "
+                             f"{self.n_microbatches} equal micro-batches")
         self._batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if self.timer:
             self.timer.reset()
@@ -286,15 +287,16 @@ class PipelineParallel:
             self._run_schedule(batch_size, losses)
         self.last_step_seconds = time.perf_counter() - t0
         mean = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=self.device)
-        src = dist.get_global_rank(self.group, self.n_stages - 1) if self.group is not None else self.n_stages - 1
+        src = dist.get_global_rank(self.group,
+                                   self.n_stages - 1) if self.group is not None else self.n_stages - 1
         dist.broadcast(mean, src=src, group=self.group)  # every rank reports the same loss
         self._batch = None
         return float(mean)
 
     def _run_schedule(self, batch_size: int, losses: list) -> None:
         if self.is_first and self.is_last:
-            self.schedule.step(*self.recipe.inputs(self._batch), target=torch.arange(batch_size, device=self.device),
-                               losses=losses)
+            self.schedule.step(*self.recipe.inputs(self._batch),
+                               target=torch.arange(batch_size, device=self.device), losses=losses)
         elif self.is_first:
             self.schedule.step(*self.recipe.inputs(self._batch))
         elif self.is_last:

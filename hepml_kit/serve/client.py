@@ -63,7 +63,7 @@ class ServiceClient:
             self._client = self._module.InferenceServerClient(url)
         self._timeout_s = timeout_s
 
-    # --- health -------------------------------------------------------------------------------------------------
+    # --- health ---------------------------------------------------------------------------------------------
     def is_ready(self, models: list[str] = ()) -> bool:
         """Server live and ready, and every named model ready (False, not an error, while it is starting)."""
         try:
@@ -95,7 +95,7 @@ class ServiceClient:
         except Exception as err:  # noqa: BLE001 - refusals and network errors alike become ServiceError
             raise self._error(err, model) from None
 
-    # --- inference ---------------------------------------------------------------------------------------------
+    # --- inference ------------------------------------------------------------------------------------------
     def prepare(self, inputs: dict[str, np.ndarray]) -> list:
         """Serialise a request once (tritonclient `InferInput`s), to send it many times with `send`."""
         request = []
@@ -132,7 +132,7 @@ class ServiceClient:
             f"{self.protocol} request to model {model!r} failed ({status}): {message}", str(status)
         )
 
-    # --- lifecycle ---------------------------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
         self._client.close()
 

@@ -1,8 +1,8 @@
 """A real NVIDIA Triton Inference Server in front of PyTorch models, started from a notebook with PyTriton.
 
 PyTriton (`nvidia-pytriton`) ships the Triton server binary; our inference function runs in this Python
-process and Triton's Python-backend stub forwards each (dynamically batched) execution to it. Clients speak the
-KServe v2 protocol over HTTP or gRPC (`client.py`), exactly as to the Triton container (`export.py`).
+process and Triton's Python-backend stub forwards each (dynamically batched) execution to it. Clients speak
+the KServe v2 protocol over HTTP or gRPC (`client.py`), exactly as to the Triton container (`export.py`).
 
 What this module adds to PyTriton, for teaching and for tests:
 
@@ -140,7 +140,8 @@ class ServedModel:
 
 def model_limits(model: ServedModel, max_request_bytes: int = 64 << 20) -> ModelLimits:
     """What the guard lets through to `model`: its inputs' datatypes and per-sample shapes, its
-    `max_batch_size`, and a request size of at most a full batch (`max_request_bytes` if a dimension is free)."""
+    `max_batch_size`, and a request size of at most a full batch (`max_request_bytes` if a dimension is
+    free)."""
     full_batch = 0
     for s in model.inputs:
         per_sample = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
@@ -417,7 +418,7 @@ class InferenceServer:
     def url(self, protocol: str = "http") -> str:
         return {"http": self.http_url, "grpc": self.grpc_url}[protocol]
 
-    # --- lifecycle -------------------------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> InferenceServer:
         """Start Triton (behind the guard), bind the models, return once the server and every model are ready;
         then watch it (`status`)."""
@@ -509,7 +510,7 @@ class InferenceServer:
         """None while Triton serves; otherwise why not (the guard answers 503 with this)."""
         return None if self._state == "running" else f"the Triton server is {self.status}"
 
-    # --- liveness --------------------------------------------------------------------------------------------
+    # --- liveness -------------------------------------------------------------------------------------------
     @property
     def status(self) -> str:
         """What the server is doing now, checked, not assumed: ``running``, ``starting``, ``stopped``,
@@ -645,7 +646,7 @@ class InferenceServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # --- introspection ---------------------------------------------------------------------------------------
+    # --- introspection --------------------------------------------------------------------------------------
     def stats(self, model: str) -> dict:
         """Executions, requests and samples the model has run since start (or `reset_stats`)."""
         return self._stats[model].snapshot()

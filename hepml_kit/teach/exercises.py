@@ -18,7 +18,8 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["ExerciseError", "build", "check", "exercise_from_solution", "strip_outputs", "notebooks_with_outputs"]
+__all__ = ["ExerciseError", "build", "check", "exercise_from_solution", "strip_outputs",
+           "notebooks_with_outputs"]
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION\b.*$")
 END = re.compile(r"^[ \t]*# END SOLUTION\b.*$")
@@ -155,7 +156,8 @@ def run_cli(action: str, check_only: bool = False) -> int:
                 print("exercises/ is out of date: run `hepml-kit exercises build`")
             if problems or outputs:
                 return 1
-            print(f"exercises in sync with solutions ({len(list(Path('solutions').glob('*.ipynb')))} notebooks), no outputs")
+            print(f"exercises in sync with solutions ({len(list(Path('solutions').glob('*.ipynb')))} "
+                  "notebooks), no outputs")
             return 0
         written = build()
         print("\n".join(f"wrote {p}" for p in written) or "exercises already up to date")

@@ -70,7 +70,8 @@ SITES = {
         activate="module load pytorch   # or: module load conda; conda activate $SCRATCH/envs/hepml-kit",
         jupyter_kernels="$HOME/.local/share/jupyter/kernels (NERSC JupyterHub, jupyter.nersc.gov)",
         hostnames=r"(?!)",  # NERSC sets NERSC_HOST=perlmutter on every node: no host-name guessing
-        sources="docs.nersc.gov: Perlmutter architecture, Running jobs, Using Python/PyTorch, Jupyter kernels"),
+        sources="docs.nersc.gov: Perlmutter architecture, Running jobs, Using "
+                "Python/PyTorch, Jupyter kernels"),
     "polaris": Site(
         name="polaris", facility="ALCF", scheduler="pbs", launcher="mpiexec", gpus_per_node=4,
         gpu="NVIDIA A100 SXM4 40 GB (NVLink 3)", cpu="1x AMD EPYC 7543P (32 cores)",

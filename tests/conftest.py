@@ -76,7 +76,8 @@ FP32_TOL = dict(rtol=1e-5, atol=1e-6)
 
 @pytest.fixture(scope="session")
 def jet_reference():
-    """`train_strategy("single", micro_batches=2)` on one thread, with first-step gradients (computed once)."""
+    """`train_strategy("single", micro_batches=2)` on one thread, with first-step gradients (computed
+    once)."""
     import torch
 
     from hepml_kit.parallel.compare import train_strategy

@@ -52,7 +52,8 @@ def test_dry_run_quotes_hostile_values(tmp_path):
                           text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     script = out.stdout
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script and "#SBATCH --constraint=gpu" in script
+    assert ("#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
+            and "#SBATCH --constraint=gpu" in script)
     assert "IPP_NONINTERACTIVE=1" in script and "--log-output" in script and "--execution-timeout" in script
     # run the script's shell with papermill stubbed: the hostile value must stay data
     stub = tmp_path / "bin"

@@ -17,7 +17,8 @@ from hepml_kit.teach import lesson
 
 ROOT = Path(__file__).resolve().parents[1]
 EXE = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
-LESSONS = sorted((ROOT / "curriculum").glob("[0-9]*.ipynb")) + [ROOT / "curriculum" / "batch" / "hello_batch.ipynb"]
+LESSONS = (sorted((ROOT / "curriculum").glob("[0-9]*.ipynb"))
+           + [ROOT / "curriculum" / "batch" / "hello_batch.ipynb"])
 
 
 def _batch(*args, cwd=ROOT):
@@ -31,7 +32,8 @@ def test_papermill_sees_every_name_of_the_parameters_cell(nb):
     src = next("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
     declared = {t.id for n in ast.parse(src).body if isinstance(n, ast.Assign) for t in n.targets
                 if isinstance(t, ast.Name)}
-    assert declared and declared <= set(pm.inspect_notebook(str(nb))), f"papermill misses {declared - set(pm.inspect_notebook(str(nb)))}"
+    assert declared and declared <= set(pm.inspect_notebook(str(nb))), \
+        f"papermill misses {declared - set(pm.inspect_notebook(str(nb)))}"
 
 
 @pytest.mark.parametrize("value, match",
@@ -110,7 +112,8 @@ def test_render_checks_values_in_process():
 
 @pytest.mark.parametrize("nb", LESSONS, ids=lambda p: p.name)
 def test_every_lesson_renders_with_its_defaults_from_elsewhere(nb, tmp_path, monkeypatch):
-    """Each lesson's validation cell evaluates in-process with its own defaults, from any working directory."""
+    """Each lesson's validation cell evaluates in-process with its own defaults, from any working
+    directory."""
     monkeypatch.chdir(tmp_path)
     script = sbatch.render_sbatch(BatchJob(notebook=str(nb), out_dir=str(tmp_path)), tmp_path / "job")
     assert f"--cwd {nb.parent}" in script

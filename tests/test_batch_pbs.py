@@ -157,7 +157,8 @@ def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     host = socket.gethostname()
     assert sorted(p.read_text() for p in tmp_path.glob("rank*.txt")) == [
-        f"RANK={r} WORLD_SIZE=2 LOCAL_RANK={r} LOCAL_WORLD_SIZE=2 MASTER_ADDR={host} backend=gloo sum=3" for r in (0, 1)]
+        f"RANK={r} WORLD_SIZE=2 LOCAL_RANK={r} LOCAL_WORLD_SIZE=2 "
+        f"MASTER_ADDR={host} backend=gloo sum=3" for r in (0, 1)]
 
 
 def test_mpiexec_command_uses_pals_flags(tmp_path, monkeypatch):

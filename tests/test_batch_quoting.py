@@ -58,7 +58,8 @@ def test_hostile_image_is_refused_naming_the_option(tmp_path, container):
     nb = _notebook(tmp_path / "nb.ipynb")
     out = subprocess.run([EXE, "batch", str(nb), "--image", f"img; touch {tmp_path}/pwned",
                           "--container", container, "--dry-run"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--image" in out.stderr and "not allowed" in out.stderr, out.stdout + out.stderr
+    assert out.returncode == 2 and "--image" in out.stderr and "not allowed" in out.stderr, \
+        out.stdout + out.stderr
     assert not (tmp_path / "pwned").exists()
 
 
@@ -68,7 +69,8 @@ def test_image_and_pwd_are_single_words(tmp_path, container):
                      container=container, gpus_per_node=4)
     line = next(x for x in script.splitlines() if "papermill -k" in x)
     words = shlex.split(line)
-    assert "registry.nersc.gov/das/hepml-kit:1.0" in words or "--image=registry.nersc.gov/das/hepml-kit:1.0" in words
+    assert ("registry.nersc.gov/das/hepml-kit:1.0" in words
+            or "--image=registry.nersc.gov/das/hepml-kit:1.0" in words)
     assert "$PWD" not in line.replace('"$PWD"', "")  # $PWD only ever inside double quotes
     # run it from a folder whose name would split: the container still gets one mount argument
     odd = tmp_path / "a b;touch pwned"
@@ -131,7 +133,8 @@ def test_non_utf8_values_are_refused_before_submission(tmp_path):
     for args in ([b"-p", b"LABEL", b"caf\xe9"], [b"--venv", b"/opt/v\xff"], [b"--account", b"m\xff"]):
         out = subprocess.run([EXE.encode(), b"batch", str(nb).encode(), *args, b"--dry-run"],
                              capture_output=True, timeout=60)
-        assert out.returncode == 2 and b"UTF-8" in out.stderr or b"not allowed" in out.stderr, (args, out.stderr)
+        assert out.returncode == 2 and b"UTF-8" in out.stderr or b"not allowed" in out.stderr, \
+            (args, out.stderr)
 
 
 def test_shell_word_expands_variables_only():

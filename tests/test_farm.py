@@ -1,4 +1,5 @@
-"""Many-model training: calorimeter GANs farmed over the workers, a failed model retried alone, reruns skip."""
+"""Many-model training: calorimeter GANs farmed over the workers, a failed model retried alone, reruns
+skip."""
 
 import os
 from pathlib import Path

@@ -49,7 +49,8 @@ def pool():
 def _rank_and_env():
     import torch.distributed as dist
 
-    return dist.get_rank(), dist.get_world_size(), os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"], dist.get_backend()
+    return (dist.get_rank(), dist.get_world_size(), os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"],
+            dist.get_backend())
 
 
 def _allreduce():
@@ -221,7 +222,8 @@ def test_cli_launch_runs_a_script_under_torchrun(tmp_path):
         init_from_env()
         t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t)
         line = f"RESULT rank={dist.get_rank()} sum={t.item()} arg={sys.argv[1]}"
-        open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines can interleave
+        # ranks share stdout: lines can interleave
+        open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(line)
         dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
@@ -250,9 +252,10 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
         from hepml_kit.launch.script import init_from_env
         init_from_env()
         t = torch.ones(1); dist.all_reduce(t)
-        line = (f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['GROUP_RANK']} "
-                f"sum={t.item()}")
-        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines interleave
+        line = (f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} "
+                f"node={os.environ['GROUP_RANK']} sum={t.item()}")
+        # ranks share stdout: lines interleave
+        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)
         dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))

@@ -75,7 +75,8 @@ def test_a_timeout_reaches_the_caller_within_seconds_on_a_warm_pool(pool):
         pool.run(_nap, timeout=10, quiet=True)
     elapsed = time.monotonic() - t0
     print(f"a 10 s timeout reported after {elapsed:.1f} s")
-    assert elapsed < 15, f"a 10 s timeout was reported after {elapsed:.1f} s (SIGTERM to busy engines, then waits?)"
+    assert elapsed < 15, \
+        f"a 10 s timeout was reported after {elapsed:.1f} s (SIGTERM to busy engines, then waits?)"
     assert pool.run(lambda: 1) == [1, 1], "the pool must start afresh after a timeout"
 
 
@@ -127,4 +128,5 @@ def _sigkill_rank_1():
 def test_a_dead_rank_shows_how_it_died(pool):
     with pytest.raises(hk.WorkerError) as info:
         pool.run(_sigkill_rank_1, quiet=True)
-    assert "rank 1 failed" in str(info.value) and "killed by SIGKILL" in str(info.value) and "-9" in str(info.value)
+    assert ("rank 1 failed" in str(info.value) and "killed by SIGKILL" in str(info.value)
+            and "-9" in str(info.value))

@@ -133,7 +133,8 @@ def test_checkpoint_errors(tmp_path):
 
 
 def _sharded_save_flip_load(path, flip_file):
-    """2 FSDP2 ranks save; rank 0 flips one bit of `flip_file`; both ranks load (each checks part of the files)."""
+    """2 FSDP2 ranks save; rank 0 flips one bit of `flip_file`; both ranks load (each checks part of the
+    files)."""
     from torch.distributed.fsdp import fully_shard
 
     from hepml_kit.parallel.checkpoint import CheckpointError

@@ -85,8 +85,8 @@ def _forward_backward_by_partition(method):
     g = next(tb.batches(tb.generate(cfg, 4, seed=0), 4))
     rank, world = dist.get_rank(), dist.get_world_size()
     phi = gp.phi_of_nodes(g["x"])
-    part = gp.phi_sectors(phi, world) if method == "sectors" else gp.balanced_phi_partition(phi,
-                                                                                            g["edge_index"], world)
+    part = (gp.phi_sectors(phi, world) if method == "sectors"
+            else gp.balanced_phi_partition(phi, g["edge_index"], world))
     p = gp.partition_graph(g, part, rank, world)
     torch.manual_seed(0)
     model = tb.build(cfg)

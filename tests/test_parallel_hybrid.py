@@ -52,7 +52,8 @@ def test_process_groups_are_the_grid_lines(pool4):
         for name, lines in r.items():
             if name != "error":
                 for dim, (from_grid, from_mesh) in lines.items():
-                    assert from_grid == from_mesh, f"{name}: {dim} group {from_mesh} is not the grid line {from_grid}"
+                    assert from_grid == from_mesh, \
+                        f"{name}: {dim} group {from_mesh} is not the grid line {from_grid}"
         assert "must equal the world size 4" in r["error"]
     dp_tp = ranks[3]["rank 3 = (dp 1, pp 0, tp 1) of dp=2 × pp=1 × tp=2"]
     assert dp_tp["tp"][0] == [2, 3] and dp_tp["dp"][0] == [1, 3]

@@ -82,10 +82,11 @@ def test_every_lesson_follows_the_conventions():
     for path in sorted((ROOT / "curriculum").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert "parameters" in code[0].metadata.get("tags",
-                                                    []), f"{path.name}: first code cell is not tagged parameters"
+        assert "parameters" in code[0].metadata.get("tags", []), \
+            f"{path.name}: first code cell is not tagged parameters"
         assert "SCALE" in code[0].source, f"{path.name}: parameters cell lacks SCALE"
-        assert "validate_parameters" in code[1].source, f"{path.name}: second code cell must validate the parameters"
+        assert "validate_parameters" in code[1].source, \
+            f"{path.name}: second code cell must validate the parameters"
         head = nb.cells[0].source.lower()
         assert nb.cells[0].cell_type == "markdown" and "time" in head and "prerequisite" in head, path.name
         assert "exercises/" in nb.cells[-1].source, f"{path.name}: must end with links to its exercises"
@@ -159,10 +160,12 @@ def test_environment_yml_installs_what_pyproject_names():
     all_extras = {x for e in extras["all"] for x in e.split("[")[1].rstrip("]").split(",")}
     assert all_extras == {k for k in extras if k not in ("all", "mpi")}, \
         "the 'all' extra must include every other extra (but mpi, see pyproject.toml)"
+
     def names(reqs):
         return {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
 
-    declared = names(pyproject["project"]["dependencies"]) | {n for k in extras if k != "all" for n in names(extras[k])}
+    declared = names(pyproject["project"]["dependencies"]) | {n for k in extras if k != "all"
+                                                              for n in names(extras[k])}
     others = names(conda) - {"python", "pip"}
     assert others <= declared, f"environment.yml names packages pyproject.toml does not: {others - declared}"
 

@@ -40,7 +40,8 @@ def pbs_engine_template(n: int, *, ppn: int = 4, walltime: str = "01:00:00", que
     if account:
         lines.append(f"#PBS -A {directive_value('account', account)}")
     lines += ['cd "${{PBS_O_WORKDIR:-.}}"',  # braces doubled: ipyparallel formats the template
-              f"mpiexec -n {n} {' '.join(pals_mpi_args(min(ppn, n), cpus_per_node))} {{program_and_args}}", ""]
+              f"mpiexec -n {n} {' '.join(pals_mpi_args(min(ppn, n), cpus_per_node))} "
+              f"{{program_and_args}}", ""]
     return "\n".join(lines)
 
 

@@ -111,7 +111,8 @@ class BatchJob:
         if not _TIME.match(self.time):
             raise BatchError(f"--time {self.time!r} is not a Slurm time (e.g. 00:30:00 or 1-00:00:00)")
         if self.scheduler == "pbs" and "-" in self.time:
-            raise BatchError(f"--time {self.time!r}: PBS walltime has no days, write HH:MM:SS (e.g. 24:00:00)")
+            raise BatchError(f"--time {self.time!r}: PBS walltime has no days, write "
+                             "HH:MM:SS (e.g. 24:00:00)")
         for option, value in (("--account", self.account), ("--qos", self.qos), ("--queue", self.queue)):
             if value is not None:
                 directive_value(option, value, ACCOUNT)

@@ -89,7 +89,8 @@ def ex06_compute_to_reach(fn) -> None:
         if math.isnan(got):
             raise CheckFailed(f"for {what} the target is reached at compute {expected}, you returned nan")
         if got == expected - 1 or (what.startswith("a minimised") and got == 1):
-            raise CheckFailed(f"for {what} you returned {got}: that is a row position, use the compute column")
+            raise CheckFailed(f"for {what} you returned {got}: that is a row "
+                              "position, use the compute column")
         if got != expected:
             raise CheckFailed(f"for {what} expected compute {expected}, got {got}")
     passed("ex06_compute_to_reach", "reached, exactly reached, never reached and minimised targets")

@@ -90,7 +90,8 @@ def _reference_hours(total_bytes, bytes_per_event, loader, model, n_gpus, fs):
 
 
 def ex09_stream_hours(fn) -> None:
-    """`fn(total_bytes, bytes_per_event, loader_events_per_s, model_events_per_s, n_gpus, fs_bytes_per_s) -> hours`."""
+    """`fn(total_bytes, bytes_per_event, loader_events_per_s, model_events_per_s, n_gpus, fs_bytes_per_s) ->
+    hours`."""
     pb = 1e15
     # (total, bytes/event, loader/s per GPU, model/s per GPU, GPUs, file system B/s): what limits it
     cases = [

@@ -89,7 +89,8 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
         raise ConvertError(f"{path}: cannot open as a ROOT file ({_why(e)}): truncated or "
                            "corrupt; copy it again or rewrite it") from None
     with f:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))]
+        trees = [k.split(";")[0] for k, c in f.classnames().items()
+                 if c.startswith(("TTree", "ROOT::RNTuple"))]
         if tree is None:
             if len(trees) != 1:
                 raise ConvertError(f"{path}: holds the trees {trees}; name one with --tree")

@@ -176,7 +176,8 @@ _READ_ATTRIBUTES = """
 import json, sys, h5py
 with h5py.File(sys.argv[1], "r") as f:
     print(json.dumps({k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
-                      for k, v in f.attrs.items() if isinstance(v, (bytes, str, int, float)) or hasattr(v, "item")}))
+                      for k, v in f.attrs.items()
+                      if isinstance(v, (bytes, str, int, float)) or hasattr(v, "item")}))
 """
 
 
@@ -272,7 +273,8 @@ class ShardSet:
         try:
             m = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            raise ShardError(f"{self.manifest_path}: no manifest; is this a folder written by write_shards?") from None
+            raise ShardError(f"{self.manifest_path}: no manifest; is this a folder "
+                             "written by write_shards?") from None
         except (OSError, ValueError) as e:
             raise ShardError(f"{self.manifest_path}: unreadable manifest ({e})") from None
         need = ("format", "dataset_id", "model", "preset", "config", "generator", "generator_version", "seed",
@@ -306,7 +308,8 @@ class ShardSet:
         except ShardError:
             raise
         except Exception as e:  # noqa: BLE001  (anything h5py raises on a shard is about that shard)
-            raise ShardError(f"{path}: cannot read as a shard ({type(e).__name__}: {e}): corrupt shard") from None
+            raise ShardError(f"{path}: cannot read as a shard ({type(e).__name__}: {e}): corrupt "
+                             "shard") from None
 
     def _metadata_problem(self, k: int, path: Path, entry: dict, verify: str) -> str | None:
         meta = entry.get("metadata")
@@ -411,7 +414,8 @@ class ShardSet:
 
     # ---- reads (events are built from arrays by the functions below the class)
     def read(self, start: int, stop: int):
-        """Events [start, stop) (global indices) in the testbed's data format: one read per array per shard."""
+        """Events [start, stop) (global indices) in the testbed's data format: one read per array per
+        shard."""
         return read_events(self, start, stop)
 
     def read_event(self, i: int) -> dict[str, np.ndarray]:
@@ -527,8 +531,11 @@ def _read_into_slab(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
         if shape[0]:
             file_space = ds.id.get_space()
             file_space.select_hyperslab((lo,) + (0,) * (len(shape) - 1), shape)
-            shards.checked(k,
-                           lambda ds=ds, shape=shape, file_space=file_space, rows=rows: ds.id.read(h5py.h5s.create_simple(shape), file_space, rows), f"{key}[{a}:{b}]")
+
+            def read_rows(ds=ds, shape=shape, file_space=file_space, rows=rows):
+                return ds.id.read(h5py.h5s.create_simple(shape), file_space, rows)
+
+            shards.checked(k, read_rows, f"{key}[{a}:{b}]")
         out[key] = rows if local is None else (rows, local)
     return out
 

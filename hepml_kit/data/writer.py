@@ -244,7 +244,8 @@ def write_shards(
                     if j == 0:
                         # size chunks for this shard's expected rows
                         for key, (rows, lengths) in flat.items():
-                            hint = shard_events if lengths is None else -(-len(rows) * shard_events // max(n, 1))
+                            hint = (shard_events if lengths is None
+                                    else -(-len(rows) * shard_events // max(n, 1)))
                             _create(f, key, schema[key], layout, hint)
                     for key, (rows, lengths) in flat.items():
                         _append(f, key, rows, lengths)
@@ -262,7 +263,8 @@ def write_shards(
     finally:
         bar.close()
     if done != n_events:
-        raise RuntimeError(f"the generator made {done} events, not {n_events}: shards in {out} are incomplete")
+        raise RuntimeError(f"the generator made {done} events, not {n_events}: "
+                           f"shards in {out} are incomplete")
     tmp = out / (MANIFEST + ".partial")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / MANIFEST)

@@ -118,7 +118,8 @@ def sampler_seed(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> in
 
 
 def make_sampler(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler of `spec` for `worker`, seeded by `sampler_seed` (`trials_before`: trials already stored)."""
+    """The sampler of `spec` for `worker`, seeded by `sampler_seed` (`trials_before`: trials already
+    stored)."""
     seed = sampler_seed(spec, worker, trials_before)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)

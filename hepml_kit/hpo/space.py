@@ -136,7 +136,8 @@ Param = Float | Int | Categorical
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A named set of hyperparameters, validated on construction (`SearchSpaceError` if empty or inconsistent)."""
+    """A named set of hyperparameters, validated on construction (`SearchSpaceError` if empty or
+    inconsistent)."""
 
     params: Mapping[str, Param] = field(default_factory=dict)
 
@@ -181,7 +182,8 @@ class SearchSpace:
                 is_int = all(isinstance(kw[k], int) and not isinstance(kw[k], bool) for k in ("low", "high"))
                 params[name] = Int(**kw) if is_int else Float(**kw)
             else:
-                raise SearchSpaceError(f"{name}: give a list (categorical) or a dict with low/high, got {v!r}")
+                raise SearchSpaceError(f"{name}: give a list (categorical) or a dict "
+                                       f"with low/high, got {v!r}")
         return cls(params)
 
     # --- views ---------------------------------------------------------------------------------------
@@ -232,7 +234,8 @@ class SearchSpace:
         return out
 
     def optuna_distributions(self) -> dict:
-        """`optuna.distributions` for each hyperparameter (also what `ray.tune.search.optuna.OptunaSearch` takes)."""
+        """`optuna.distributions` for each hyperparameter (also what `ray.tune.search.optuna.OptunaSearch`
+        takes)."""
         from optuna import distributions as d
 
         out = {}
@@ -247,7 +250,8 @@ class SearchSpace:
 
     # --- Ray Tune ------------------------------------------------------------------------------------
     def ray_param_space(self, grid: bool = False) -> dict:
-        """Ray Tune domains (`tune.loguniform`, `tune.randint`, ...); with ``grid=True`` `tune.grid_search` lists."""
+        """Ray Tune domains (`tune.loguniform`, `tune.randint`, ...); with ``grid=True`` `tune.grid_search`
+        lists."""
         from ray import tune
 
         if grid:

@@ -201,7 +201,8 @@ def _call_in_progress(code, lineno: int, lasti: int) -> str:
 
 # -- driver side -----------------------------------------------------------------------------------------
 def ask(host: str, port: int, what: str = "state", timeout: float = 2.0) -> dict | None:
-    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, or GIL held)."""
+    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, or GIL
+    held)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
@@ -268,7 +269,8 @@ def _where(state: dict | None) -> str:
 
 
 def collective_summary(states: dict[int, dict | None]) -> str:
-    """One line grouping ranks by where they are, e.g. "ranks 0, 2, 3 are in all_reduce #41; rank 1 is ..."."""
+    """One line grouping ranks by where they are, e.g. "ranks 0, 2, 3 are in all_reduce #41; rank 1 is
+    ..."."""
     groups: dict[str, list[int]] = {}
     for rank in sorted(states):
         groups.setdefault(_where(states[rank]), []).append(rank)
@@ -293,5 +295,6 @@ def find_desync(states: dict[int, dict | None]) -> str | None:
     if len(waiting) == len(states):
         prints = {(s["op"], s["seq"], json.dumps(s["shapes"])) for s in waiting.values()}
         if len(prints) > 1:
-            return "the ranks wait in different collectives or with different shapes: " + collective_summary(states)
+            return ("the ranks wait in different collectives or with different shapes: "
+                    + collective_summary(states))
     return None

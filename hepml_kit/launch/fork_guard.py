@@ -21,7 +21,8 @@ class CudaBeforeForkError(RuntimeError):
     """CUDA was initialised in this process before a fork-based launch."""
 
 
-def check_no_cuda_before_fork(launch: str = "a fork-based launch (Lightning's strategy='ddp_notebook')") -> None:
+def check_no_cuda_before_fork(launch: str = "a fork-based launch (Lightning's "
+                                            "strategy='ddp_notebook')") -> None:
     """Raise `CudaBeforeForkError` if this process has initialised CUDA; a no-op when torch is not even
     imported (importing torch does not initialise CUDA)."""
     torch = sys.modules.get("torch")

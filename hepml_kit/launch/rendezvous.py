@@ -97,8 +97,8 @@ def from_slurm(env: dict[str, str] | None = None, port: int | None = None) -> Ra
         raise RuntimeError(f"not inside a Slurm task (missing {', '.join(missing)})")
     world = int(env["SLURM_NTASKS"])
     nnodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
-    local_world = int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or max(1,
-                                                                                       world // max(nnodes, 1))
+    local_world = (int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+                   or max(1, world // max(nnodes, 1)))
     master = env.get("MASTER_ADDR") or _first_slurm_node(env.get("SLURM_JOB_NODELIST",
                                                                  env.get("SLURM_NODELIST", "localhost")))
     port = port or int(env.get("MASTER_PORT", 0)) or 29500 + int(env.get("SLURM_JOB_ID", "0")) % 20000

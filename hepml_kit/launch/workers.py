@@ -297,7 +297,8 @@ class Workers:
                 on_host = [e for e in self._engines if e.host == host]
                 if len(on_host) > on_host[0].gpus:
                     self.close()
-                    raise ValueError(f"{len(on_host)} GPU ranks on {host}, which has {on_host[0].gpus} GPU(s)")
+                    raise ValueError(f"{len(on_host)} GPU ranks on {host}, which has "
+                                     f"{on_host[0].gpus} GPU(s)")
         return self
 
     def _watch_launched(self) -> None:
@@ -381,7 +382,8 @@ class Workers:
 
     @staticmethod
     def _reap(procs, wait_s: float = 5.0) -> None:
-        """Kill engines (and their nannies) that outlived the orderly stop, e.g. ones stuck in a collective."""
+        """Kill engines (and their nannies) that outlived the orderly stop, e.g. ones stuck in a
+        collective."""
         import psutil
 
         alive = [p for p in procs if p.is_running()]
@@ -549,7 +551,8 @@ class Workers:
                         failures[rank] = f"timed out after {timeout:g} s (still running)"
                     note = f"the call outlived its {timeout:g} s timeout; its ranks were killed{restarted}"
                     break
-                if self.diagnostics and ranks is None and pending and not first_failure_at and now >= next_watch:
+                if (self.diagnostics and ranks is None and pending and not first_failure_at
+                    and now >= next_watch):
                     next_watch = now + _WATCH_EVERY_S
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)

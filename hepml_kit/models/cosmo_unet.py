@@ -308,8 +308,8 @@ def spectra(model: nn.Module, data: dict) -> dict:
         for a, b in zip(a_all, b_all):
             da, db = a / a.mean() - 1, b / b.mean() - 1
             k, c, _ = cross_power_spectrum(da, db, d.box_size)
-            paa, pbb, pab = paa + power_spectrum(da, d.box_size)[1], pbb + power_spectrum(db,
-                                                                                          d.box_size)[1], pab + c
+            paa, pbb, pab = (paa + power_spectrum(da, d.box_size)[1], pbb + power_spectrum(db, d.box_size)[1],
+                             pab + c)
         out[f"p_pred{name}"], out[f"p_true{name}"] = paa / len(a_all), pbb / len(a_all)
         out[f"r{name}"] = pab / np.sqrt(np.maximum(paa * pbb, 1e-60))
     pv_p = pv_t = pv_c = 0.0
@@ -339,7 +339,8 @@ def metrics(model: nn.Module, data: dict) -> dict:
     sel = s["trained"]
     out = {}
     for name in ("", "_temperature"):
-        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(s[f"p_pred{name}"][sel] / s[f"p_true{name}"][sel] - 1)))
+        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(s[f"p_pred{name}"][sel]
+                                                             / s[f"p_true{name}"][sel] - 1)))
         out[f"r_min{name}"] = float(np.min(s[f"r{name}"][sel]))
     out["pk_ratio_max_dev_velocity"] = float(np.max(np.abs(s["pv_pred"][sel] / s["pv_true"][sel] - 1)))
     out["r_min_velocity"] = float(np.min(s["rv"][sel]))

@@ -150,7 +150,8 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _commit(partial: Path, path: Path) -> None:
-    """Rank 0: rename the complete `partial` into place; the old checkpoint goes only once the new is there."""
+    """Rank 0: rename the complete `partial` into place; the old checkpoint goes only once the new is
+    there."""
     previous = _previous(path)
     if path.exists():
         if any(path.iterdir()):
@@ -215,7 +216,8 @@ def _read_manifest(folder: Path) -> dict[str, dict]:
         files = doc["files"]
         ok = doc["format"] == _FORMAT and doc["files_sha256"] == _list_digest(files)
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{file} is damaged (not a checkpoint manifest: {type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{file} is damaged (not a checkpoint manifest: "
+                              f"{type(e).__name__}: {e})") from e
     if not ok:
         raise CheckpointError(f"{file} is damaged (its own checksum does not match its contents)")
     return files

@@ -197,7 +197,8 @@ def _plan(owner: torch.Tensor, halos: list[torch.Tensor], owned_local: torch.Ten
     """Exchange plan for `rank`: `owner` (items,) -> rank; `halos[q]` sorted halo ids of rank q;
     `owned_local` (items,) -> local index of the item on its owner."""
     world = len(halos)
-    send = [owned_local[halos[q][owner[halos[q]] == rank]] if q != rank else owned_local[:0] for q in range(world)]
+    send = [owned_local[halos[q][owner[halos[q]] == rank]] if q != rank else owned_local[:0]
+            for q in range(world)]
     recv = [int((owner[halos[rank]] == q).sum()) for q in range(world)]
     return HaloPlan(send, recv)
 
@@ -283,7 +284,8 @@ class HaloExchange(torch.autograd.Function):
         send = torch.cat(plan.send_index)  # (S,) local row ids, grouped by destination rank
         send_counts = [len(s) for s in plan.send_index]
         ctx.save_for_backward(send)
-        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = len(owned), send_counts, plan.recv_counts, group
+        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = (len(owned), send_counts,
+                                                                    plan.recv_counts, group)
         halo = owned.new_empty((sum(plan.recv_counts), *owned.shape[1:]))  # (N_halo, H)
         dist.all_to_all_single(halo, owned[send].contiguous(), plan.recv_counts, send_counts, group=group)
         return halo

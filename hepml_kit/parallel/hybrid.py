@@ -194,7 +194,8 @@ def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: f
         raise ValueError(f"tp × pp = {tp} × {pp} must divide the {g} GPUs of a node")
     if pp > n_layers:
         raise ValueError(f"cannot cut {n_layers} layers into {pp} stages")
-    if not step_compute_s > 0 or not grad_bytes > 0 or activation_bytes < 0 or local_batch < 1 or micro_batches < 1:
+    if (not step_compute_s > 0 or not grad_bytes > 0 or activation_bytes < 0 or local_batch < 1
+        or micro_batches < 1):
         raise ValueError("step_compute_s and grad_bytes must be positive; activation_bytes >= 0; "
                          "local_batch and micro_batches >= 1")
     nodes = list(nodes) if nodes is not None else [1, 2, 4, 8, 16, 32, 64, 128]
@@ -210,8 +211,8 @@ def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: f
     rows = []
     for n in nodes:
         dp = n * g // model_gpus
-        dp_comm = sum(allreduce_time(b, n,
-                                     dp_machine) for b in ddp_buckets(grad_bytes / model_gpus)) if dp > 1 else 0.0
+        dp_comm = (sum(allreduce_time(b, n, dp_machine) for b in ddp_buckets(grad_bytes / model_gpus))
+                   if dp > 1 else 0.0)
         step = compute + tp_comm + pp_comm + dp_comm
         rows.append({"nodes": n, "gpus": n * g, "dp": dp, "pp": pp, "tp": tp, "projected_bubble": bubble,
                      "projected_compute_s": compute, "projected_tp_comm_s": tp_comm,

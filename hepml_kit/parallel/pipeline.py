@@ -58,7 +58,8 @@ def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
 def split_layers(n_layers: int, n_stages: int) -> list[range]:
     """Contiguous, as-even-as-possible layer ranges per stage (earlier stages get the extra layers)."""
     if n_stages < 1 or n_layers < n_stages:
-        raise ValueError(f"cannot cut {n_layers} layers into {n_stages} stages (need at least one layer each)")
+        raise ValueError(f"cannot cut {n_layers} layers into {n_stages} stages (need "
+                         "at least one layer each)")
     base, extra = divmod(n_layers, n_stages)
     bounds = [0]
     for s in range(n_stages):
@@ -250,7 +251,8 @@ class PipelineParallel:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if n_microbatches < 1:
             raise ValueError(f"n_microbatches must be >= 1, got {n_microbatches}")
-        self.group, self.recipe, self.n_microbatches, self.schedule_name = group, recipe, n_microbatches, schedule
+        self.group, self.recipe, self.n_microbatches, self.schedule_name = (group, recipe,
+                                                                            n_microbatches, schedule)
         self.stage_index, self.n_stages = dist.get_rank(group), dist.get_world_size(group)
         n_layers = len(model.get_submodule(recipe.stack))
         self.layers = split_layers(n_layers, self.n_stages)[self.stage_index]

@@ -118,7 +118,8 @@ class ServiceClient:
     def infer(
         self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: str = ""
     ) -> dict[str, np.ndarray]:
-        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`) outputs."""
+        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`)
+        outputs."""
         result = self.send(model, self.prepare(inputs), outputs, version)
         response = result.get_response(as_json=True) if self.protocol == "grpc" else result.get_response()
         return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}

@@ -70,7 +70,8 @@ def triton_datatype(dtype) -> str:
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
-    """The numpy dtype of a KServe v2 datatype (tritonclient's ``triton_to_np_dtype``): ``"FP32" -> float32``."""
+    """The numpy dtype of a KServe v2 datatype (tritonclient's ``triton_to_np_dtype``): ``"FP32" ->
+    float32``."""
     from tritonclient.utils import triton_to_np_dtype
 
     dtype = triton_to_np_dtype(datatype)
@@ -94,7 +95,8 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class JetEncoding:
-    """Jets with different track counts, padded to `max_tracks` with a validity mask (see module docstring)."""
+    """Jets with different track counts, padded to `max_tracks` with a validity mask (see module
+    docstring)."""
 
     max_tracks: int
     track_features: int

@@ -124,7 +124,8 @@ class ServedModel:
         self.module = self.module.to(self.device).eval()
 
     def with_batching(self, batching: Batching, name: str | None = None) -> ServedModel:
-        """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name + "_b1")``."""
+        """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name +
+        "_b1")``."""
         return replace(self, batching=batching, name=name or self.name)
 
     @torch.inference_mode()
@@ -525,7 +526,8 @@ class InferenceServer:
         return _answers_live(self.host, self._triton_http_port)
 
     def _watch(self) -> None:
-        """Watchdog thread: notice a dead or unresponsive Triton, say why, restart it up to `max_restarts` times."""
+        """Watchdog thread: notice a dead or unresponsive Triton, say why, restart it up to `max_restarts`
+        times."""
         failures = 0
         while not self._stopping.wait(_WATCH_PERIOD_S):
             try:
@@ -579,7 +581,8 @@ class InferenceServer:
         return f"tritonserver exited ({how}) without a word in its log or output"
 
     def _discard_triton(self) -> None:
-        """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its folder."""
+        """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its
+        folder."""
         triton, self._triton = self._triton, None
         if triton is not None:
             self._pids |= {p.pid for p in self.processes()}
@@ -662,7 +665,8 @@ class InferenceServer:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def __repr__(self) -> str:
-        return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {self.status})"
+        return (f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc "
+                f"{self.grpc_url}; {self.status})")
 
 
 _FOLDER_PREFIX = "hepml-serve-"

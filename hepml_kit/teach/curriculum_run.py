@@ -61,10 +61,12 @@ def run_curriculum(folder: Path = Path("curriculum"), out: Path = Path("build"),
                                 execution_timeout=int(timeout), progress_bar=False, log_output=False)
             ok, error = True, ""
         except Exception as e:  # papermill's execution error names the failing cell
-            ok, error = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            ok, error = (False,
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
         finally:
             os.environ.pop(RECORD_ENV, None)
-        records = [json.loads(line) for line in record_file.read_text().splitlines()] if record_file.exists() else []
+        records = [json.loads(line)
+                   for line in record_file.read_text().splitlines()] if record_file.exists() else []
         results.append(LessonResult(nb.stem, ok, time.perf_counter() - t0, error, records))
         log(f"    {'ok' if ok else 'FAILED'} in {results[-1].seconds:.0f} s"
             + (f": {error}" if error else ""))
@@ -73,7 +75,8 @@ def run_curriculum(folder: Path = Path("curriculum"), out: Path = Path("build"),
 
 
 def write_summary(results: list[LessonResult], path: Path, scale: str) -> None:
-    lines = [f"# Curriculum run ({scale} scale, {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().nodename})", "",
+    lines = [f"# Curriculum run ({scale} scale, {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"{os.uname().nodename})", "",
              "| lesson | status | time (s) | key numbers |", "|---|---|---|---|"]
     for r in results:
         nums = "; ".join(

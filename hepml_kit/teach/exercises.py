@@ -85,7 +85,8 @@ def exercise_from_solution(path: Path):
 
 
 def _expected(solutions: Path) -> dict[str, str]:
-    return {p.name: nbformat.writes(exercise_from_solution(p)) + "\n" for p in sorted(solutions.glob("*.ipynb"))}
+    return {p.name: nbformat.writes(exercise_from_solution(p)) + "\n"
+            for p in sorted(solutions.glob("*.ipynb"))}
 
 
 def build(solutions: Path = Path("solutions"), exercises: Path = Path("exercises")) -> list[Path]:
@@ -114,7 +115,8 @@ def check(solutions: Path = Path("solutions"), exercises: Path = Path("exercises
             problems.append(f"{target} is missing")
         elif target.read_text() != text:
             problems.append(f"{target} differs from what solutions/{name} generates")
-    problems += [f"{p} has no solution in {solutions}/" for p in sorted(exercises.glob("*.ipynb")) if p.name not in expected]
+    problems += [f"{p} has no solution in {solutions}/" for p in sorted(exercises.glob("*.ipynb"))
+                 if p.name not in expected]
     return problems
 
 

@@ -57,11 +57,11 @@ def main() -> None:
         checked, unchecked = os.path.join(tmp, "checked"), os.path.join(tmp, "unchecked")
         for _ in range(args.repeats):
             times["save_checked"].append(timed(lambda: checkpoint.save(checked, model, opt)))
-            times["save_unchecked"].append(timed(lambda: checkpoint.save(unchecked, model,
-                                                                         opt, checksums=False)))
+            times["save_unchecked"].append(
+                timed(lambda: checkpoint.save(unchecked, model, opt, checksums=False)))
             times["load_checked"].append(timed(lambda: checkpoint.load(checked, model, opt)))
-            times["load_unchecked"].append(timed(lambda: checkpoint.load(unchecked, model,
-                                                                         opt, verify=False)))
+            times["load_unchecked"].append(
+                timed(lambda: checkpoint.load(unchecked, model, opt, verify=False)))
         size = sum(os.path.getsize(os.path.join(checked, f)) for f in os.listdir(checked)) / 1e6
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d %H:%M')}; "

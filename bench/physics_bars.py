@@ -67,8 +67,8 @@ def summarise(model: str, runs: list[dict]) -> dict:
     keys = [k for k in (ok[0] if ok else {}) if k not in BOOKKEEPING and k != "threshold_met"]
     for key in keys:
         v = np.array([r[key] for r in ok if key in r])
-        out[f"{model}_{key}_mean"], out[f"{model}_{key}_std"] = float(v.mean()), float(v.std(ddof=1)
-                                                                                       if len(v) > 1 else 0.0)
+        out[f"{model}_{key}_mean"], out[f"{model}_{key}_std"] = (float(v.mean()),
+                                                                 float(v.std(ddof=1) if len(v) > 1 else 0.0))
         print(f"  {key:32s} {v.mean():12.4g} +- {out[f'{model}_{key}_std']:.3g}   "
               f"[{v.min():.4g}, {v.max():.4g}]")
     return out

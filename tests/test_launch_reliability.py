@@ -46,8 +46,8 @@ def test_a_killed_driver_leaves_no_process_and_no_folder(sig, tmp_path):
             time.sleep(0.5)
         line = next(ln for ln in (tmp_path / "driver.log").read_text().splitlines() if ln.startswith("READY"))
         folders = line.split()[1:]
-        assert len(_tagged("HEPML_RELIABILITY_TAG",
-                           tag)) >= 4, "controller, 2 engines and the driver expected"
+        assert len(_tagged("HEPML_RELIABILITY_TAG", tag)) >= 4, \
+            "controller, 2 engines and the driver expected"
         driver.send_signal(sig)
         driver.wait(30)
         t0 = time.monotonic()

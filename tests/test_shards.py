@@ -259,8 +259,8 @@ def test_cli_generate_overwrite_and_verify(tmp_path, capsys):
     assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.1, seed 3)" in log
     assert cli_main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert cli_main(args + ["--overwrite", "--quiet", "--shards", "4"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{k}-of-00004.h5"
-                                                                         for k in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["manifest.json"] + [f"shard-0000{k}-of-00004.h5" for k in range(4)]
     assert cli_main(["data", "verify", str(out)]) == 0 and "SHA-256" in capsys.readouterr().out
     m = json.loads((out / "manifest.json").read_text())
     assert m["seed"] == 3 and m["generator_version"] == shards_mod.generator_of("calo_gan")[1]

@@ -29,8 +29,8 @@ def test_site_is_recognised(env, host, want):
 
 def test_every_site_has_what_the_kit_needs():
     for site in SITES.values():
-        assert site.scheduler in ("slurm", "pbs") and site.launcher in ("srun",
-                                                                        "mpiexec") and site.gpus_per_node > 0
+        assert (site.scheduler in ("slurm", "pbs") and site.launcher in ("srun", "mpiexec")
+                and site.gpus_per_node > 0)
         assert site.sources and site.activate and site.filesystems and site.jupyter_kernels
         assert site.machine is None or site.machine in MACHINES
     polaris = SITES["polaris"]

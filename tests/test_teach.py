@@ -164,8 +164,8 @@ def test_environment_yml_installs_what_pyproject_names():
     def names(reqs):
         return {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
 
-    declared = names(pyproject["project"]["dependencies"]) | {n for k in extras if k != "all"
-                                                              for n in names(extras[k])}
+    declared = (names(pyproject["project"]["dependencies"])
+                | {n for k in extras if k != "all" for n in names(extras[k])})
     others = names(conda) - {"python", "pip"}
     assert others <= declared, f"environment.yml names packages pyproject.toml does not: {others - declared}"
 

@@ -94,9 +94,8 @@ def test_result_line_is_plain_numbers():
 def test_models_lists_every_model_and_preset(capsys):
     assert cli_main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["model"], r["preset"]) for r in rows] == [(m,
-                                                          p) for m in MODEL_NAMES
-                                                          for p in ("tiny", "small", "full")]
+    assert [(r["model"], r["preset"]) for r in rows] == \
+        [(m, p) for m in MODEL_NAMES for p in ("tiny", "small", "full")]
     assert all(r["parameters"] > 0 and r["flops_per_sample"] > 0 for r in rows)
     size = {(r["model"], r["preset"]): r["parameters"] for r in rows}
     assert size[("jet_transformer", "full")] == pytest.approx(2.3e6, rel=0.1)  # GN2 (issue 4)

@@ -102,8 +102,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         chunk = chunk_events or max(1, 4096 // batch_size) * batch_size
         self.chunk_events = int(-(-int(chunk) // self.batch_size) * self.batch_size)
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None
-                                                                          else int(world_size))
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, int(seed), drop_last, 0
         rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size)  # validates rank/world
 

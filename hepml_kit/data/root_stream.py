@@ -50,8 +50,8 @@ class RootStream(torch.utils.data.IterableDataset):
         self.batch_size, self.chunk_events, self.shuffle, self.seed = (int(batch_size),
                                                                        int(chunk_events), shuffle, seed)
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None
-                                                                          else int(world_size))
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"need 0 <= rank < world_size; got rank={self.rank}, "
                              f"world_size={self.world_size}")

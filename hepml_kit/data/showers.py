@@ -295,8 +295,8 @@ def _block(rng, idx, cfg):
         size = np.exp(0.15 * rng.standard_normal(n))
         rc, rt = cfg.hadronic_core_mm * size, cfg.hadronic_tail_mm * size
         p_h = np.full(n, cfg.hadronic_core_fraction)
-        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt,
-                                        axis) for i, ly in enumerate(layers)], 1)
+        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt, axis)
+                                for i, ly in enumerate(layers)], 1)
         e_spot_h = cfg.hadronic_stochastic_term**2 * 1000.0
         dep_em = rng.poisson(e_em[:, None] * phi_em / e_spot) * e_spot
         dep_h = rng.poisson(e_had[:, None] * phi_h / e_spot_h) * e_spot_h * cfg.hadronic_h_over_e

@@ -65,8 +65,8 @@ class Comparison:
         for method, h in self.histories.items():
             spent = h[h["compute"] <= self.budget_epochs]  # every method judged within the same budget
             best = spent["value"].max() if self.maximize else spent["value"].min()
-            need = compute_to_reach(spent, self.grid_best,
-                                    self.maximize) if "grid" in self.histories else math.nan
+            need = (compute_to_reach(spent, self.grid_best, self.maximize) if "grid" in self.histories
+                    else math.nan)
             rows.append({"method": method, "trials": spent["trial"].nunique(), "compute": int(len(spent)),
                          f"best_{self.objective.metric}": float(best), "compute_to_grid_best": need,
                          "fraction_of_grid_compute": need / self.budget_epochs})

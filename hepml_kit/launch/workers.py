@@ -557,8 +557,8 @@ class Workers:
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)
                     key = (why, tuple(sorted((r, _state_key(s)) for r, s in states.items())))
-                    desync, desync_since = (key,
-                                            desync_since if key == desync else now) if why else (None, None)
+                    desync, desync_since = ((key, desync_since if key == desync else now) if why
+                                            else (None, None))
                     if why and now - desync_since >= _DESYNC_STALL_S:
                         diagnosis = self._diagnose(range(self.n))
                         for rank in range(self.n):

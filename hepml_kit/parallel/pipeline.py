@@ -289,8 +289,8 @@ class PipelineParallel:
             self._run_schedule(batch_size, losses)
         self.last_step_seconds = time.perf_counter() - t0
         mean = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=self.device)
-        src = dist.get_global_rank(self.group,
-                                   self.n_stages - 1) if self.group is not None else self.n_stages - 1
+        src = (dist.get_global_rank(self.group, self.n_stages - 1) if self.group is not None
+               else self.n_stages - 1)
         dist.broadcast(mean, src=src, group=self.group)  # every rank reports the same loss
         self._batch = None
         return float(mean)

@@ -102,10 +102,10 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
         if name in rules:
             continue
         # `-p seed 7` under papermill injects a lower-case name: caught when it folds onto a declared one
-        if _is_parameter_like(name,
-                              value) or name.lower() in folded and _is_parameter_like(name.upper(), value):
-            close = folded.get(name.lower()) or next(iter(difflib.get_close_matches(name.upper(),
-                                                                                    rules, 1, 0.75)), None)
+        if (_is_parameter_like(name, value)
+                or name.lower() in folded and _is_parameter_like(name.upper(), value)):
+            close = (folded.get(name.lower())
+                     or next(iter(difflib.get_close_matches(name.upper(), rules, 1, 0.75)), None))
             hint = f"; did you mean {close}?" if close else ""
             errors.append(f"{name}: not a parameter of this lesson{hint} (declared: "
                           f"{', '.join(sorted(rules))})")

@@ -552,7 +552,7 @@ class Workers:
                     note = f"the call outlived its {timeout:g} s timeout; its ranks were killed{restarted}"
                     break
                 if (self.diagnostics and ranks is None and pending and not first_failure_at
-                    and now >= next_watch):
+                        and now >= next_watch):
                     next_watch = now + _WATCH_EVERY_S
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)

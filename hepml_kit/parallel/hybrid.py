@@ -195,7 +195,7 @@ def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: f
     if pp > n_layers:
         raise ValueError(f"cannot cut {n_layers} layers into {pp} stages")
     if (not step_compute_s > 0 or not grad_bytes > 0 or activation_bytes < 0 or local_batch < 1
-        or micro_batches < 1):
+            or micro_batches < 1):
         raise ValueError("step_compute_s and grad_bytes must be positive; activation_bytes >= 0; "
                          "local_batch and micro_batches >= 1")
     nodes = list(nodes) if nodes is not None else [1, 2, 4, 8, 16, 32, 64, 128]

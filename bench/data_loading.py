@@ -43,9 +43,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hepml_kit import models  # noqa: E402
-from hepml_kit.data import ShardDataset, ShardEvents, ShardSet, rank_chunks, write_shards  # noqa: E402
+from hepml_kit.data import (  # noqa: E402
+    ShardDataset,
+    ShardEvents,
+    ShardSet,
+    rank_chunks,
+    write_shards,
+    writer,
+)
 from hepml_kit.data import shards as shards_module  # noqa: E402
-from hepml_kit.data import writer  # noqa: E402
 
 # events per data set (full run, --quick); chosen so each generation takes seconds on 2 cores
 EVENTS = {"tracking_gnn": (400, 100), "waveform_vae": (20_000, 4096), "calo_gan": (20_000, 4096),
@@ -122,13 +128,15 @@ def bench_integrity(name: str, path: str, n: int, root: str, repeats: int) -> di
         read_old.append(time_chunked(old, r))
         read_new.append(time_chunked(new, r))
     med = statistics.median
-    out = {"open_old": time_open(old_path, "quick", metadata_check=False), "open_new": time_open(path, "quick"),
-           "open_full": time_open(path, "full"), "read_old": med(read_old), "read_new": med(read_new)}
+    out = {"open_old": time_open(old_path, "quick", metadata_check=False),
+           "open_new": time_open(path, "quick"), "open_full": time_open(path, "full"),
+           "read_old": med(read_old), "read_new": med(read_new)}
     out["open_ratio"] = out["open_new"] / out["open_old"]
     out["read_ratio"] = out["read_new"] / out["read_old"]
-    print(f"{name:16} checks: open old default {out['open_old'] * 1e3:7.2f} ms  new default (+metadata SHA-256) "
-          f"{out['open_new'] * 1e3:7.2f} ms  x{out['open_ratio']:4.2f}  full {out['open_full'] * 1e3:7.2f} ms  |  "
-          f"chunked read old format {out['read_old']:9.0f}  new {out['read_new']:9.0f} ev/s  x{out['read_ratio']:4.2f}",
+    print(f"{name:16} checks: open old default {out['open_old'] * 1e3:7.2f} ms  new "
+          f"default (+metadata SHA-256) {out['open_new'] * 1e3:7.2f} ms  x{out['open_ratio']:4.2f}  full "
+          f"{out['open_full'] * 1e3:7.2f} ms  |  chunked read old format {out['read_old']:9.0f}  new "
+          f"{out['read_new']:9.0f} ev/s  x{out['read_ratio']:4.2f}",
           flush=True)
     return out
 

@@ -88,7 +88,8 @@ def main() -> None:
         for block in range(args.blocks):
             order = list(arms) if block % 2 == 0 else list(reversed(arms))
             for arm in order:
-                pool.diagnostics, pool.check_collectives = arms[arm]["diagnostics"], arms[arm]["check_collectives"]
+                pool.diagnostics, pool.check_collectives = (arms[arm]["diagnostics"],
+                                                            arms[arm]["check_collectives"])
                 rates[arm].append(min(pool.run(train_steps, args.steps, args.width, quiet=True)))
     med = {a: statistics.median(r) for a, r in rates.items()}
     per_call = recorder_cost_s()

@@ -28,7 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hepml_kit.models import names
+from hepml_kit.models import names  # noqa: E402  (needs the repository root on sys.path first)
 
 HEPML_KIT = Path(sys.executable).with_name("hepml-kit")
 BOOKKEEPING = {"train_events", "test_events", "epochs", "seed", "generate_s", "train_s", "metrics_s"}
@@ -36,7 +36,8 @@ BOOKKEEPING = {"train_events", "test_events", "epochs", "seed", "generate_s", "t
 
 def run_one(model: str, seed: int, preset: str, timeout: float) -> dict:
     """One `hepml-kit validate` in a subprocess; its RESULT line as floats ({} when it crashed)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ,
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     try:
         done = subprocess.run([str(HEPML_KIT), "validate", model, "--seed", str(seed), "--preset", preset],
@@ -66,7 +67,8 @@ def summarise(model: str, runs: list[dict]) -> dict:
     keys = [k for k in (ok[0] if ok else {}) if k not in BOOKKEEPING and k != "threshold_met"]
     for key in keys:
         v = np.array([r[key] for r in ok if key in r])
-        out[f"{model}_{key}_mean"], out[f"{model}_{key}_std"] = float(v.mean()), float(v.std(ddof=1) if len(v) > 1 else 0.0)
+        out[f"{model}_{key}_mean"], out[f"{model}_{key}_std"] = (float(v.mean()),
+                                                                 float(v.std(ddof=1) if len(v) > 1 else 0.0))
         print(f"  {key:32s} {v.mean():12.4g} +- {out[f'{model}_{key}_std']:.3g}   "
               f"[{v.min():.4g}, {v.max():.4g}]")
     return out

@@ -63,21 +63,25 @@ SITES = {
         gpu="NVIDIA A100 (40/80 GB, NVLink 3)", cpu="1x AMD EPYC 7763 (64 cores)",
         interconnect="HPE Slingshot-11, 4 NICs per GPU node (200 Gb/s each)", machine="perlmutter",
         dist_backend="nccl",
-        env={"NCCL_NET_GDR_LEVEL": "PHB", "NCCL_SOCKET_IFNAME": "hsn", "NCCL_CROSS_NIC": "1", "FI_CXI_DISABLE_HOST_REGISTER": "1",
-             "FI_MR_CACHE_MONITOR": "userfaultfd"},
-        filesystems={"home": "$HOME", "scratch": "$SCRATCH (/pscratch, Lustre)", "cfs": "/global/cfs/cdirs/PROJECT"},
+        env={"NCCL_NET_GDR_LEVEL": "PHB", "NCCL_SOCKET_IFNAME": "hsn", "NCCL_CROSS_NIC": "1",
+             "FI_CXI_DISABLE_HOST_REGISTER": "1", "FI_MR_CACHE_MONITOR": "userfaultfd"},
+        filesystems={"home": "$HOME", "scratch": "$SCRATCH (/pscratch, Lustre)",
+                     "cfs": "/global/cfs/cdirs/PROJECT"},
         activate="module load pytorch   # or: module load conda; conda activate $SCRATCH/envs/hepml-kit",
         jupyter_kernels="$HOME/.local/share/jupyter/kernels (NERSC JupyterHub, jupyter.nersc.gov)",
         hostnames=r"(?!)",  # NERSC sets NERSC_HOST=perlmutter on every node: no host-name guessing
-        sources="docs.nersc.gov: Perlmutter architecture, Running jobs, Using Python/PyTorch, Jupyter kernels"),
+        sources="docs.nersc.gov: Perlmutter architecture, Running jobs, Using "
+                "Python/PyTorch, Jupyter kernels"),
     "polaris": Site(
         name="polaris", facility="ALCF", scheduler="pbs", launcher="mpiexec", gpus_per_node=4,
         gpu="NVIDIA A100 SXM4 40 GB (NVLink 3)", cpu="1x AMD EPYC 7543P (32 cores)",
-        interconnect="HPE Slingshot-11, 2 NICs per node (200 Gb/s each)", machine="polaris", dist_backend="nccl",
+        interconnect="HPE Slingshot-11, 2 NICs per node (200 Gb/s each)", machine="polaris",
+        dist_backend="nccl",
         env={"NCCL_NET_GDR_LEVEL": "PHB", "NCCL_CROSS_NIC": "1", "NCCL_COLLNET_ENABLE": "1",
-             "NCCL_NET": "AWS Libfabric", "FI_CXI_DISABLE_HOST_REGISTER": "1", "FI_MR_CACHE_MONITOR": "userfaultfd",
-             "FI_CXI_DEFAULT_CQ_SIZE": "131072"},
-        filesystems={"home": "/home/$USER", "eagle": "/eagle/PROJECT (Lustre; PBS: -l filesystems=home:eagle)"},
+             "NCCL_NET": "AWS Libfabric", "FI_CXI_DISABLE_HOST_REGISTER": "1",
+             "FI_MR_CACHE_MONITOR": "userfaultfd", "FI_CXI_DEFAULT_CQ_SIZE": "131072"},
+        filesystems={"home": "/home/$USER",
+                     "eagle": "/eagle/PROJECT (Lustre; PBS: -l filesystems=home:eagle)"},
         activate="module use /soft/modulefiles; module load conda; conda activate base",
         jupyter_kernels="~/.local/share/jupyter/kernels (ALCF JupyterHub, jupyter.alcf.anl.gov)",
         hostnames=r"^(polaris-login-\d+|x3\d{3}c\d+s\d+b\d+n\d+)(\..*)?$",
@@ -188,7 +192,8 @@ def doctor() -> int:
 
         rows.append(_Row("torch build", f"{torch.__version__} (CUDA {torch.version.cuda or 'none'})"))
         gpus = devices()
-        rows.append(_Row("devices", ", ".join(f"cuda:{d['index']} {d['name']} {d['memory_GiB']} GiB" for d in gpus)
+        rows.append(_Row("devices",
+                         ", ".join(f"cuda:{d['index']} {d['name']} {d['memory_GiB']} GiB" for d in gpus)
                          or f"CPU only ({os.cpu_count()} cores)"))
         for name, ok in backends().items():
             rows.append(_Row(f"backend {name}", "yes" if ok else "no"))

@@ -29,7 +29,8 @@ HOSTILE = '"; touch /tmp/hepml_pwned_pbs; echo "'
 
 
 def _notebook(path: Path, body: str) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('LABEL = "x"\nN = 1', metadata={"tags": ["parameters"]}),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('LABEL = "x"\nN = 1',
+                                                                   metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell(body)])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
@@ -37,9 +38,10 @@ def _notebook(path: Path, body: str) -> Path:
 
 
 def test_polaris_script_for_lesson02_on_two_nodes(tmp_path):
-    out = subprocess.run([EXE, "batch", "curriculum/02_data_parallel.ipynb", "--site", "polaris", "-p", "NPROCS", "8",
-                          "--nodes", "2", "--gpus-per-node", "4", "--time", "00:30:00", "--queue", "prod",
-                          "--account", "MYPROJ", "--conda-env", "/eagle/MYPROJ/envs/kit", "--dry-run"],
+    out = subprocess.run([EXE, "batch", "curriculum/02_data_parallel.ipynb", "--site", "polaris",
+                          "-p", "NPROCS", "8", "--nodes", "2", "--gpus-per-node", "4", "--time", "00:30:00",
+                          "--queue", "prod", "--account", "MYPROJ", "--conda-env",
+                          "/eagle/MYPROJ/envs/kit", "--dry-run"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     script = out.stdout
@@ -52,7 +54,8 @@ def test_polaris_script_for_lesson02_on_two_nodes(tmp_path):
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
 
-@pytest.mark.parametrize("time, walltime", [("30", "00:30:00"), ("90:00", "01:30:00"), ("48:00:00", "48:00:00")])
+@pytest.mark.parametrize("time, walltime",
+                         [("30", "00:30:00"), ("90:00", "01:30:00"), ("48:00:00", "48:00:00")])
 def test_walltime_forms(tmp_path, time, walltime):
     nb = _notebook(tmp_path / "nb.ipynb", "print(1)")
     job = sbatch.BatchJob(notebook=str(nb), time=time, site="polaris", out_dir=str(tmp_path))
@@ -67,8 +70,8 @@ def torque(tmp_path_factory):
     from conftest import SLURM_DIR, slurm_up
 
     if not slurm_up():
-        out = subprocess.run([str(ROOT / "tests" / "slurm" / "cluster.sh"), "start"], capture_output=True, text=True,
-                             timeout=900)
+        out = subprocess.run([str(ROOT / "tests" / "slurm" / "cluster.sh"), "start"],
+                             capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
             pytest.fail(f"could not start the one-node Slurm cluster:\n{out.stderr[-2000:]}")
     if not shutil.which("qsub"):
@@ -82,9 +85,10 @@ def torque(tmp_path_factory):
 
 def test_pbs_job_submitted_through_qsub_and_collected(torque, tmp_path):
     nb = _notebook(tmp_path / "lesson.ipynb", "import json\nprint(json.dumps([LABEL, N]))")
-    job = sbatch.BatchJob(notebook=str(nb), parameters={"LABEL": HOSTILE, "N": 3}, time="00:05:00", site="polaris",
-                          queue="debug", account="m1234", venv=str(Path(sys.executable).parents[1]),
-                          execution_timeout=300, out_dir=str(tmp_path / "jobs"))
+    job = sbatch.BatchJob(notebook=str(nb), parameters={"LABEL": HOSTILE, "N": 3},
+                          time="00:05:00", site="polaris", queue="debug", account="m1234",
+                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300,
+                          out_dir=str(tmp_path / "jobs"))
     job_id, job_dir, script = sbatch.submit(job)
     assert (job_dir / "job.pbs").read_text() == script
     st = sbatch.collect(job_id, to=tmp_path / "collected", wait=True, timeout=300)
@@ -101,7 +105,8 @@ def test_pbs_job_submitted_through_qsub_and_collected(torque, tmp_path):
 def test_failed_pbs_job_is_reported(torque, tmp_path):
     nb = _notebook(tmp_path / "broken.ipynb", "raise RuntimeError('on purpose')")
     job = sbatch.BatchJob(notebook=str(nb), time="00:05:00", site="polaris", queue="debug",
-                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300, out_dir=str(tmp_path / "j"))
+                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300,
+                          out_dir=str(tmp_path / "j"))
     job_id, _, _ = sbatch.submit(job)
     with pytest.raises(sbatch.BatchError, match=f"job {job_id} FAILED, exit code 1"):
         sbatch.collect(job_id, wait=True, timeout=300)
@@ -121,7 +126,8 @@ def test_pbs_rank_mapping_from_pals_variables(tmp_path):
         rendezvous.from_pbs({"PBS_NODEFILE": str(nodefile)})
 
 
-def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):  # torque: cluster.sh installs mpiexec
+# torque: cluster.sh installs mpiexec
+def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):
     if not shutil.which("mpiexec"):
         pytest.fail("mpiexec missing: tests/slurm/cluster.sh start installs openmpi-bin")
     nodefile = tmp_path / "PBS_NODEFILE"
@@ -139,8 +145,9 @@ def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):  # t
         dist.barrier()
         dist.destroy_process_group()
     """))
-    env = {**os.environ, "PBS_JOBID": "77.pbs-test", "PBS_NODEFILE": str(nodefile), "OMPI_ALLOW_RUN_AS_ROOT": "1",
-           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "MASTER_PORT": str(rendezvous.free_port()),
+    env = {**os.environ, "PBS_JOBID": "77.pbs-test", "PBS_NODEFILE": str(nodefile),
+           "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+           "MASTER_PORT": str(rendezvous.free_port()),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     for k in [k for k in env if k.startswith(("SLURM_", "RANK", "WORLD_SIZE", "LOCAL_RANK"))]:
         env.pop(k)
@@ -150,7 +157,8 @@ def test_launch_under_a_real_mpiexec_with_a_pbs_nodefile(torque, tmp_path):  # t
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     host = socket.gethostname()
     assert sorted(p.read_text() for p in tmp_path.glob("rank*.txt")) == [
-        f"RANK={r} WORLD_SIZE=2 LOCAL_RANK={r} LOCAL_WORLD_SIZE=2 MASTER_ADDR={host} backend=gloo sum=3" for r in (0, 1)]
+        f"RANK={r} WORLD_SIZE=2 LOCAL_RANK={r} LOCAL_WORLD_SIZE=2 "
+        f"MASTER_ADDR={host} backend=gloo sum=3" for r in (0, 1)]
 
 
 def test_mpiexec_command_uses_pals_flags(tmp_path, monkeypatch):
@@ -179,8 +187,8 @@ class _FakeAccelerator:
 
 
 @pytest.mark.parametrize("kind, count, local_world, want", [
-    ("xpu", 6, 6, "xccl"), ("xpu", 6, 12, "gloo"), ("cuda", 4, 4, "nccl"), ("cuda", 1, 2, "gloo"), ("cpu", 0, 2, "gloo"),
-    ("mps", 1, 1, "gloo"),
+    ("xpu", 6, 6, "xccl"), ("xpu", 6, 12, "gloo"), ("cuda", 4, 4, "nccl"), ("cuda", 1, 2, "gloo"),
+    ("cpu", 0, 2, "gloo"), ("mps", 1, 1, "gloo"),
 ])
 def test_backend_follows_the_accelerator(monkeypatch, kind, count, local_world, want):
     import torch
@@ -194,8 +202,8 @@ def test_pbs_engine_job_for_ipyparallel(tmp_path):
 
     kwargs = engine_cluster_kwargs("pbs", 8, queue="debug", account="MYPROJ", walltime="00:30:00")
     assert kwargs["engines"] == "pbs"
-    launcher = PBSEngineSetLauncher(work_dir=str(tmp_path), config=kwargs["config"], profile_dir=str(tmp_path),
-                                    cluster_id="t")
+    launcher = PBSEngineSetLauncher(work_dir=str(tmp_path), config=kwargs["config"],
+                                    profile_dir=str(tmp_path), cluster_id="t")
     launcher.n = 8
     launcher.write_batch_script(8)
     script = Path(launcher.batch_file).read_text()

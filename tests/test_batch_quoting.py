@@ -21,7 +21,8 @@ SITES = ["perlmutter", "polaris"]
 
 
 def _notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('LABEL = "x"\nN = 1', metadata={"tags": ["parameters"]}),
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('LABEL = "x"\nN = 1',
+                                                                   metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell("print(LABEL)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,24 +56,28 @@ def _directives(script: str) -> list[list[str]]:
 @pytest.mark.parametrize("container", ["podman-hpc", "shifter"])
 def test_hostile_image_is_refused_naming_the_option(tmp_path, container):
     nb = _notebook(tmp_path / "nb.ipynb")
-    out = subprocess.run([EXE, "batch", str(nb), "--image", f"img; touch {tmp_path}/pwned", "--container", container,
-                          "--dry-run"], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "--image" in out.stderr and "not allowed" in out.stderr, out.stdout + out.stderr
+    out = subprocess.run([EXE, "batch", str(nb), "--image", f"img; touch {tmp_path}/pwned",
+                          "--container", container, "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--image" in out.stderr and "not allowed" in out.stderr, \
+        out.stdout + out.stderr
     assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("container", ["podman-hpc", "shifter"])
 def test_image_and_pwd_are_single_words(tmp_path, container):
-    script = _render(tmp_path, image="registry.nersc.gov/das/hepml-kit:1.0", container=container, gpus_per_node=4)
+    script = _render(tmp_path, image="registry.nersc.gov/das/hepml-kit:1.0",
+                     container=container, gpus_per_node=4)
     line = next(x for x in script.splitlines() if "papermill -k" in x)
     words = shlex.split(line)
-    assert "registry.nersc.gov/das/hepml-kit:1.0" in words or "--image=registry.nersc.gov/das/hepml-kit:1.0" in words
+    assert ("registry.nersc.gov/das/hepml-kit:1.0" in words
+            or "--image=registry.nersc.gov/das/hepml-kit:1.0" in words)
     assert "$PWD" not in line.replace('"$PWD"', "")  # $PWD only ever inside double quotes
     # run it from a folder whose name would split: the container still gets one mount argument
     odd = tmp_path / "a b;touch pwned"
     odd.mkdir()
     r = subprocess.run(["bash", "-c", f"cd {shlex.quote(str(odd))} && " + _stubbed(tmp_path) + script],
-                       capture_output=True, text=True, timeout=60, env={**os.environ, "STUBLOG": str(tmp_path / "log")})
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "STUBLOG": str(tmp_path / "log")})
     assert r.returncode == 0, r.stderr
     assert not (odd / "pwned").exists() and not Path("pwned").exists()
     if container == "podman-hpc":
@@ -126,9 +131,10 @@ def test_out_folder_a_directive_cannot_carry_is_refused(tmp_path, site):
 def test_non_utf8_values_are_refused_before_submission(tmp_path):
     nb = _notebook(tmp_path / "nb.ipynb")
     for args in ([b"-p", b"LABEL", b"caf\xe9"], [b"--venv", b"/opt/v\xff"], [b"--account", b"m\xff"]):
-        out = subprocess.run([EXE.encode(), b"batch", str(nb).encode(), *args, b"--dry-run"], capture_output=True,
-                             timeout=60)
-        assert out.returncode == 2 and b"UTF-8" in out.stderr or b"not allowed" in out.stderr, (args, out.stderr)
+        out = subprocess.run([EXE.encode(), b"batch", str(nb).encode(), *args, b"--dry-run"],
+                             capture_output=True, timeout=60)
+        assert out.returncode == 2 and b"UTF-8" in out.stderr or b"not allowed" in out.stderr, \
+            (args, out.stderr)
 
 
 def test_shell_word_expands_variables_only():

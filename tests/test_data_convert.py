@@ -25,7 +25,8 @@ def _user_jets(n: int, seed: int) -> dict:
     mask = np.asarray(data["mask"]).astype(bool)
     n_tracks = mask.sum(axis=1)
     tracks = np.asarray(data["tracks"])[mask]  # (total tracks, features), jet by jet
-    return {"jet_pt": np.asarray(data["jet_pt"], dtype=np.float32), "label": np.asarray(data["flavour"]).astype(np.int32),
+    return {"jet_pt": np.asarray(data["jet_pt"], dtype=np.float32),
+            "label": np.asarray(data["flavour"]).astype(np.int32),
             "trk_d0": ak.unflatten(tracks[:, 0].astype(np.float32), n_tracks),
             "trk_z0": ak.unflatten(tracks[:, 1].astype(np.float64), n_tracks)}
 
@@ -36,7 +37,8 @@ def root_files(tmp_path_factory):
     d = tmp_path_factory.mktemp("root")
     a, b = _user_jets(150, 1), _user_jets(120, 2)
     with uproot.recreate(d / "a.root") as f:
-        f.mktree("jets", {"jet_pt": "f4", "label": "i4", "trk_d0": "var * float32", "trk_z0": "var * float64"})
+        f.mktree("jets",
+                 {"jet_pt": "f4", "label": "i4", "trk_d0": "var * float32", "trk_z0": "var * float64"})
         f["jets"].extend(a)
     with uproot.recreate(d / "b.root") as f:
         f["jets"] = b
@@ -103,11 +105,13 @@ def test_bad_input_fails_by_name_and_leaves_nothing(root_files, tmp_path, capsys
     cases = [
         ([str(tmp_path / "missing.root"), "--tree", "jets"], "missing.root: no such file"),
         ([str(d / "a.root"), "--tree", "tracks"], "a.root: no tree 'tracks'.*'jets'"),
-        ([str(d / "a.root"), "--tree", "jets", "--branches", "jet_pt,trk_phi"], "a.root: .*no branch 'trk_phi'"),
+        ([str(d / "a.root"), "--tree", "jets", "--branches", "jet_pt,trk_phi"],
+         "a.root: .*no branch 'trk_phi'"),
         ([str(broken), "--tree", "jets"], "broken.root: .*(truncated or corrupt|no tree)"),
         ([str(tmp_path / "strings.parquet")], "strings.parquet: .*'name'.*not .*--branches"),
         ([str(d / "a.root"), "--tree", "jets", "--cut", "jet_pt >"], "--cut 'jet_pt >' does not parse"),
-        ([str(d / "a.root"), "--tree", "jets", "--cut", "pt > 3"], "a.root: --cut 'pt > 3' cannot be evaluated"),
+        ([str(d / "a.root"), "--tree", "jets", "--cut", "pt > 3"],
+         "a.root: --cut 'pt > 3' cannot be evaluated"),
     ]
     for args, message in cases:
         out = tmp_path / "out"
@@ -147,8 +151,8 @@ def test_root_stream_reads_each_ranks_share_directly(root_files):
                       ak.concatenate([ak.Array(a[key]), ak.Array(b[key])])), key
     seen = []
     for rank in range(2):
-        stream = RootStream(files, "jets", 40, branches=keep, chunk_events=64, shuffle=True, seed=1, rank=rank,
-                            world_size=2)
+        stream = RootStream(files, "jets", 40, branches=keep, chunk_events=64, shuffle=True,
+                            seed=1, rank=rank, world_size=2)
         stream.set_epoch(2)
         serial = [float(x) for batch in stream for x in batch["jet_pt"]]
         workers = [float(x) for batch in stream.loader(num_workers=2) for x in batch["jet_pt"]]

@@ -95,7 +95,8 @@ def test_metadata_flip_is_caught_before_hdf5_parses_the_file(jets, tmp_path):
     t = shutil.copytree(jets, tmp_path / "ds")
     path = t / "shard-00000-of-00002.h5"
     with h5py.File(path, "r") as f:
-        data_start = min(f["tracks"].id.get_chunk_info(i).byte_offset for i in range(f["tracks"].id.get_num_chunks()))
+        data_start = min(f["tracks"].id.get_chunk_info(i).byte_offset
+                         for i in range(f["tracks"].id.get_num_chunks()))
     with open(path, "r+b") as f:  # the superblock's end-of-file address region, before any chunk
         f.seek(min(40, data_start - 1))
         b = f.read(1)

@@ -1,4 +1,5 @@
-"""Planted faults on 2 CPU ranks (issue 16): each report names the right rank(s) and collective within a stated
+"""Planted faults on 2 CPU ranks (issue 16): each report names the right rank(s) and collective within a
+stated
 time, and nothing is left running afterwards; per-rank inspection; the fork guard."""
 
 import os
@@ -75,7 +76,8 @@ def _skips_a_collective():
 
 def test_a_skipped_collective_is_an_error_not_a_hang(pool):
     err = _run_fault(pool, _skips_a_collective, timeout=300, bound_s=20)
-    assert "desync" in str(err) and "rank(s) 1 returned from the function while rank 0 waits in all_reduce #2" in str(err)
+    assert ("desync" in str(err)
+            and "rank(s) 1 returned from the function while rank 0 waits in all_reduce #2" in str(err))
 
 
 def _different_collectives():
@@ -122,7 +124,8 @@ def test_stacks_on_request_while_a_call_runs(pool):
     asker.start()
     assert pool.run(_dozes, timeout=60, quiet=True) == [0, 1]
     asker.join()
-    assert "--- rank 0 stack" in seen["stacks"] and "_dozes" in seen["stacks"] and "time.sleep(6)" in seen["stacks"]
+    assert ("--- rank 0 stack" in seen["stacks"] and "_dozes" in seen["stacks"]
+            and "time.sleep(6)" in seen["stacks"])
     assert "rank 1 is back from the function" in seen["stacks"]
 
 
@@ -154,4 +157,5 @@ def test_the_fork_guard_names_the_cause_and_the_fix(monkeypatch):
         check_no_cuda_before_fork()
     text = str(info.value)
     assert "ddp_notebook" in text and "restart the kernel" in text and "ddp_spawn" in text
-    assert f"cell In[{cell.execution_count}] (starting 'y = 2" in text, "the first cell after which CUDA was on"
+    assert f"cell In[{cell.execution_count}] (starting 'y = 2" in text, \
+        "the first cell after which CUDA was on"

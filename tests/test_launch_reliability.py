@@ -46,7 +46,8 @@ def test_a_killed_driver_leaves_no_process_and_no_folder(sig, tmp_path):
             time.sleep(0.5)
         line = next(ln for ln in (tmp_path / "driver.log").read_text().splitlines() if ln.startswith("READY"))
         folders = line.split()[1:]
-        assert len(_tagged("HEPML_RELIABILITY_TAG", tag)) >= 4, "controller, 2 engines and the driver expected"
+        assert len(_tagged("HEPML_RELIABILITY_TAG", tag)) >= 4, \
+            "controller, 2 engines and the driver expected"
         driver.send_signal(sig)
         driver.wait(30)
         t0 = time.monotonic()
@@ -74,7 +75,8 @@ def test_a_timeout_reaches_the_caller_within_seconds_on_a_warm_pool(pool):
         pool.run(_nap, timeout=10, quiet=True)
     elapsed = time.monotonic() - t0
     print(f"a 10 s timeout reported after {elapsed:.1f} s")
-    assert elapsed < 15, f"a 10 s timeout was reported after {elapsed:.1f} s (SIGTERM to busy engines, then waits?)"
+    assert elapsed < 15, \
+        f"a 10 s timeout was reported after {elapsed:.1f} s (SIGTERM to busy engines, then waits?)"
     assert pool.run(lambda: 1) == [1, 1], "the pool must start afresh after a timeout"
 
 
@@ -126,4 +128,5 @@ def _sigkill_rank_1():
 def test_a_dead_rank_shows_how_it_died(pool):
     with pytest.raises(hk.WorkerError) as info:
         pool.run(_sigkill_rank_1, quiet=True)
-    assert "rank 1 failed" in str(info.value) and "killed by SIGKILL" in str(info.value) and "-9" in str(info.value)
+    assert ("rank 1 failed" in str(info.value) and "killed by SIGKILL" in str(info.value)
+            and "-9" in str(info.value))

@@ -37,7 +37,8 @@ def test_magic_runs_cell_on_every_rank_in_rank_order(tmp_path):
     nbformat.write(nb, src)
     outs = []
     for i in range(2):
-        out = pm.execute_notebook(str(src), str(tmp_path / f"out{i}.ipynb"), progress_bar=False, execution_timeout=240)
+        out = pm.execute_notebook(str(src), str(tmp_path / f"out{i}.ipynb"), progress_bar=False,
+                                  execution_timeout=240)
         outs.append((_stream_text(out.cells[2]), _stream_text(out.cells[3]), _stream_text(out.cells[4])))
     assert outs[0][0] == "[rank 0] rank 0 sum 3.0\n[rank 1] rank 1 sum 3.0\n"
     assert outs[0][1] == "[rank 0] kept 0\n[rank 1] kept 1\n", "names a cell defines stay on the engines"

@@ -39,9 +39,10 @@ def test_fsdp_equals_single_process(pool, reference):
     r0 = ranks[0]
     assert_close(torch.tensor(r0["losses"]), torch.tensor(reference["losses"]), **TOL)
     for name, g in reference["grads"].items():
-        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7, msg=lambda m: f"gradient of {name}: {m}")
+        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7,
+                     msg=lambda m, name=name: f"gradient of {name}: {m}")
     for name, p in reference["params"].items():
-        assert_close(r0["params"][name], p, **TOL, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(r0["params"][name], p, **TOL, msg=lambda m, name=name: f"parameter {name}: {m}")
 
 
 def test_fsdp_bf16_close_to_single_process(pool, reference):
@@ -49,7 +50,8 @@ def test_fsdp_bf16_close_to_single_process(pool, reference):
     assert r0["losses"] != reference["losses"], "bf16 compute should not be bitwise fp32"
     assert_close(torch.tensor(r0["losses"]), torch.tensor(reference["losses"]), rtol=1e-2, atol=0)
     for name, p in reference["params"].items():
-        assert_close(r0["params"][name], p, rtol=0, atol=1e-2, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(r0["params"][name], p, rtol=0, atol=1e-2,
+                     msg=lambda m, name=name: f"parameter {name}: {m}")
         assert r0["params"][name].dtype == torch.float32  # the sharded master weights stay fp32
 
 

@@ -54,7 +54,8 @@ def test_bar_passes_the_truth_and_catches_wrong_phases_wrong_velocity_and_an_unt
     fast = y.clone()
     fast[:, 2:] *= math.sqrt(1.3)
     wrong_v = cu.metrics(Lookup(x, fast), data)
-    assert wrong_v["pk_ratio_max_dev_velocity"] > 0.29 and wrong_v["r_min"] > 0.999 and not cu.threshold(wrong_v)
+    assert (wrong_v["pk_ratio_max_dev_velocity"] > 0.29 and wrong_v["r_min"] > 0.999
+            and not cu.threshold(wrong_v))
     torch.manual_seed(9502)
     untrained = cu.metrics(cu.build(cfg), data)
     assert not cu.threshold(untrained)

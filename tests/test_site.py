@@ -14,7 +14,8 @@ EXE = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
 
 
 @pytest.mark.parametrize("env, host, want", [
-    ({"PBS_JOBID": "123.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov"}, "somewhere", "ALCF Polaris (PBS job 123."),
+    ({"PBS_JOBID": "123.polaris-pbs-01.hsn.cm.polaris.alcf.anl.gov"}, "somewhere",
+     "ALCF Polaris (PBS job 123."),
     ({}, "x3005c0s13b0n0", "ALCF Polaris (login/Jupyter node)"),
     ({}, "polaris-login-02", "ALCF Polaris (login/Jupyter node)"),
     ({"NERSC_HOST": "perlmutter", "SLURM_JOB_ID": "9"}, "nid001234", "NERSC Perlmutter (Slurm job 9)"),
@@ -28,7 +29,8 @@ def test_site_is_recognised(env, host, want):
 
 def test_every_site_has_what_the_kit_needs():
     for site in SITES.values():
-        assert site.scheduler in ("slurm", "pbs") and site.launcher in ("srun", "mpiexec") and site.gpus_per_node > 0
+        assert (site.scheduler in ("slurm", "pbs") and site.launcher in ("srun", "mpiexec")
+                and site.gpus_per_node > 0)
         assert site.sources and site.activate and site.filesystems and site.jupyter_kernels
         assert site.machine is None or site.machine in MACHINES
     polaris = SITES["polaris"]

@@ -8,5 +8,5 @@ from hepml_kit.batch.lesson_params import curriculum_dir
 from hepml_kit.batch.quoting import BatchError
 from hepml_kit.batch.sbatch import BatchJob, collect, job_status, render_sbatch, submit
 
-__all__ = ["BatchError", "BatchJob", "collect", "curriculum_dir", "install_kernel", "job_status", "kernelspec",
-           "render_sbatch", "submit"]
+__all__ = ["BatchError", "BatchJob", "collect", "curriculum_dir", "install_kernel",
+           "job_status", "kernelspec", "render_sbatch", "submit"]

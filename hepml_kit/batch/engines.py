@@ -32,14 +32,16 @@ def pbs_engine_template(n: int, *, ppn: int = 4, walltime: str = "01:00:00", que
     if not re.fullmatch(r"\d{1,3}:\d{2}:\d{2}", walltime):
         raise BatchError(f"walltime {walltime!r}: write HH:MM:SS")
     nodes = math.ceil(n / ppn)
-    lines = ["#!/bin/bash", "#PBS -N hepml-engines", f"#PBS -l select={nodes}:system={directive_value('system', system)}",
+    lines = ["#!/bin/bash", "#PBS -N hepml-engines",
+             f"#PBS -l select={nodes}:system={directive_value('system', system)}",
              "#PBS -l place=scatter", f"#PBS -l walltime={walltime}",
              f"#PBS -l filesystems={directive_value('filesystems', filesystems, CONSTRAINT)}",
              f"#PBS -q {directive_value('queue', queue)}"]
     if account:
         lines.append(f"#PBS -A {directive_value('account', account)}")
     lines += ['cd "${{PBS_O_WORKDIR:-.}}"',  # braces doubled: ipyparallel formats the template
-              f"mpiexec -n {n} {' '.join(pals_mpi_args(min(ppn, n), cpus_per_node))} {{program_and_args}}", ""]
+              f"mpiexec -n {n} {' '.join(pals_mpi_args(min(ppn, n), cpus_per_node))} "
+              f"{{program_and_args}}", ""]
     return "\n".join(lines)
 
 

@@ -49,7 +49,8 @@ def script_body(job, job_dir: Path, job_id: str, before_papermill: tuple[str, ..
     papermill = [*prefix, "papermill", "-k", q(job.kernel), "--cwd", q(str(nb.parent)), "--log-output",
                  "--execution-timeout", str(int(job.execution_timeout)), "-f", '"$JOBDIR/parameters.yaml"',
                  q(str(nb)), q(str(executed))]
-    return ["# rendered by `hepml-kit batch`; parameters travel in a quoted here-document, never as shell code",
+    return ["# rendered by `hepml-kit batch`; parameters travel in a quoted "
+            "here-document, never as shell code",
             "set -uo pipefail", f"JOBDIR={q(str(job_dir))}", 'mkdir -p "$JOBDIR"',
             "export IPP_NONINTERACTIVE=1", "export MPLBACKEND=Agg", *activate,
             f"cat > \"$JOBDIR/parameters.yaml\" <<'{delimiter}'", params, delimiter,

@@ -43,7 +43,8 @@ def kernelspec(name: str = "hepml-kit", conda_env: str | None = None, image: str
 
 
 def install_kernel(name: str = "hepml-kit", conda_env: str | None = None, image: str | None = None,
-                   container: str = "podman-hpc", prefix: str | None = None, display_name: str | None = None) -> Path:
+                   container: str = "podman-hpc", prefix: str | None = None,
+                   display_name: str | None = None) -> Path:
     """Write the kernelspec; returns its folder."""
     from jupyter_core.paths import jupyter_data_dir
 

@@ -24,9 +24,11 @@ def curriculum_dir() -> Path:
     Lessons name their files relative to it, so they run from any working directory."""
     import os
 
-    folder = Path(os.environ.get("HEPML_KIT_CURRICULUM") or Path(__file__).resolve().parents[2] / "curriculum")
+    folder = Path(os.environ.get("HEPML_KIT_CURRICULUM")
+                  or Path(__file__).resolve().parents[2] / "curriculum")
     if not folder.is_dir():
-        raise FileNotFoundError(f"no lesson folder at {folder}: set HEPML_KIT_CURRICULUM to the course's curriculum/")
+        raise FileNotFoundError(f"no lesson folder at {folder}: set HEPML_KIT_CURRICULUM to "
+                                "the course's curriculum/")
     return folder
 
 

@@ -49,7 +49,8 @@ def render_pbs(job, job_dir: Path) -> str:
 def _walltime(t: str) -> str:
     """Slurm-style MM, MM:SS or HH:MM:SS as PBS HH:MM:SS."""
     parts = [int(x) for x in t.split(":")]
-    seconds = {1: lambda p: p[0] * 60, 2: lambda p: p[0] * 60 + p[1], 3: lambda p: p[0] * 3600 + p[1] * 60 + p[2]}
+    seconds = {1: lambda p: p[0] * 60, 2: lambda p: p[0] * 60 + p[1],
+               3: lambda p: p[0] * 3600 + p[1] * 60 + p[2]}
     s = seconds[len(parts)](parts)
     return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
@@ -59,9 +60,11 @@ def qsub(script_path: Path) -> str:
     if not shutil.which("qsub"):
         raise BatchError("qsub is not on PATH: run on a PBS login node (or use --dry-run to see the script)")
     # from the job folder: Torque-style wrappers put their default job.pbs.oNNN logs in the current folder
-    out = subprocess.run(["qsub", str(script_path)], capture_output=True, text=True, timeout=60, cwd=script_path.parent)
+    out = subprocess.run(["qsub", str(script_path)], capture_output=True, text=True, timeout=60,
+                         cwd=script_path.parent)
     if out.returncode != 0 or not out.stdout.strip():
-        raise BatchError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()} (script: {script_path})")
+        raise BatchError(f"qsub refused the job: {out.stderr.strip() or out.stdout.strip()} (script: "
+                         f"{script_path})")
     return out.stdout.strip().splitlines()[-1].strip()
 
 
@@ -70,7 +73,8 @@ def qstat_state(job_id: str) -> str | None:
     plain ``qstat`` (Torque-style wrappers); None when qstat is missing or does not know the job."""
     if not shutil.which("qstat"):
         return None
-    out = subprocess.run(["qstat", "-x", "-f", "-F", "json", job_id], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(["qstat", "-x", "-f", "-F", "json", job_id], capture_output=True,
+                         text=True, timeout=30)
     if out.returncode == 0 and out.stdout.lstrip().startswith("{"):
         jobs = json.loads(out.stdout).get("Jobs", {})
         for info in jobs.values():

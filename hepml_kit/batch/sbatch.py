@@ -83,8 +83,8 @@ class BatchJob:
         return SCHEDULERS[self.site]
 
     def _strings(self) -> Iterator[tuple[str, str]]:
-        for opt in ("notebook", "time", "account", "qos", "constraint", "conda_env", "module", "venv", "image",
-                    "kernel", "out_dir", "job_name", "queue", "filesystems"):
+        for opt in ("notebook", "time", "account", "qos", "constraint", "conda_env",
+                    "module", "venv", "image", "kernel", "out_dir", "job_name", "queue", "filesystems"):
             if getattr(self, opt) is not None:
                 yield "--" + opt.replace("_", "-").replace("out-dir", "out"), str(getattr(self, opt))
         for name, value in self.parameters.items():
@@ -111,7 +111,8 @@ class BatchJob:
         if not _TIME.match(self.time):
             raise BatchError(f"--time {self.time!r} is not a Slurm time (e.g. 00:30:00 or 1-00:00:00)")
         if self.scheduler == "pbs" and "-" in self.time:
-            raise BatchError(f"--time {self.time!r}: PBS walltime has no days, write HH:MM:SS (e.g. 24:00:00)")
+            raise BatchError(f"--time {self.time!r}: PBS walltime has no days, write "
+                             "HH:MM:SS (e.g. 24:00:00)")
         for option, value in (("--account", self.account), ("--qos", self.qos), ("--queue", self.queue)):
             if value is not None:
                 directive_value(option, value, ACCOUNT)
@@ -162,8 +163,10 @@ def render_sbatch(job: BatchJob, job_dir: Path) -> str:
           f"--time={job.time}", f"--output={directive_path('--output', job_dir)}/slurm-%j.out"]
     if job.gpus_per_node:
         sb += [f"--gpus-per-node={job.gpus_per_node}"]
-    sb += [f"--{k}={v}" for k, v in (("account", job.account), ("qos", job.qos), ("constraint", job.constraint)) if v]
-    return "\n".join(["#!/bin/bash", *[f"#SBATCH {x}" for x in sb], "", *script_body(job, job_dir, "SLURM_JOB_ID")])
+    sb += [f"--{k}={v}" for k, v in (("account", job.account), ("qos", job.qos),
+                                     ("constraint", job.constraint)) if v]
+    return "\n".join(["#!/bin/bash", *[f"#SBATCH {x}" for x in sb], "",
+                      *script_body(job, job_dir, "SLURM_JOB_ID")])
 
 
 def _job_dir(job: BatchJob) -> Path:
@@ -181,14 +184,16 @@ def submit(job: BatchJob, dry_run: bool = False) -> tuple[str | None, Path, str]
         return None, job_dir, script
     slurm = job.scheduler == "slurm"
     if slurm and not shutil.which("sbatch"):
-        raise BatchError("sbatch is not on PATH: run inside a Slurm cluster (or use --dry-run to see the script)")
+        raise BatchError("sbatch is not on PATH: run inside a Slurm cluster (or use "
+                         "--dry-run to see the script)")
     job_dir.mkdir(parents=True, exist_ok=True)
     path = job_dir / ("job.sbatch" if slurm else "job.pbs")
     path.write_text(script)
     if slurm:
         out = subprocess.run(["sbatch", "--parsable", str(path)], capture_output=True, text=True, timeout=60)
         if out.returncode != 0:
-            raise BatchError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()} (script: {path})")
+            raise BatchError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()} (script: "
+                             f"{path})")
         job_id = out.stdout.strip().split(";")[0]
     else:
         from hepml_kit.batch.pbs import qsub
@@ -224,7 +229,8 @@ def _slurm_state(job_id: str) -> str | None:
     state = _run(["squeue", "-h", "-j", job_id, "-o", "%T"])
     if state:
         return state.split()[0]
-    rows = [r.split("|") for r in _run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o", "JobID,State"]).splitlines()]
+    rows = [r.split("|") for r in _run(["sacct", "-X", "-n", "-P", "-j", job_id, "-o",
+                                        "JobID,State"]).splitlines()]
     state = next((r[1].split()[0] for r in rows if len(r) == 2 and r[0] == job_id and r[1]), None)
     if state:
         return state  # e.g. "CANCELLED by 0" -> CANCELLED
@@ -239,7 +245,8 @@ def job_status(job_id: str) -> dict:
     slurm = SCHEDULERS[rec.get("site", "slurm")] == "slurm"
     log = job_dir / (f"slurm-{job_id}.out" if slurm else "pbs.out")
     summary = job_dir / "summary.json"
-    state = _slurm_state(job_id) if slurm else __import__("hepml_kit.batch.pbs", fromlist=["x"]).qstat_state(job_id)
+    state = _slurm_state(job_id) if slurm else __import__("hepml_kit.batch.pbs",
+                                                          fromlist=["x"]).qstat_state(job_id)
     result = {"job_id": job_id, "state": state, "exit_code": None, "log": str(log), "job_dir": str(job_dir)}
     if summary.exists():
         s = json.loads(summary.read_text())
@@ -257,7 +264,8 @@ def collect(job_id: str, to: Path | None = None, wait: bool = False, timeout: fl
     naming the log when the job failed."""
     deadline = time.monotonic() + timeout
     st = job_status(job_id)
-    while wait and st["state"] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING") and time.monotonic() < deadline:
+    while wait and st["state"] in ("PENDING", "RUNNING", "CONFIGURING",
+                                   "COMPLETING") and time.monotonic() < deadline:
         time.sleep(2)
         st = job_status(job_id)
     if st["state"] in ("PENDING", "RUNNING", "CONFIGURING"):
@@ -289,8 +297,9 @@ def cli(a) -> int:
         params.update({name: value for name, value in (a.raw_parameters or [])})
         job = BatchJob(notebook=a.notebook, parameters=params, nodes=a.nodes, gpus_per_node=a.gpus_per_node,
                        ntasks_per_node=a.ntasks_per_node, time=a.time, account=a.account, qos=a.qos,
-                       constraint=a.constraint, conda_env=a.conda_env, module=a.module, venv=a.venv, image=a.image,
-                       container=a.container, kernel=a.kernel, execution_timeout=a.execution_timeout, out_dir=a.out,
+                       constraint=a.constraint, conda_env=a.conda_env, module=a.module,
+                       venv=a.venv, image=a.image, container=a.container, kernel=a.kernel,
+                       execution_timeout=a.execution_timeout, out_dir=a.out,
                        site=getattr(a, "site", "perlmutter"), queue=getattr(a, "queue", None),
                        filesystems=getattr(a, "filesystems", "home:eagle"))
         job_id, job_dir, script = submit(job, dry_run=a.dry_run)

@@ -2,8 +2,8 @@
 
 The sharded data sets' public names live here: the format, checks and reads in `hepml_kit.data.shards`
 (the leaf), writing in `hepml_kit.data.writer`, feeding ranks in `hepml_kit.data.loader`, a user's own
-files in `hepml_kit.data.convert` (to shards) and `hepml_kit.data.root_stream` (read directly). They are loaded
-on first use, so importing a generator does not import torch's data loading or h5py.
+files in `hepml_kit.data.convert` (to shards) and `hepml_kit.data.root_stream` (read directly). They are
+loaded on first use, so importing a generator does not import torch's data loading or h5py.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "FORMAT": "shards", "GENERATORS": "shards", "MANIFEST": "shards", "ShardError": "shards", "ShardSet": "shards",
-    "file_sha256": "shards", "generator_of": "shards", "metadata_checksum": "shards",
+    "FORMAT": "shards", "GENERATORS": "shards", "MANIFEST": "shards", "ShardError": "shards",
+    "ShardSet": "shards", "file_sha256": "shards", "generator_of": "shards", "metadata_checksum": "shards",
     "write_shards": "writer",
     "ShardDataset": "loader", "ShardEvents": "loader", "rank_chunks": "loader",
     "ConvertError": "convert", "convert_files": "convert", "RootStream": "root_stream",

@@ -70,12 +70,12 @@ def _numeric_columns(path: Path, arrays, names: list[str]) -> dict[str, Any]:
                 rows = ak.to_numpy(col)  # fixed-size arrays per event
         except (ValueError, TypeError) as e:
             raise ConvertError(f"{path}: branch {name!r} has type {col.type}, which is not a number, a fixed "
-                               f"array or one jagged list of numbers per event ({_why(e)}); leave it out with "
-                               "--branches") from None
+                               "array or one jagged list of numbers per event "
+                               f"({_why(e)}); leave it out with --branches") from None
         values = rows[0] if isinstance(rows, tuple) else rows
         if values.dtype.kind not in "biuf":
-            raise ConvertError(f"{path}: branch {name!r} holds {values.dtype} ({col.type}), not numbers; leave it "
-                               "out with --branches")
+            raise ConvertError(f"{path}: branch {name!r} holds {values.dtype} "
+                               f"({col.type}), not numbers; leave it out with --branches")
         out[name] = rows
     return out
 
@@ -89,13 +89,15 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
         raise ConvertError(f"{path}: cannot open as a ROOT file ({_why(e)}): truncated or "
                            "corrupt; copy it again or rewrite it") from None
     with f:
-        trees = [k.split(";")[0] for k, c in f.classnames().items() if c.startswith(("TTree", "ROOT::RNTuple"))]
+        trees = [k.split(";")[0] for k, c in f.classnames().items()
+                 if c.startswith(("TTree", "ROOT::RNTuple"))]
         if tree is None:
             if len(trees) != 1:
                 raise ConvertError(f"{path}: holds the trees {trees}; name one with --tree")
             tree = trees[0]
         if tree not in trees:
-            raise ConvertError(f"{path}: no tree {tree!r}; the trees in it are {trees or 'none'} (--tree NAME)")
+            raise ConvertError(f"{path}: no tree {tree!r}; the trees in it are "
+                               f"{trees or 'none'} (--tree NAME)")
         try:
             t = f[tree]
             known = list(t.keys())
@@ -105,8 +107,8 @@ def _read_root(path: Path, tree: str | None, branches: list[str] | None, cut: st
         names = branches or known
         missing = [b for b in names if b not in known]
         if missing:
-            raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; its branches "
-                               f"are {', '.join(known)} (--branches a,b,...)")
+            raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; its "
+                               f"branches are {', '.join(known)} (--branches a,b,...)")
         try:
             arrays = t.arrays(known if cut else names, library="ak")  # the cut may use branches not kept
         except Exception as e:  # noqa: BLE001
@@ -123,7 +125,8 @@ def _apply_cut(path: Path, arrays, names: list[str], cut: str | None):
     scope = {name: arrays[name] for name in arrays.fields}
     scope.update(abs=abs, np=np, ak=ak)
     try:
-        mask = eval(compile(cut, "<cut>", "eval"), {"__builtins__": {}}, scope)  # the user's own cut, over their own columns
+        # the user's own cut, over their own columns
+        mask = eval(compile(cut, "<cut>", "eval"), {"__builtins__": {}}, scope)
     except Exception as e:  # noqa: BLE001
         raise ConvertError(f"{path}: --cut {cut!r} cannot be evaluated ({_why(e)}); use the "
                            f"column names: {', '.join(arrays.fields)}") from None
@@ -138,12 +141,14 @@ def _read_hdf5(path: Path, group: str | None, branches: list[str] | None, cut: s
         with h5py.File(path, "r") as f:
             g = f if group is None else f.get(group)
             if not isinstance(g, h5py.Group):
-                raise ConvertError(f"{path}: no group {group!r}; groups in it: {[k for k in f if isinstance(f[k], h5py.Group)]}")
+                raise ConvertError(f"{path}: no group {group!r}; groups in it: "
+                                   f"{[k for k in f if isinstance(f[k], h5py.Group)]}")
             known = [k for k in g if isinstance(g[k], h5py.Dataset)]
             names = branches or known
             missing = [b for b in names if b not in known]
             if missing:
-                raise ConvertError(f"{path}: no dataset {', '.join(map(repr, missing))}; datasets: {', '.join(known)}")
+                raise ConvertError(f"{path}: no dataset {', '.join(map(repr, missing))}; "
+                                   f"datasets: {', '.join(known)}")
             arrays = ak.zip({name: g[name][()] for name in names}, depth_limit=1)
     except ConvertError:
         raise
@@ -162,7 +167,8 @@ def _read_parquet(path: Path, branches: list[str] | None, cut: str | None):
     names = branches or list(arrays.fields)
     missing = [b for b in names if b not in arrays.fields]
     if missing:
-        raise ConvertError(f"{path}: no column {', '.join(map(repr, missing))}; columns: {', '.join(arrays.fields)}")
+        raise ConvertError(f"{path}: no column {', '.join(map(repr, missing))}; columns: "
+                           f"{', '.join(arrays.fields)}")
     return _apply_cut(path, arrays, names, cut), names
 
 
@@ -200,25 +206,28 @@ def convert_files(inputs: list[str | os.PathLike], n_shards: int, out_dir: str |
     for path in inputs:
         cols = read_input(path, tree, branches, cut)
         if first is not None and list(cols) != list(first[1]):
-            raise ConvertError(f"{path}: columns {list(cols)} differ from {first[0]}'s {list(first[1])}; pass "
-                               "--branches to pick the same ones")
+            raise ConvertError(f"{path}: columns {list(cols)} differ from "
+                               f"{first[0]}'s {list(first[1])}; pass --branches to pick the same ones")
         first = first or (path, cols)
-        n = len(next(iter(cols.values()))[1] if isinstance(next(iter(cols.values())), tuple) else next(iter(cols.values())))
+        n = len(next(iter(cols.values()))[1] if isinstance(next(iter(cols.values())), tuple)
+                else next(iter(cols.values())))
         log(f"read {path}: {n} events, {len(cols)} columns")
         parts.append(cols)
     columns = {}
     for name, rows in parts[0].items():
         if isinstance(rows, tuple):
-            columns[name] = (np.concatenate([p[name][0] for p in parts]), np.concatenate([p[name][1] for p in parts]))
+            columns[name] = (np.concatenate([p[name][0] for p in parts]),
+                             np.concatenate([p[name][1] for p in parts]))
         else:
             columns[name] = np.concatenate([p[name] for p in parts])
     n_events = len(columns[name][1]) if isinstance(columns[name], tuple) else len(columns[name])
     if n_events < n_shards:
-        raise ConvertError(f"{n_events} events after the cut, fewer than --shards {n_shards}; loosen the cut or "
-                           "write fewer shards")
+        raise ConvertError(f"{n_events} events after the cut, fewer than --shards "
+                           f"{n_shards}; loosen the cut or write fewer shards")
     source = {"inputs": [{"path": str(Path(p).resolve()), "bytes": Path(p).stat().st_size} for p in inputs],
               "tree": tree, "branches": list(columns), "cut": cut}
     try:
-        return write_table(columns, n_shards, out_dir, source=source, overwrite=overwrite, progress=progress, log=log)
+        return write_table(columns, n_shards, out_dir, source=source, overwrite=overwrite,
+                           progress=progress, log=log)
     except ValueError as e:
         raise ConvertError(str(e)) from None

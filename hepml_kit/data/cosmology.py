@@ -264,7 +264,8 @@ def power_spectrum(field, box: float, n_bins: int | None = None) -> tuple[np.nda
     return cross_power_spectrum(field, field, box, n_bins)
 
 
-def cross_power_spectrum(a, b, box: float, n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def cross_power_spectrum(a, b, box: float,
+                         n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Spherically averaged cross spectrum Re <a(k) b*(k)> of two periodic (g, g, g) fields, binned as
     `power_spectrum` (which is the cross spectrum of a field with itself). The cross-correlation coefficient
     r(k) = P_ab / sqrt(P_aa P_bb) measures how well the phases agree (1: identical up to amplitude)."""

@@ -27,13 +27,15 @@ import torch
 
 from hepml_kit.data.shards import ShardSet, collate_events, read_event, read_events
 
-# collate_events, read_event, read_events: defined in hepml_kit.data.shards (ShardSet.read), importable here too
+# collate_events, read_event, read_events: defined in hepml_kit.data.shards (ShardSet.read), importable here
+# too
 __all__ = ["ShardDataset", "ShardEvents", "collate_events", "rank_chunks", "read_event", "read_events",
            "table_batches"]
 
 # ------------------------------------------------------------------------------------------- ranks
-def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *, shuffle: bool = False,
-                seed: int = 0, epoch: int = 0, drop_last: bool = False) -> list[tuple[int, int]]:
+def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *,
+                shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                drop_last: bool = False) -> list[tuple[int, int]]:
     """This rank's chunks [(start, stop), ...] of global events, DistributedSampler-style but in chunks.
 
     The events are cut into chunks of `chunk_events` (the last one may be shorter); with `shuffle` their
@@ -86,9 +88,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
     options: ``num_workers``, ``pin_memory``, ``prefetch_factor``, ``persistent_workers``.
     """
 
-    def __init__(self, path: str | os.PathLike | ShardSet, batch_size: int, *, chunk_events: int | None = None,
-                 shuffle: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool = False, verify: str = "quick", cfg: Any = None):
+    def __init__(self, path: str | os.PathLike | ShardSet, batch_size: int, *,
+                 chunk_events: int | None = None, shuffle: bool = False, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
+                 verify: str = "quick", cfg: Any = None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -99,7 +102,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         chunk = chunk_events or max(1, 4096 // batch_size) * batch_size
         self.chunk_events = int(-(-int(chunk) // self.batch_size) * self.batch_size)
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None else int(world_size))
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, int(seed), drop_last, 0
         rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size)  # validates rank/world
 
@@ -108,8 +112,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def chunks(self, worker: int = 0, num_workers: int = 1) -> list[tuple[int, int]]:
         """The [start, stop) event ranges this rank (and DataLoader worker) reads this epoch."""
-        mine = rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size, shuffle=self.shuffle,
-                           seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
+        mine = rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size,
+                           shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
         return mine[worker::num_workers]
 
     def events_per_epoch(self) -> int:

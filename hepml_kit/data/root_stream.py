@@ -47,11 +47,14 @@ class RootStream(torch.utils.data.IterableDataset):
             raise ValueError(f"batch_size and chunk_events must be >= 1; got {batch_size}, {chunk_events}")
         _check_cut(cut)
         self.files, self.tree, self.cut = [str(f) for f in files], tree, cut
-        self.batch_size, self.chunk_events, self.shuffle, self.seed = int(batch_size), int(chunk_events), shuffle, seed
+        self.batch_size, self.chunk_events, self.shuffle, self.seed = (int(batch_size),
+                                                                       int(chunk_events), shuffle, seed)
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None else int(world_size))
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
         if not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size; got rank={self.rank}, world_size={self.world_size}")
+            raise ValueError(f"need 0 <= rank < world_size; got rank={self.rank}, "
+                             f"world_size={self.world_size}")
         self.drop_last, self.epoch, self._chunks = drop_last, 0, []
         for path in self.files:  # check every file now: a bad one is named before any rank starts reading
             if not os.path.isfile(path):
@@ -61,11 +64,12 @@ class RootStream(torch.utils.data.IterableDataset):
                     t = f[tree]
                     known, n = list(t.keys()), int(t.num_entries)
             except Exception as e:  # noqa: BLE001  (missing tree, truncated or corrupt file)
-                raise ConvertError(f"{path}: cannot read tree {tree!r} ({_why(e)}); check --tree and the file") from None
+                raise ConvertError(f"{path}: cannot read tree {tree!r} ({_why(e)}); "
+                                   "check --tree and the file") from None
             missing = [b for b in branches or [] if b not in known]
             if missing:
-                raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; its "
-                                   f"branches are {', '.join(known)}")
+                raise ConvertError(f"{path}: tree {tree!r} has no branch {', '.join(map(repr, missing))}; "
+                                   f"its branches are {', '.join(known)}")
             self.branches = branches or known
             self._chunks += [(path, a, min(a + self.chunk_events, n)) for a in range(0, n, self.chunk_events)]
 
@@ -94,7 +98,8 @@ class RootStream(torch.utils.data.IterableDataset):
                 names = list(t.keys()) if self.cut else self.branches
                 (arrays,) = list(t.iterate(names, entry_start=a, entry_stop=b, step_size=b - a, library="ak"))
         except Exception as e:  # noqa: BLE001
-            raise ConvertError(f"{path}: reading entries [{a}, {b}) of {self.tree!r} failed ({_why(e)})") from None
+            raise ConvertError(f"{path}: reading entries [{a}, {b}) of {self.tree!r} failed "
+                               f"({_why(e)})") from None
         arrays = _apply_cut(path, arrays, self.branches, self.cut)
         import awkward as ak
 

@@ -106,7 +106,7 @@ def file_sha256(path: str | os.PathLike) -> str:
 _sha256 = file_sha256  # the old private name
 
 
-# ------------------------------------------------------------------------------------------- metadata checksum
+# ------------------------------------------------------------------------------------------ metadata checksum
 def _chunk_extents(f: h5py.File) -> list[tuple[int, int]]:
     """[start, stop) in the file of every stored chunk of every dataset (what Fletcher-32 covers)."""
     extents = []
@@ -160,7 +160,8 @@ def _parse_ranges(text: str, size: int) -> list[tuple[int, int]]:
     return ranges
 
 
-_WHOLE_FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime, inode) -> SHA-256, for shards without metadata sums
+# (path, size, mtime, inode) -> SHA-256, for shards without metadata sums
+_WHOLE_FILE_HASHES: dict[tuple, str] = {}
 
 
 def _cached_sha256(path: Path) -> str:
@@ -175,7 +176,8 @@ _READ_ATTRIBUTES = """
 import json, sys, h5py
 with h5py.File(sys.argv[1], "r") as f:
     print(json.dumps({k: (v.decode() if isinstance(v, bytes) else v.item() if hasattr(v, "item") else v)
-                      for k, v in f.attrs.items() if isinstance(v, (bytes, str, int, float)) or hasattr(v, "item")}))
+                      for k, v in f.attrs.items()
+                      if isinstance(v, (bytes, str, int, float)) or hasattr(v, "item")}))
 """
 
 
@@ -193,8 +195,8 @@ def _attributes_in_child(path: Path) -> dict | None:
     """A damaged shard's attributes read in a child process (a corrupt file can crash the HDF5 parser,
     which must not take the caller down), or None when they cannot be read. Used on the error path only."""
     try:
-        r = subprocess.run([sys.executable, "-c", _READ_ATTRIBUTES, str(path)], capture_output=True, text=True,
-                           timeout=60, check=False)
+        r = subprocess.run([sys.executable, "-c", _READ_ATTRIBUTES, str(path)],
+                           capture_output=True, text=True, timeout=60, check=False)
         return json.loads(r.stdout) if r.returncode == 0 else None
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
@@ -251,17 +253,19 @@ class ShardSet:
             raise ShardError(f"{self.manifest_path}: {e}") from None
         if m["generator_version"] != version:
             raise ShardError(f"{self.manifest_path}: written by generator {m['generator']} version "
-                             f"{m['generator_version']!r}, but this code's generator is {version!r}; the events "
-                             "would differ from fresh ones. Regenerate the data set (hepml-kit data generate).")
+                             f"{m['generator_version']!r}, but this code's generator is "
+                             f"{version!r}; the events would differ from fresh ones. Regenerate the data set "
+                             "(hepml-kit data generate).")
         from hepml_kit import models
 
         self.testbed = models.get(m["model"])
         if cfg is None:
             cfg = self.testbed.config(m["preset"])
             if repr(cfg) != m["config"]:
-                raise ShardError(f"{self.manifest_path}: the data was written with a config other than today's "
-                                 f"preset {m['preset']!r} of {m['model']}:\n  written: {m['config']}\n  now:     "
-                                 f"{cfg!r}\nPass cfg= explicitly, or regenerate.")
+                raise ShardError(f"{self.manifest_path}: the data was written with a "
+                                 f"config other than today's preset {m['preset']!r} of "
+                                 f"{m['model']}:\n  written: {m['config']}\n  now:     {cfg!r}\nPass cfg= "
+                                 "explicitly, or regenerate.")
         return cfg
 
     # ---- checks
@@ -269,7 +273,8 @@ class ShardSet:
         try:
             m = json.loads(self.manifest_path.read_text())
         except FileNotFoundError:
-            raise ShardError(f"{self.manifest_path}: no manifest; is this a folder written by write_shards?") from None
+            raise ShardError(f"{self.manifest_path}: no manifest; is this a folder "
+                             "written by write_shards?") from None
         except (OSError, ValueError) as e:
             raise ShardError(f"{self.manifest_path}: unreadable manifest ({e})") from None
         need = ("format", "dataset_id", "model", "preset", "config", "generator", "generator_version", "seed",
@@ -289,8 +294,8 @@ class ShardSet:
         # bytes first, HDF5 last: the parser only ever sees a file whose every metadata byte is as written
         size, problem = path.stat().st_size, None
         if size != entry["bytes"]:
-            problem = (f"{path}: truncated or modified after writing: {size} bytes, {self.manifest_path} says "
-                       f"{entry['bytes']}")
+            problem = (f"{path}: truncated or modified after writing: {size} bytes, "
+                       f"{self.manifest_path} says {entry['bytes']}")
         elif verify == "full" and file_sha256(path) != entry["sha256"]:
             problem = f"{path}: SHA-256 differs from {self.manifest_path}: the file is corrupt"
         else:
@@ -303,7 +308,8 @@ class ShardSet:
         except ShardError:
             raise
         except Exception as e:  # noqa: BLE001  (anything h5py raises on a shard is about that shard)
-            raise ShardError(f"{path}: cannot read as a shard ({type(e).__name__}: {e}): corrupt shard") from None
+            raise ShardError(f"{path}: cannot read as a shard ({type(e).__name__}: {e}): corrupt "
+                             "shard") from None
 
     def _metadata_problem(self, k: int, path: Path, entry: dict, verify: str) -> str | None:
         meta = entry.get("metadata")
@@ -318,8 +324,9 @@ class ShardSet:
             raise ShardError(f"{self.manifest_path}: shard {k}'s metadata checksum entry is malformed ({e}); "
                              "regenerate the data set (hepml-kit data generate --overwrite)") from None
         if _ranges_sha256(path, ranges) != want:
-            return (f"{path}: cannot open as HDF5: its metadata (superblock, headers, chunk index) differs from "
-                    f"the SHA-256 in {self.manifest_path}: the file is corrupt; regenerate it")
+            return (f"{path}: cannot open as HDF5: its metadata (superblock, headers, "
+                    f"chunk index) differs from the SHA-256 in {self.manifest_path}: the file "
+                    "is corrupt; regenerate it")
         return None
 
     def _attributes_problem(self, k: int, path: Path, attrs: dict) -> str | None:
@@ -334,8 +341,8 @@ class ShardSet:
                 what = {"generator_version": "another generator version", "dataset_id": "another data set",
                         "shard": "another shard position", "n_events": "another event count",
                         "model": "another model"}[key]
-                return (f"{path}: {key} is {got!r} but {self.manifest_path} says {value!r}: the shard comes from "
-                        f"{what}; the manifest does not match its shards")
+                return (f"{path}: {key} is {got!r} but {self.manifest_path} says "
+                        f"{value!r}: the shard comes from {what}; the manifest does not match its shards")
         return None
 
     def _check_contents(self, k: int, path: Path, entry: dict) -> None:
@@ -352,11 +359,13 @@ class ShardSet:
                 ds = f[key]["values"] if ragged else f[key]
                 rows = ds.shape[0]
                 if ds.dtype.str != spec["dtype"]:
-                    raise ShardError(f"{path}: {key} has dtype {ds.dtype.str}, the manifest says {spec['dtype']}")
+                    raise ShardError(f"{path}: {key} has dtype {ds.dtype.str}, the "
+                                     f"manifest says {spec['dtype']}")
                 if ragged:
-                    off = self.checked(k, lambda: f[key]["offsets"][:], key)
+                    off = self.checked(k, lambda key=key: f[key]["offsets"][:], key)
                     if len(off) != n + 1 or off[0] != 0 or off[-1] != rows or np.any(np.diff(off) < 0):
-                        raise ShardError(f"{path}: {key}/offsets do not describe {n} events over {rows} values")
+                        raise ShardError(f"{path}: {key}/offsets do not describe {n} "
+                                         f"events over {rows} values")
                     self._offsets[(k, key)] = off
                 elif rows != n:
                     raise ShardError(f"{path}: {key} has {rows} events, {self.manifest_path} says {n}")
@@ -382,8 +391,8 @@ class ShardSet:
             raise
         except Exception as e:  # noqa: BLE001  (a failed Fletcher-32 check is an OSError; any h5py error counts)
             path = self.root / self.manifest["shards"][k]["file"]
-            raise ShardError(f"{path}: reading {what} failed ({e}): the shard is corrupt (run `hepml-kit data "
-                             f"verify {self.root}`)") from None
+            raise ShardError(f"{path}: reading {what} failed ({e}): the shard is "
+                             f"corrupt (run `hepml-kit data verify {self.root}`)") from None
 
     def close(self) -> None:
         if self._pid == os.getpid():
@@ -405,7 +414,8 @@ class ShardSet:
 
     # ---- reads (events are built from arrays by the functions below the class)
     def read(self, start: int, stop: int):
-        """Events [start, stop) (global indices) in the testbed's data format: one read per array per shard."""
+        """Events [start, stop) (global indices) in the testbed's data format: one read per array per
+        shard."""
         return read_events(self, start, stop)
 
     def read_event(self, i: int) -> dict[str, np.ndarray]:
@@ -436,7 +446,8 @@ class ShardSet:
         if ds is None:
             f = self._file(k)
             ragged = self.is_ragged(key)
-            ds = self._datasets[(k, key)] = self.checked(k, lambda: f[key]["values"] if ragged else f[key], key)
+            ds = self._datasets[(k, key)] = self.checked(k,
+                                                         lambda: f[key]["values"] if ragged else f[key], key)
         return ds
 
     def offsets(self, k: int, key: str) -> np.ndarray:
@@ -456,7 +467,7 @@ class ShardSet:
                 f"{len(self.counts)} shards, {m['generator_version']}, seed {m['seed']})")
 
 
-# ------------------------------------------------------------------------------------------- events from arrays
+# ----------------------------------------------------------------------------------------- events from arrays
 # Per-event data (tracking: a list of dicts of ragged arrays) is read a chunk at a time into one buffer, a
 # "slab": every array of the chunk in one low-level HDF5 read each, then each event's arrays are views into
 # it. Slabs are reused, but only once no array from them is alive any more (their reference count says so),
@@ -475,9 +486,10 @@ def _read_plain(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
         if shards.is_ragged(key):
             off = shards.offsets(k, key)
             lo, hi = int(off[a]), int(off[b])
-            out[key] = (shards.checked(k, lambda: ds[lo:hi], f"{key}[{a}:{b}]"), off[a : b + 1] - lo)
+            out[key] = (shards.checked(k, lambda ds=ds, lo=lo, hi=hi: ds[lo:hi], f"{key}[{a}:{b}]"),
+                        off[a : b + 1] - lo)
         else:
-            out[key] = shards.checked(k, lambda: ds[a:b], f"{key}[{a}:{b}]")
+            out[key] = shards.checked(k, lambda ds=ds: ds[a:b], f"{key}[{a}:{b}]")
     return out
 
 
@@ -519,7 +531,11 @@ def _read_into_slab(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
         if shape[0]:
             file_space = ds.id.get_space()
             file_space.select_hyperslab((lo,) + (0,) * (len(shape) - 1), shape)
-            shards.checked(k, lambda: ds.id.read(h5py.h5s.create_simple(shape), file_space, rows), f"{key}[{a}:{b}]")
+
+            def read_rows(ds=ds, shape=shape, file_space=file_space, rows=rows):
+                return ds.id.read(h5py.h5s.create_simple(shape), file_space, rows)
+
+            shards.checked(k, read_rows, f"{key}[{a}:{b}]")
         out[key] = rows if local is None else (rows, local)
     return out
 
@@ -611,7 +627,8 @@ def collate_events(shards: ShardSet, events: list[dict[str, np.ndarray]]):
 _MOVED = {"ShardDataset", "ShardEvents", "rank_chunks", "write_shards"}
 
 
-def __getattr__(name: str):  # old spelling `from hepml_kit.data.shards import ShardDataset`: the package has them
+# old spelling `from hepml_kit.data.shards import ShardDataset`: the package has them
+def __getattr__(name: str):
     if name in _MOVED:
         import hepml_kit.data
 

@@ -295,7 +295,8 @@ def _block(rng, idx, cfg):
         size = np.exp(0.15 * rng.standard_normal(n))
         rc, rt = cfg.hadronic_core_mm * size, cfg.hadronic_tail_mm * size
         p_h = np.full(n, cfg.hadronic_core_fraction)
-        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt, axis) for i, ly in enumerate(layers)], 1)
+        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt, axis)
+                                for i, ly in enumerate(layers)], 1)
         e_spot_h = cfg.hadronic_stochastic_term**2 * 1000.0
         dep_em = rng.poisson(e_em[:, None] * phi_em / e_spot) * e_spot
         dep_h = rng.poisson(e_had[:, None] * phi_h / e_spot_h) * e_spot_h * cfg.hadronic_h_over_e
@@ -328,10 +329,11 @@ def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: i
       ``energy`` (n,) incident energy, MeV; ``eta`` (n,); ``index`` (n,) global sample index;
       truth: ``t_max`` depth of the shower maximum from the shower start (X0 for EM, from the front of
       the upstream material; lambda_int from the calorimeter front for pions), ``axis_mm`` (n, 2) the shower
-      axis in the voxel frame, ``upstream_loss`` share of E deposited in the upstream dead material, ``em_fraction``, ``first_interaction`` (lambda_int; 0 for EM), ``layer_fraction_true``
-      (n, L) expected deposited fraction of the incident energy per layer (before sampling fluctuations),
-      ``response_true`` (n,) expected sum over voxels of visible / sampling fraction, over E (lateral and
-      rear leakage, and h/e for pions, taken into account).
+      axis in the voxel frame, ``upstream_loss`` share of E deposited in the upstream dead material,
+      ``em_fraction``, ``first_interaction`` (lambda_int; 0 for EM), ``layer_fraction_true`` (n, L) expected
+      deposited fraction of the incident energy per layer (before sampling fluctuations), ``response_true``
+      (n,) expected sum over voxels of visible / sampling fraction, over E (lateral and rear leakage, and h/e
+      for pions, taken into account).
     Layer geometry and feature helpers: `calo_layers`, `voxel_coordinates`, `shower_features`.
     """
     cfg = cfg or ShowerConfig()

@@ -49,20 +49,22 @@ def _infer_schema(data, cfg) -> tuple[str, int, dict]:
         if not data or not all(isinstance(ev, dict) for ev in data):
             raise TypeError("an 'events' data set must be a non-empty list of dicts of arrays")
         schema = {}
-        for key, first in data[0].items():
+        for key in data[0]:
             values = [np.asarray(ev[key]) for ev in data]
             if any(v.dtype != values[0].dtype or v.ndim != values[0].ndim for v in values):
                 raise TypeError(f"entry {key!r} changes dtype or rank between events")
             shapes = np.array([v.shape for v in values]).reshape(len(values), values[0].ndim)
             varying = [a for a in range(shapes.shape[1]) if len(set(shapes[:, a])) > 1]
             if len(varying) > 1:
-                raise TypeError(f"entry {key!r} varies along axes {varying}; at most one ragged axis is supported")
+                raise TypeError(f"entry {key!r} varies along axes {varying}; at most one "
+                                "ragged axis is supported")
             ragged = None if values[0].ndim == 0 else (varying[0] if varying else values[0].ndim - 1)
             shape = [None if a == ragged else int(s) for a, s in enumerate(values[0].shape)]
             schema[key] = {"dtype": values[0].dtype.str, "shape": shape, "ragged_axis": ragged}
         return "events", len(data), schema
     if not isinstance(data, dict):
-        raise TypeError(f"cannot shard a {type(data).__name__}; expected a dict of arrays or a list of event dicts")
+        raise TypeError(f"cannot shard a {type(data).__name__}; expected a dict of arrays "
+                        "or a list of event dicts")
     n, schema = None, {}
     for key, value in data.items():
         if value is cfg:
@@ -70,12 +72,15 @@ def _infer_schema(data, cfg) -> tuple[str, int, dict]:
             continue
         is_torch = torch.is_tensor(value)
         if not (is_torch or isinstance(value, np.ndarray)) or value.ndim == 0:
-            raise TypeError(f"entry {key!r} ({type(value).__name__}) is not a per-event array; cannot shard it")
+            raise TypeError(f"entry {key!r} ({type(value).__name__}) is not a "
+                            "per-event array; cannot shard it")
         n = int(value.shape[0]) if n is None else n
         if value.shape[0] != n:
-            raise TypeError(f"entry {key!r} has {value.shape[0]} rows, other entries {n}: not one row per event")
+            raise TypeError(f"entry {key!r} has {value.shape[0]} rows, other entries "
+                            f"{n}: not one row per event")
         dtype = value.numpy().dtype if is_torch else value.dtype
-        schema[key] = {"dtype": dtype.str, "shape": [int(s) for s in value.shape[1:]], "torch": bool(is_torch)}
+        schema[key] = {"dtype": dtype.str, "shape": [int(s) for s in value.shape[1:]],
+                       "torch": bool(is_torch)}
     if n is None:
         raise TypeError("the data set has no arrays")
     return "columns", n, schema
@@ -96,7 +101,8 @@ def _flatten(data, layout: str, schema: dict) -> dict[str, tuple[np.ndarray, np.
         for v in values:
             fixed = [s for a, s in enumerate(v.shape) if a != ax]
             if v.dtype.str != spec["dtype"] or fixed != [s for s in spec["shape"] if s is not None]:
-                raise TypeError(f"entry {key!r}: shape {v.shape} / dtype {v.dtype} does not fit the schema {spec}")
+                raise TypeError(f"entry {key!r}: shape {v.shape} / dtype {v.dtype} does "
+                                f"not fit the schema {spec}")
         if ax is None:
             out[key] = (np.stack(values), None)
         else:
@@ -155,7 +161,8 @@ class _Progress:
     def shard_done(self, k: int, n_shards: int, events: int, done: int, size: int) -> None:
         if self.bar is None and not self.quiet:
             rate = done / max(time.perf_counter() - self.t0, 1e-9)
-            self.log(f"shard {k + 1}/{n_shards}: {events} events, {size / 1e6:.1f} MB ({rate:.0f} events/s so far)")
+            self.log(f"shard {k + 1}/{n_shards}: {events} events, {size / 1e6:.1f} MB "
+                     f"({rate:.0f} events/s so far)")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -198,13 +205,15 @@ def write_shards(
         raise ValueError(f"{out} exists and is not a folder")
     if (out / MANIFEST).exists():
         if not overwrite:
-            raise ValueError(f"{out / MANIFEST} exists; pass overwrite=True (--overwrite) to replace that data set")
+            raise ValueError(f"{out / MANIFEST} exists; pass overwrite=True (--overwrite) "
+                             "to replace that data set")
         _remove_data_set(out)
     out.mkdir(parents=True, exist_ok=True)
 
     module = importlib.import_module(generator)
     shard_events = -(-n_events // n_shards)
-    min_piece = 8 * getattr(module, "BLOCK", 1)  # block generators make whole blocks: keep pieces several blocks
+    # block generators make whole blocks: keep pieces several blocks
+    min_piece = 8 * getattr(module, "BLOCK", 1)
     per_shard = max(1, min(n_events // n_shards, shard_events // max(min_piece, 1), 20))  # pieces per shard
     n_pieces = n_shards * per_shard
     dataset_id = uuid.uuid4().hex
@@ -228,12 +237,15 @@ def write_shards(
                     if manifest["schema"] is None:
                         manifest["layout"], manifest["schema"] = layout, schema
                     elif (layout, schema) != (manifest["layout"], manifest["schema"]):
-                        raise TypeError(f"piece {k * per_shard + j} of {model} does not match the schema of the "
-                                        f"first piece: {schema} vs {manifest['schema']}")
+                        raise TypeError(f"piece {k * per_shard + j} of {model} does not "
+                                        "match the schema of the first piece: "
+                                        f"{schema} vs {manifest['schema']}")
                     flat = _flatten(piece, layout, schema)
                     if j == 0:
-                        for key, (rows, lengths) in flat.items():  # size chunks for this shard's expected rows
-                            hint = shard_events if lengths is None else -(-len(rows) * shard_events // max(n, 1))
+                        # size chunks for this shard's expected rows
+                        for key, (rows, lengths) in flat.items():
+                            hint = (shard_events if lengths is None
+                                    else -(-len(rows) * shard_events // max(n, 1)))
                             _create(f, key, schema[key], layout, hint)
                     for key, (rows, lengths) in flat.items():
                         _append(f, key, rows, lengths)
@@ -251,7 +263,8 @@ def write_shards(
     finally:
         bar.close()
     if done != n_events:
-        raise RuntimeError(f"the generator made {done} events, not {n_events}: shards in {out} are incomplete")
+        raise RuntimeError(f"the generator made {done} events, not {n_events}: "
+                           f"shards in {out} are incomplete")
     tmp = out / (MANIFEST + ".partial")
     tmp.write_text(json.dumps(manifest, indent=1))
     os.replace(tmp, out / MANIFEST)
@@ -295,7 +308,8 @@ def write_table(columns: dict[str, Any], n_shards: int, out_dir: str | os.PathLi
     if not 1 <= n_shards <= max(n_events, 1) or n_events < 1:
         raise ValueError(f"need 1 <= shards <= events; got {n_shards} shards for {n_events} events")
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (overwrite and (out / MANIFEST).exists()))):
+    if out.exists() and (not out.is_dir()
+                         or (any(out.iterdir()) and not (overwrite and (out / MANIFEST).exists()))):
         raise ValueError(f"{out} exists and is not an empty folder" + (
             "; pass --overwrite to replace the data set in it" if (out / MANIFEST).exists() else ""))
     schema, offsets = {}, {}
@@ -306,11 +320,13 @@ def write_table(columns: dict[str, Any], n_shards: int, out_dir: str | os.PathLi
                          "torch": False}
             offsets[k] = np.concatenate([[0], np.cumsum(counts)])
         else:
-            schema[k] = {"dtype": v.dtype.str, "shape": list(v.shape[1:]), "ragged_axis": None, "torch": False}
+            schema[k] = {"dtype": v.dtype.str, "shape": list(v.shape[1:]),
+                         "ragged_axis": None, "torch": False}
     dataset_id = uuid.uuid4().hex
     manifest = {"format": FORMAT, "dataset_id": dataset_id, "model": None, "preset": None, "config": None,
-                "generator": "hepml_kit.data.writer.write_table", "generator_version": TABLE_VERSION, "seed": None,
-                "n_events": int(n_events), "layout": "table", "schema": schema, "shards": [], "source": source,
+                "generator": "hepml_kit.data.writer.write_table",
+                "generator_version": TABLE_VERSION, "seed": None, "n_events": int(n_events),
+                "layout": "table", "schema": schema, "shards": [], "source": source,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{dataset_id[:8]}"
@@ -331,11 +347,13 @@ def write_table(columns: dict[str, Any], n_shards: int, out_dir: str | os.PathLi
                         rows, lengths_ = v[a:b], None
                         _create(f, key, schema[key], "table", b - a)
                     _append(f, key, rows, lengths_)
-                f.attrs.update(format=FORMAT, dataset_id=dataset_id, model="", generator=manifest["generator"],
-                               generator_version=TABLE_VERSION, shard=k, n_shards=n_shards, n_events=b - a)
+                f.attrs.update(format=FORMAT, dataset_id=dataset_id, model="",
+                               generator=manifest["generator"], generator_version=TABLE_VERSION, shard=k,
+                               n_shards=n_shards, n_events=b - a)
             size = (tmp / name).stat().st_size
             manifest["shards"].append({"file": name, "n_events": b - a, "bytes": size,
-                                       "sha256": file_sha256(tmp / name), "metadata": metadata_checksum(tmp / name)})
+                                       "sha256": file_sha256(tmp / name),
+                                       "metadata": metadata_checksum(tmp / name)})
             bar.update(b - a)
             bar.shard_done(k, n_shards, b - a, b, size)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))

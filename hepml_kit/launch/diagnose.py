@@ -37,10 +37,10 @@ __all__ = ["RankMonitor", "ask", "code_files", "collective_summary", "find_desyn
 
 # collectives on a group, and the index of their `group` parameter (found once from the signature)
 COLLECTIVES = ("all_reduce", "broadcast", "barrier", "all_gather", "all_gather_into_tensor", "reduce",
-               "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all", "all_to_all_single",
-               "all_gather_object", "broadcast_object_list", "gather_object", "scatter_object_list",
-               "monitored_barrier")
-_monitor: "RankMonitor | None" = None
+               "reduce_scatter", "reduce_scatter_tensor", "gather", "scatter", "all_to_all",
+               "all_to_all_single", "all_gather_object", "broadcast_object_list", "gather_object",
+               "scatter_object_list", "monitored_barrier")
+_monitor: RankMonitor | None = None
 
 
 class RankMonitor:
@@ -78,7 +78,8 @@ class RankMonitor:
 
     def describe(self) -> dict:
         phase, op, seq, shapes, since = self.state
-        return {"phase": phase, "op": op, "seq": seq, "shapes": shapes, "for_s": round(time.time() - since, 1)}
+        return {"phase": phase, "op": op, "seq": seq, "shapes": shapes,
+                "for_s": round(time.time() - since, 1)}
 
 
 def start_monitor(bind_host: str = "127.0.0.1") -> int:
@@ -90,7 +91,7 @@ def start_monitor(bind_host: str = "127.0.0.1") -> int:
     return _monitor.port
 
 
-def monitor() -> "RankMonitor | None":
+def monitor() -> RankMonitor | None:
     return _monitor
 
 
@@ -200,7 +201,8 @@ def _call_in_progress(code, lineno: int, lasti: int) -> str:
 
 # -- driver side -----------------------------------------------------------------------------------------
 def ask(host: str, port: int, what: str = "state", timeout: float = 2.0) -> dict | None:
-    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, or GIL held)."""
+    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, or GIL
+    held)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
@@ -267,7 +269,8 @@ def _where(state: dict | None) -> str:
 
 
 def collective_summary(states: dict[int, dict | None]) -> str:
-    """One line grouping ranks by where they are, e.g. "ranks 0, 2, 3 are in all_reduce #41; rank 1 is ..."."""
+    """One line grouping ranks by where they are, e.g. "ranks 0, 2, 3 are in all_reduce #41; rank 1 is
+    ..."."""
     groups: dict[str, list[int]] = {}
     for rank in sorted(states):
         groups.setdefault(_where(states[rank]), []).append(rank)
@@ -287,10 +290,11 @@ def find_desync(states: dict[int, dict | None]) -> str | None:
     returned = [r for r, s in known.items() if s["phase"] == "returned"]
     if returned:
         r0, s0 = next(iter(waiting.items()))
-        return (f"rank(s) {', '.join(map(str, returned))} returned from the function while rank {r0} waits in "
-                f"{s0['op']} #{s0['seq']}: a rank skipped a collective")
+        return (f"rank(s) {', '.join(map(str, returned))} returned from the function "
+                f"while rank {r0} waits in {s0['op']} #{s0['seq']}: a rank skipped a collective")
     if len(waiting) == len(states):
         prints = {(s["op"], s["seq"], json.dumps(s["shapes"])) for s in waiting.values()}
         if len(prints) > 1:
-            return "the ranks wait in different collectives or with different shapes: " + collective_summary(states)
+            return ("the ranks wait in different collectives or with different shapes: "
+                    + collective_summary(states))
     return None

@@ -25,7 +25,8 @@ class WorkerError(RuntimeError):
         released = [r for r in self.failures if r not in self.root_ranks]
         head = [f"rank {r} failed: {_last_line(self.failures[r])}" for r in self.root_ranks]
         if released:
-            head.append(f"rank(s) {', '.join(map(str, released))} stopped because a peer failed during a collective")
+            head.append(f"rank(s) {', '.join(map(str, released))} stopped because a peer "
+                        "failed during a collective")
         if note:
             head.append(note)
         body = [f"--- rank {r} traceback ---\n{t.rstrip()}" for r, t in self.failures.items()

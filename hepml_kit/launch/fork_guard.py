@@ -21,20 +21,23 @@ class CudaBeforeForkError(RuntimeError):
     """CUDA was initialised in this process before a fork-based launch."""
 
 
-def check_no_cuda_before_fork(launch: str = "a fork-based launch (Lightning's strategy='ddp_notebook')") -> None:
+def check_no_cuda_before_fork(launch: str = "a fork-based launch (Lightning's "
+                                            "strategy='ddp_notebook')") -> None:
     """Raise `CudaBeforeForkError` if this process has initialised CUDA; a no-op when torch is not even
     imported (importing torch does not initialise CUDA)."""
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_initialized():
         return
     cause = _first_cuda_cell or ("an earlier cell (anything that calls torch.cuda.*, .cuda(), .to('cuda') or "
-                                 "makes a tensor with device='cuda'; `%load_ext hepml_kit` first names the cell)")
+                                 "makes a tensor with device='cuda'; `%load_ext "
+                                 "hepml_kit` first names the cell)")
     raise CudaBeforeForkError(
         f"CUDA is already initialised in this kernel, so {launch} cannot fork: the forked ranks would fail "
         f"with 'Cannot re-initialize CUDA in forked subprocess'. CUDA was first initialised by {cause}. "
-        "Fix: restart the kernel and keep CUDA out of the notebook until the launch (build models and tensors "
-        "on the CPU; move them to the GPU inside the training function), or launch with spawned processes "
-        "instead: hepml_kit.Workers / %%distributed, or Lightning's strategy='ddp_spawn'."
+        "Fix: restart the kernel and keep CUDA out of the notebook until the launch "
+        "(build models and tensors on the CPU; move them to the GPU inside the training function), or "
+        "launch with spawned processes instead: hepml_kit.Workers / %%distributed, or "
+        "Lightning's strategy='ddp_spawn'."
     )
 
 

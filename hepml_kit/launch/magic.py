@@ -48,7 +48,8 @@ def run_cell_on_ranks(source: str, n: int, timeout: float = 600.0, restart: bool
     pool = _pools.get(n)
     if pool is None or not pool.started:
         if ranks is not None:
-            raise ValueError(f"--ranks needs a warm pool of {n} ranks: run a cell with %%distributed -n {n} first")
+            raise ValueError(f"--ranks needs a warm pool of {n} ranks: run a cell with "
+                             f"%%distributed -n {n} first")
         pool = _pools[n] = Workers(n=n)
     pool.run(_exec_cell, source, timeout=timeout, ranks=ranks)
 

@@ -55,8 +55,8 @@ class _Pickler(cloudpickle.Pickler):
 
     def reducer_override(self, obj):
         if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
-            raise TypeError(f"it refers to an open file ({getattr(obj, 'name', type(obj).__name__)!r}); pass the "
-                            "path and open it inside the function")
+            raise TypeError(f"it refers to an open file ({getattr(obj, 'name', type(obj).__name__)!r}); pass "
+                            "the path and open it inside the function")
         if isinstance(obj, types.ModuleType) and type(obj) is not types.ModuleType:
             name = getattr(obj, "__name__", None)
             if name and sys.modules.get(name) is obj:

@@ -107,7 +107,8 @@ def _watch(driver_pid: int) -> None:
         done.set()
 
     threading.Thread(target=read_orders, daemon=True).start()
-    while not done.wait(1.0):  # end-of-file is the fast signal; the pid check catches a pipe kept open by a fork
+    # end-of-file is the fast signal; the pid check catches a pipe kept open by a fork
+    while not done.wait(1.0):
         if os.getppid() != driver_pid and not _alive(driver_pid):
             break
     if dismissed.is_set():

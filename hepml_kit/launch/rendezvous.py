@@ -5,7 +5,8 @@ one of four places: the kit's ipyparallel engines (`Workers`), torchrun, Slurm's
 (SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, first node of SLURM_JOB_NODELIST: the NERSC pattern), or
 ``mpiexec`` in a PBS job (Cray PALS on ALCF Polaris: PMI_RANK/PALS_RANKID, PALS_LOCAL_RANKID, PMI_SIZE, first
 host of $PBS_NODEFILE; MPICH's and Open MPI's own variables are read as well).
-The backend follows the device: nccl on CUDA GPUs, xccl on Intel XPUs (Aurora; untested on hardware), else gloo.
+The backend follows the device: nccl on CUDA GPUs, xccl on Intel XPUs (Aurora; untested on hardware), else
+gloo.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ __all__ = [
     "routable_address",
 ]
 
-# (rank, local rank, world size, local world size) as PALS, MPICH (hydra) and Open MPI name them, in that order
+# (rank, local rank, world size, local world size) as PALS, MPICH (hydra) and Open MPI name them, in that
+# order
 _MPI_RANK = ("PMI_RANK", "PALS_RANKID", "OMPI_COMM_WORLD_RANK")
 _MPI_LOCAL = ("PALS_LOCAL_RANKID", "PMI_LOCAL_RANK", "MPI_LOCALRANKID", "OMPI_COMM_WORLD_LOCAL_RANK")
 _MPI_SIZE = ("PMI_SIZE", "PALS_SIZE", "OMPI_COMM_WORLD_SIZE")
@@ -73,7 +75,8 @@ def routable_address() -> str:
 
 def _first_slurm_node(nodelist: str) -> str:
     try:
-        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True,
+                             text=True, timeout=10)
         if out.returncode == 0 and out.stdout.split():
             return out.stdout.split()[0]
     except (OSError, subprocess.TimeoutExpired):
@@ -94,8 +97,10 @@ def from_slurm(env: dict[str, str] | None = None, port: int | None = None) -> Ra
         raise RuntimeError(f"not inside a Slurm task (missing {', '.join(missing)})")
     world = int(env["SLURM_NTASKS"])
     nnodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")))
-    local_world = int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0) or max(1, world // max(nnodes, 1))
-    master = env.get("MASTER_ADDR") or _first_slurm_node(env.get("SLURM_JOB_NODELIST", env.get("SLURM_NODELIST", "localhost")))
+    local_world = (int(env.get("SLURM_NTASKS_PER_NODE", "0").split("(")[0] or 0)
+                   or max(1, world // max(nnodes, 1)))
+    master = env.get("MASTER_ADDR") or _first_slurm_node(env.get("SLURM_JOB_NODELIST",
+                                                                 env.get("SLURM_NODELIST", "localhost")))
     port = port or int(env.get("MASTER_PORT", 0)) or 29500 + int(env.get("SLURM_JOB_ID", "0")) % 20000
     return RankInfo(int(env["SLURM_PROCID"]), world, int(env["SLURM_LOCALID"]), local_world, master, port)
 
@@ -170,7 +175,8 @@ def pick_backend(local_world_size: int = 1) -> str:
     return {"cuda": "nccl", "xpu": "xccl"}.get(kind, "gloo")
 
 
-def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: float = 300.0, store=None) -> str:
+def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: float = 300.0,
+                       store=None) -> str:
     """Set the environment from `info` and initialise torch.distributed (`pick_backend`: nccl or xccl when
     this rank has its own GPU, else gloo); returns the backend used. With `store` (a
     `torch.distributed.Store`) the ranks meet there instead of at ``tcp://MASTER_ADDR:MASTER_PORT``."""

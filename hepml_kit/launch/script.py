@@ -58,8 +58,9 @@ def mpiexec_command(script: str, args: list[str], nprocs: int, nnodes: int | Non
         with open(os.environ["PBS_NODEFILE"]) as f:
             nnodes = len({h.strip() for h in f if h.strip()})
     depth = max(1, cpus_per_node // nprocs)
-    return ["mpiexec", "-n", str(nnodes * nprocs), "--ppn", str(nprocs), "--depth", str(depth), "--cpu-bind", "depth",
-            sys.executable, "-m", "hepml_kit.cli", "launch", f"--nprocs={nprocs}", script, *args]
+    return ["mpiexec", "-n", str(nnodes * nprocs), "--ppn", str(nprocs), "--depth", str(depth),
+            "--cpu-bind", "depth", sys.executable, "-m", "hepml_kit.cli", "launch",
+            f"--nprocs={nprocs}", script, *args]
 
 
 def _run_script_as_rank(script: str, args: list[str], pbs: bool = False) -> int:

@@ -21,15 +21,15 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 
@@ -49,7 +49,7 @@ _ERROR_GRACE_S = 3.0  # after one rank fails, how long the others get to finish 
 _DESYNC_STALL_S = 3.0  # ranks that can never meet, unchanged this long, end the call as a desync
 _WATCH_EVERY_S = 1.0  # how often a running call asks the ranks where they are
 _POLL_S = 0.005
-_live_pools: "weakref.WeakSet[Workers]" = weakref.WeakSet()
+_live_pools: weakref.WeakSet[Workers] = weakref.WeakSet()
 
 
 @dataclass(frozen=True)
@@ -185,8 +185,9 @@ class Workers:
     ``with Workers(n=2) as w: w.run(fn, *args)`` returns ``fn``'s return values in rank order.
     """
 
-    def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto", start_timeout: float = 120.0,
-                 check_collectives: bool = False, diagnostics: bool = True, **cluster_kwargs):
+    def __init__(self, n: int = 2, engines: str = "local", *, device: str = "auto",
+                 start_timeout: float = 120.0, check_collectives: bool = False, diagnostics: bool = True,
+                 **cluster_kwargs):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Workers needs n >= 1 ranks, got {n!r}")
         if engines not in ENGINE_KINDS:
@@ -196,8 +197,8 @@ class Workers:
         if device == "cuda" and engines == "local":
             gpus = _local_gpu_count()
             if n > gpus:
-                raise ValueError(f"asked for {n} GPU ranks but this machine has {gpus} GPU(s); use n <= {gpus} "
-                                 "or device='cpu'")
+                raise ValueError(f"asked for {n} GPU ranks but this machine has {gpus} "
+                                 f"GPU(s); use n <= {gpus} or device='cpu'")
         self.n, self.engines_kind, self.device = n, engines, device
         self.start_timeout = start_timeout
         self.check_collectives = bool(check_collectives)
@@ -215,7 +216,7 @@ class Workers:
         self._sent_code: dict[str, str] = {}  # function name -> file, for the ranks' stacks
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def __enter__(self) -> "Workers":
+    def __enter__(self) -> Workers:
         self.start()
         return self
 
@@ -226,7 +227,7 @@ class Workers:
     def started(self) -> bool:
         return self._client is not None
 
-    def start(self) -> "Workers":
+    def start(self) -> Workers:
         """Start the controller and engines (about 5-10 s) and learn each engine's host, pid and GPUs.
 
         A watchdog process (`reaper`) kills them and removes the pool's folders if this process dies
@@ -247,7 +248,8 @@ class Workers:
         # two local engines take ~6.5 s to register, a 0.5 s period ~2.5 s (measured on 2 cores).
         period_ms = 500 if self.engines_kind == "local" else 1000
         kwargs = dict(n=self.n, engines=self.engines_kind, profile_dir=self._profile_dir, log_level=40,
-                      engine_timeout=int(self.start_timeout), controller_args=[f"--HeartMonitor.period={period_ms}"])
+                      engine_timeout=int(self.start_timeout),
+                      controller_args=[f"--HeartMonitor.period={period_ms}"])
         if self.engines_kind != "local":
             kwargs.update(controller_ip="*", controller_location=_routable())
         if self.engines_kind == "pbs" or (self.engines_kind == "mpi" and "PBS_JOBID" in os.environ):
@@ -284,7 +286,8 @@ class Workers:
                 os.environ[TAG_VARIABLE] = before
         # ranks: grouped by host (so local ranks are contiguous), engine id within a host
         self._engines = sorted(
-            (_Engine(eid, p["host"], p["pid"], p["gpus"], tuple(p["helpers"]), p["port"]) for eid, p in probed.items()),
+            (_Engine(eid, p["host"], p["pid"], p["gpus"], tuple(p["helpers"]),
+                     p["port"]) for eid, p in probed.items()),
             key=lambda e: (e.host != probed[ids[0]]["host"], e.host, e.engine_id),
         )
         for proc in self._local_engine_processes():
@@ -294,7 +297,8 @@ class Workers:
                 on_host = [e for e in self._engines if e.host == host]
                 if len(on_host) > on_host[0].gpus:
                     self.close()
-                    raise ValueError(f"{len(on_host)} GPU ranks on {host}, which has {on_host[0].gpus} GPU(s)")
+                    raise ValueError(f"{len(on_host)} GPU ranks on {host}, which has "
+                                     f"{on_host[0].gpus} GPU(s)")
         return self
 
     def _watch_launched(self) -> None:
@@ -329,7 +333,8 @@ class Workers:
             except Exception:
                 pass
         if not (fast and local):
-            self._terminate(procs)  # engines first (ipyparallel's own stop waits on each in turn): ~1 s not ~5 s
+            # engines first (ipyparallel's own stop waits on each in turn): ~1 s not ~5 s
+            self._terminate(procs)
         if cluster is not None:
             try:
                 cluster.stop_cluster_sync()
@@ -377,7 +382,8 @@ class Workers:
 
     @staticmethod
     def _reap(procs, wait_s: float = 5.0) -> None:
-        """Kill engines (and their nannies) that outlived the orderly stop, e.g. ones stuck in a collective."""
+        """Kill engines (and their nannies) that outlived the orderly stop, e.g. ones stuck in a
+        collective."""
         import psutil
 
         alive = [p for p in procs if p.is_running()]
@@ -416,7 +422,8 @@ class Workers:
             return "nccl"
         return "gloo"
 
-    def run(self, fn: Callable, *args, timeout: float = 600.0, quiet: bool = False, ranks=None, **kwargs) -> list:
+    def run(self, fn: Callable, *args, timeout: float = 600.0, quiet: bool = False, ranks=None,
+            **kwargs) -> list:
         """Run ``fn(*args, **kwargs)`` on every rank; return the results in rank order.
 
         Raises `WorkerError` naming the failing rank(s) with their tracebacks if any rank raises or dies, if
@@ -453,7 +460,8 @@ class Workers:
             chosen = sorted(set(ranks))
         except TypeError:
             chosen = None
-        if not chosen or not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < self.n for r in chosen):
+        if not chosen or not all(isinstance(r, int) and not isinstance(r, bool)
+                                 and 0 <= r < self.n for r in chosen):
             raise ValueError(f"ranks must be a non-empty list of ranks in 0..{self.n - 1}, got {ranks!r}")
         return chosen
 
@@ -472,7 +480,8 @@ class Workers:
             lines.append(f"--- rank {rank} stack (most recent call last) ---\n{stack}")
         return "\n".join(lines)
 
-    def _ask(self, ranks: list[int] | range, what: str = "state", timeout: float = 2.0) -> dict[int, dict | None]:
+    def _ask(self, ranks: list[int] | range, what: str = "state",
+             timeout: float = 2.0) -> dict[int, dict | None]:
         from concurrent.futures import ThreadPoolExecutor
 
         local = self.engines_kind == "local"
@@ -528,11 +537,13 @@ class Workers:
                 now = time.monotonic()
                 if pending and first_failure_at and now - first_failure_at > _ERROR_GRACE_S:
                     diagnosis = self._diagnose(sorted(pending)) if ranks is None else ""
-                    note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were still waiting (probably in a "
-                            f"collective on a failed rank) and were stopped{restarted}")
+                    note = (f"rank(s) {', '.join(map(str, sorted(pending)))} were "
+                            "still waiting (probably in a collective on a failed rank) "
+                            f"and were stopped{restarted}")
                     if engine_died and not self.check_collectives and "is in " in diagnosis:
-                        note += ("; a rank that crashes in a collective may have been passed other shapes than "
-                                 "its peers: Workers(check_collectives=True) names them")
+                        note += ("; a rank that crashes in a collective may have been "
+                                 "passed other shapes than its peers: Workers(check_collectives=True) names "
+                                 "them")
                     break
                 if pending and now > deadline:
                     diagnosis = self._diagnose(range(self.n) if ranks is None else ranks)
@@ -540,12 +551,14 @@ class Workers:
                         failures[rank] = f"timed out after {timeout:g} s (still running)"
                     note = f"the call outlived its {timeout:g} s timeout; its ranks were killed{restarted}"
                     break
-                if self.diagnostics and ranks is None and pending and not first_failure_at and now >= next_watch:
+                if (self.diagnostics and ranks is None and pending and not first_failure_at
+                        and now >= next_watch):
                     next_watch = now + _WATCH_EVERY_S
                     states = self._ask(range(self.n), "state", timeout=1.0)
                     why = diagnose.find_desync(states)
                     key = (why, tuple(sorted((r, _state_key(s)) for r, s in states.items())))
-                    desync, desync_since = (key, desync_since if key == desync else now) if why else (None, None)
+                    desync, desync_since = ((key, desync_since if key == desync else now) if why
+                                            else (None, None))
                     if why and now - desync_since >= _DESYNC_STALL_S:
                         diagnosis = self._diagnose(range(self.n))
                         for rank in range(self.n):

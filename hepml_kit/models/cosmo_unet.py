@@ -308,7 +308,8 @@ def spectra(model: nn.Module, data: dict) -> dict:
         for a, b in zip(a_all, b_all):
             da, db = a / a.mean() - 1, b / b.mean() - 1
             k, c, _ = cross_power_spectrum(da, db, d.box_size)
-            paa, pbb, pab = paa + power_spectrum(da, d.box_size)[1], pbb + power_spectrum(db, d.box_size)[1], pab + c
+            paa, pbb, pab = (paa + power_spectrum(da, d.box_size)[1], pbb + power_spectrum(db, d.box_size)[1],
+                             pab + c)
         out[f"p_pred{name}"], out[f"p_true{name}"] = paa / len(a_all), pbb / len(a_all)
         out[f"r{name}"] = pab / np.sqrt(np.maximum(paa * pbb, 1e-60))
     pv_p = pv_t = pv_c = 0.0
@@ -319,7 +320,8 @@ def spectra(model: nn.Module, data: dict) -> dict:
             pv_t = pv_t + power_spectrum(y[i, c], d.box_size)[1]
             pv_c = pv_c + cr
     out.update(k=k, trained=(k >= k_lo * 0.999) & (k <= k_hi * 1.001), k_lo=k_lo, k_hi=k_hi,
-               pv_pred=pv_p / len(pred), pv_true=pv_t / len(pred), rv=pv_c / np.sqrt(np.maximum(pv_p * pv_t, 1e-60)))
+               pv_pred=pv_p / len(pred), pv_true=pv_t / len(pred),
+               rv=pv_c / np.sqrt(np.maximum(pv_p * pv_t, 1e-60)))
     return out
 
 
@@ -337,7 +339,8 @@ def metrics(model: nn.Module, data: dict) -> dict:
     sel = s["trained"]
     out = {}
     for name in ("", "_temperature"):
-        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(s[f"p_pred{name}"][sel] / s[f"p_true{name}"][sel] - 1)))
+        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(s[f"p_pred{name}"][sel]
+                                                             / s[f"p_true{name}"][sel] - 1)))
         out[f"r_min{name}"] = float(np.min(s[f"r{name}"][sel]))
     out["pk_ratio_max_dev_velocity"] = float(np.max(np.abs(s["pv_pred"][sel] / s["pv_true"][sel] - 1)))
     out["r_min_velocity"] = float(np.min(s["rv"][sel]))
@@ -370,7 +373,8 @@ def plots(model: nn.Module, data: dict, outdir) -> list:
     k, lo, hi = s["k"], s["k_lo"], s["k_hi"]
     paths = []
     with style():
-        fig, (ax, ax_r) = plt.subplots(2, 1, sharex=True, figsize=(7, 7), gridspec_kw={"height_ratios": [3, 1]})
+        fig, (ax, ax_r) = plt.subplots(2, 1, sharex=True, figsize=(7, 7),
+                                       gridspec_kw={"height_ratios": [3, 1]})
         for key, label, colour in (("", "gas density", "C0"), ("v", "gas velocity", "C1")):
             true, pred = (s["p_true"], s["p_pred"]) if key == "" else (s["pv_true"], s["pv_pred"])
             ax.loglog(k, true, color=colour, label=f"{label}, hydro (truth)")
@@ -378,7 +382,8 @@ def plots(model: nn.Module, data: dict, outdir) -> list:
             ax_r.semilogx(k, pred / true, color=colour)
         for a in (ax, ax_r):
             a.axvspan(lo, hi, color="grey", alpha=0.12, lw=0)
-        ax_r.axhspan(1 - BARS["pk_ratio_max_dev"], 1 + BARS["pk_ratio_max_dev"], color="green", alpha=0.1, lw=0)
+        ax_r.axhspan(1 - BARS["pk_ratio_max_dev"], 1 + BARS["pk_ratio_max_dev"],
+                     color="green", alpha=0.1, lw=0)
         ax.set_ylabel(r"$P(k)$ [(Mpc/h)$^3$; (km/s)$^2$ (Mpc/h)$^3$]")
         ax_r.set(xlabel=r"$k$ [h/Mpc]", ylabel="U-Net / truth", ylim=(0.5, 1.5))
         ax.legend()

@@ -62,7 +62,8 @@ def test_prompt_tracks_have_a_true_d0_from_the_vertex_offset(light_jets):
 def test_gn2_track_origins_include_tau_decays():
     assert TRACK_ORIGINS == ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "from_tau",
                              "other_secondary")
-    jets = generate_jets(3000, seed=1502, cfg=JetGenConfig(flavour_fractions=(1, 0, 0), b_to_tau_fraction=0.3))
+    jets = generate_jets(3000, seed=1502,
+                         cfg=JetGenConfig(flavour_fractions=(1, 0, 0), b_to_tau_fraction=0.3))
     origin, t = jets["track_origin"], jets["tracks"]
     from_tau = origin == TRACK_ORIGINS.index("from_tau")
     assert from_tau.sum() > 200

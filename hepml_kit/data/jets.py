@@ -10,9 +10,9 @@ Physics (see ../shared/notes/physics.md §4, typical values exposed in `JetGenCo
 - Every jet has prompt fragmentation tracks (fewer in heavy-flavour jets, whose hadron takes most of
   the momentum) whose number grows logarithmically with the momentum left to fragmentation: the
   selected charged multiplicity rises ~x1.45 from pT 50-100 to 200-400 GeV, as measured (ATLAS, EPJC 76
-  (2016) 322; a linear rise would give ~x3), sometimes a K_S-like V0 decay or a hadronic interaction in the beam pipe or the
-  innermost pixel layer (the main sources of light-jet mistags with resolution tails), pile-up tracks
-  from another vertex, and fake tracks.
+  (2016) 322; a linear rise would give ~x3), sometimes a K_S-like V0 decay or a hadronic interaction in the
+  beam pipe or the innermost pixel layer (the main sources of light-jet mistags with resolution tails),
+  pile-up tracks from another vertex, and fake tracks.
 - Decay products open up by an angle pT_rel / p; a straight track from a vertex at transverse
   distance L_T along phi_h has d0 = L_T sin(phi_trk - phi_h). Impact parameters are measured from a
   reference point (beam spot / fitted primary vertex) that misses the true vertex by ~12 um per axis, so
@@ -60,9 +60,11 @@ __all__ = [
 GENERATOR_VERSION = "jets-1.1"  # 1.1: log multiplicity, PV offset, FromTau
 BLOCK = 1024  # events per random stream; part of the generator version
 FLAVOURS = ("b", "c", "light")  # label 0, 1, 2 (salt's bjets, cjets, ujets order)
-# GN2's 8 track-origin classes in salt's order (Pileup, Fake, Primary, FromB, FromBC, FromC, FromTau, OtherSecondary)
+# GN2's 8 track-origin classes in salt's order (Pileup, Fake, Primary, FromB, FromBC, FromC, FromTau,
+# OtherSecondary)
 TRACK_ORIGINS = ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "from_tau", "other_secondary")
-VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none", "tau_decay")  # track_vertex
+# track_vertex
+VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none", "tau_decay")
 TRACK_FEATURES = (
     "log_jet_pt", "jet_eta",  # jet variables, repeated on every track (GN2 does the same)
     "d0_mm", "z0_sin_theta_mm", "d0_signed_sig", "z0_signed_sig",
@@ -99,7 +101,8 @@ class JetGenConfig:
     b_vertex_tracks: float = 2.0  # 1 + Poisson(this) charged tracks from the B vertex (~3)
     d_vertex_tracks: float = 1.2  # 1 + Poisson(this) from the D vertex (~2)
     b_to_tau_fraction: float = 0.025  # B -> tau nu X (PDG: ~2.4%); the tau flies on and gives 1 or 3 prongs
-    frag_tracks_base: float = 2.0  # prompt multiplicity ~ Poisson(base + per_log * ln(pT[GeV] not in the hadron))
+    # prompt multiplicity ~ Poisson(base + per_log * ln(pT[GeV] not in the hadron))
+    frag_tracks_base: float = 2.0
     frag_tracks_per_log: float = 2.1  # logarithmic growth, as measured (ATLAS, EPJC 76 (2016) 322)
     frag_pt_rel_gev: float = 0.4  # mean transverse momentum of fragmentation tracks to the jet axis
     v0_probability: float = 0.15  # K_S -> pi+ pi- per jet

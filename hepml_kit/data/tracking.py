@@ -119,11 +119,13 @@ class TrackingConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0; got {getattr(self, name)}")
         if not (isinstance(self.max_layer_gap, (int, np.integer)) and 1 <= self.max_layer_gap < len(radii)):
-            raise ValueError(f"max_layer_gap must be an int in [1, {len(radii) - 1}]; got {self.max_layer_gap!r}")
-        if self.phi_slope_max * float(np.max(radii[self.max_layer_gap:] - radii[: -self.max_layer_gap])) >= np.pi:
+            raise ValueError(f"max_layer_gap must be an int in [1, {len(radii) - 1}]; "
+                             f"got {self.max_layer_gap!r}")
+        widest_gap = float(np.max(radii[self.max_layer_gap:] - radii[: -self.max_layer_gap]))
+        if self.phi_slope_max * widest_gap >= np.pi:
             raise ValueError("phi_slope_max × largest layer gap must stay below π (a half-turn window)")
 
-    def with_(self, **changes) -> "TrackingConfig":
+    def with_(self, **changes) -> TrackingConfig:
         """A copy with some fields changed, e.g. ``cfg.with_(pileup=50)``."""
         return replace(self, **changes)
 

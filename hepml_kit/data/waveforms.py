@@ -14,7 +14,8 @@ Physics (see ../shared/notes/physics.md §2; typical values exposed in `Waveform
   and triplet (tau ~ 24 ns) exponentials; each photon a Gaussian single-photoelectron (SPE) pulse
   whose area has a ~30% gain spread. Recorded in a short fine-binned window (`s1_waveform`).
 - S2: of the n_e electrons a fraction `extraction_efficiency` reaches the gas and n = n_e exp(-t_d /
-  tau_e) of them survive a drift time t_d (uniform up to ~1 ms; electron lifetime tau_e a few ms); they arrive spread by longitudinal diffusion, sigma_t = sqrt(sigma0^2 +
+  tau_e) of them survive a drift time t_d (uniform up to ~1 ms; electron lifetime tau_e a few ms); they arrive
+  spread by longitudinal diffusion, sigma_t = sqrt(sigma0^2 +
   2 D_L t_d) / v_d (D_L ~ 25 cm^2/s, v_d ~ 1.6 mm/us: ~1 us at mid-drift, so width ~ sqrt(t_d)); each
   electron emits a ~0.8 us box of ~50 photoelectrons in the gas. Counts are drawn per sample
   (Poisson electrons, Poisson photoelectrons, Gaussian gain spread), then baseline noise is added; a
@@ -118,7 +119,8 @@ class WaveformGenConfig:
             raise ValueError(f"anomaly_weights must be 4 non-negative numbers, got {self.anomaly_weights}")
         if self.dt_ns <= 0 or self.s1_dt_ns <= 0:
             raise ValueError("sampling intervals must be positive")
-        if not (0 < self.frame_step <= 1 and 0 <= self.s2_window_lo and self.s2_window_lo + self.frame_step <= 1):
+        frame_end = self.s2_window_lo + self.frame_step
+        if not (0 < self.frame_step <= 1 and 0 <= self.s2_window_lo and frame_end <= 1):
             raise ValueError(f"need 0 < frame_step <= 1 and s2_window_lo + frame_step <= 1, got "
                              f"{self.frame_step}, {self.s2_window_lo}")
         if not 0.0 <= self.nr_fraction <= 1.0:
@@ -139,14 +141,15 @@ def lindhard(energy_kev, k: float = 0.166):
     return k * g / (1 + k * g)
 
 
-def quanta(rng, energy_kev, nr, cfg: "WaveformGenConfig"):
+def quanta(rng, energy_kev, nr, cfg: WaveformGenConfig):
     """(n_gamma, n_e) per event from one deposit: n_q ~ Poisson(L E / W), ions ~ Binomial(n_q, 1 / (1 +
     alpha)), a fraction r ~ N(r_mean, sigma_r) of them recombines; n_gamma + n_e = n_q."""
     quench = np.where(nr, lindhard(energy_kev, cfg.lindhard_k), 1.0)
     n_q = rng.poisson(quench * energy_kev * 1e3 / cfg.w_ev)
     alpha = np.where(nr, cfg.exciton_ratio[1], cfg.exciton_ratio[0])
     n_i = rng.binomial(n_q, 1 / (1 + alpha))
-    r = np.clip(rng.normal(np.where(nr, cfg.recombination[1], cfg.recombination[0]), cfg.recombination_sigma), 0, 1)
+    r = np.clip(rng.normal(np.where(nr, cfg.recombination[1], cfg.recombination[0]),
+                           cfg.recombination_sigma), 0, 1)
     n_e = rng.binomial(n_i, 1 - r)
     return n_q - n_e, n_e
 

@@ -44,8 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
-from hepml_kit.data.jets import generate_jets, normalise_tracks
+from hepml_kit.data.jets import (
+    FLAVOURS,
+    GENERATOR_VERSION,
+    TRACK_FEATURES,
+    TRACK_ORIGINS,
+    JetGenConfig,
+    generate_jets,
+    normalise_tracks,
+)
 from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 

@@ -102,7 +102,7 @@ class Config:
     name: str = "custom"
 
     @classmethod
-    def preset(cls, name: str) -> "Config":
+    def preset(cls, name: str) -> Config:
         if name == "tiny":  # a handful of vertices: ~10^3 edges, trains in seconds on a CPU core
             return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=5, max_layer_gap=2),
                        graph_nodes=770, graph_edges=1_710, name=name)
@@ -114,7 +114,7 @@ class Config:
                        data=TrackingConfig(pileup=200), name=name)
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
-    def with_(self, **changes) -> "Config":
+    def with_(self, **changes) -> Config:
         return replace(self, **changes)
 
 
@@ -467,7 +467,8 @@ def edges_in(batch: dict) -> int:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 96, "epochs": 6, "batch_size": 4, "lr": 3e-3},  # 1.9x the edges of tracking-1.0's 160 x 538
+    # 1.9x the edges of tracking-1.0's 160 x 538
+    "tiny": {"events": 96, "epochs": 6, "batch_size": 4, "lr": 3e-3},
     "small": {"events": 1000, "epochs": 20, "batch_size": 4, "lr": 1e-3},
     "full": {"events": 7800, "epochs": 30, "batch_size": 1, "lr": 1e-3},  # GNN4ITk: 7800 training events
 }

@@ -4,10 +4,10 @@ Follows LZ's unsupervised search for anomalous summed-PMT waveforms (T. Anderson
 Detection in the LZ Dark Matter Experiment using Variational Autoencoders", CHEP 2023; "Anomaly
 Detection using Autoencoders on Fundamental LZ Signals", CHEP 2024; no public code): a VAE (Kingma &
 Welling, arXiv:1312.6114) trained on mostly-normal pulses learns what an ordinary S2 looks like;
-pulses it reconstructs badly are anomalies (LZ found unresolved multiple-scatter S2s this way). Here: a 1-D conv encoder (stride-2 convolutions) to a Gaussian latent
-of 8-32 dimensions and a mirrored transposed-conv decoder. Loss = Gaussian reconstruction term
-sum (x - x_hat)^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, 1)). Score = reconstruction error (mean
-squared error with z = mu); -ELBO is reported too.
+pulses it reconstructs badly are anomalies (LZ found unresolved multiple-scatter S2s this way). Here: a 1-D
+conv encoder (stride-2 convolutions) to a Gaussian latent of 8-32 dimensions and a mirrored transposed-conv
+decoder. Loss = Gaussian reconstruction term sum (x - x_hat)^2 / (2 sigma^2) + beta KL(q(z|x) || N(0, 1)).
+Score = reconstruction error (mean squared error with z = mu); -ELBO is reported too.
 
 Input: the S2 window from `hepml_kit.data.waveforms`, asinh-compressed (`normalise_waveforms`) so
 small delayed-electron tails and large peaks both count. ``forward(waveform) -> (recon, mu, logvar)``
@@ -39,8 +39,13 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 from torch import nn
 
-from hepml_kit.data.waveforms import ANOMALY_KINDS, GENERATOR_VERSION, WaveformGenConfig
-from hepml_kit.data.waveforms import generate_waveforms, normalise_waveforms
+from hepml_kit.data.waveforms import (
+    ANOMALY_KINDS,
+    GENERATOR_VERSION,
+    WaveformGenConfig,
+    generate_waveforms,
+    normalise_waveforms,
+)
 from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
@@ -237,7 +242,8 @@ def metrics(model: nn.Module, data: dict) -> dict:
 
 
 # Per-kind bars (see the module docstring): each kind must be found on its own, the hard ones included.
-BARS = {"auc": 0.80, "auc_double_s2": 0.62, "auc_gas_s2": 0.97, "auc_electron_train": 0.90, "auc_pileup": 0.65}
+BARS = {"auc": 0.80, "auc_double_s2": 0.62, "auc_gas_s2": 0.97, "auc_electron_train": 0.90,
+        "auc_pileup": 0.65}
 
 
 def threshold(m: dict) -> bool:

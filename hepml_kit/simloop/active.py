@@ -36,7 +36,7 @@ from hepml_kit.data._seeding import stream
 from hepml_kit.data.showers import CALOCHALLENGE_ENERGIES_MEV, ShowerConfig, generate_showers
 from hepml_kit.simloop.ensemble import EnsembleConfig, StackedEnsemble
 
-__all__ = ["ACQUISITIONS", "ActiveConfig", "ResponseProblem", "allocate", "run_loop"]
+__all__ = ["ACQUISITIONS", "ActiveConfig", "ResponseProblem", "allocate", "events_to_reach", "run_loop", "uniform_split"]
 
 ACQUISITIONS = ("uniform", "disagreement", "aleatoric")
 
@@ -92,7 +92,8 @@ class ActiveConfig:
     initial: int = 10
     per_round: int = 300
     rounds: int = 8
-    steps_per_round: int = 100
+    steps_per_round: int = 300
+    power: float = 1.0
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def __post_init__(self):
@@ -154,8 +155,21 @@ def run_loop(problem: ResponseProblem, cfg: ActiveConfig, reference_mean: np.nda
         if cfg.acquisition == "uniform":
             new = uniform_split(cfg.per_round, k, offset=r)
         elif cfg.acquisition == "disagreement":
-            new = allocate(pred["epistemic"].numpy() * counts, counts, cfg.per_round)
+            new = allocate((pred["epistemic"].numpy() * counts) ** (cfg.power / 2), counts, cfg.per_round)
         else:
-            new = allocate(pred["aleatoric"].numpy(), counts, cfg.per_round)
+            new = allocate(pred["aleatoric"].numpy() ** (cfg.power / 2), counts, cfg.per_round)
     out["model"] = model
     return out
+
+
+def events_to_reach(events, metric, target: float) -> float:
+    """The events simulated at which the curve `metric` (falling with `events`) first reaches `target`,
+    interpolated linearly between rounds; ``inf`` if it never does."""
+    events, metric = np.asarray(events, np.float64), np.asarray(metric, np.float64)
+    for i in range(len(events)):
+        if metric[i] <= target:
+            if i == 0:
+                return float(events[0])
+            f = (metric[i - 1] - target) / (metric[i - 1] - metric[i])
+            return float(events[i - 1] + f * (events[i] - events[i - 1]))
+    return float("inf")

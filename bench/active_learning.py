@@ -2,7 +2,9 @@
 
 Task (see `hepml_kit.simloop.active`): an ensemble surrogate of the photon calorimeter response at the 15
 CaloChallenge energies; metric: the RMS (``--metric rms``) or worst (``--metric max``) relative error of
-the predicted mean response over energies, in per mille, against a high-statistics reference. Both
+the predicted mean response over energies, in per mille, against a high-statistics reference (default: the
+worst energy, with the allocation that equalises errors, ``--power 2``; ``--metric rms --power 1`` is the
+Neyman variant). Both
 strategies start from the same `--initial` showers per energy and simulate `--per-round` showers per round;
 uniform spreads them evenly, active sends them where the ensemble says the error is largest.
 
@@ -37,8 +39,8 @@ def main() -> None:
     ap.add_argument("--initial", type=int, default=10, help="showers per energy before the model decides")
     ap.add_argument("--per-round", type=int, default=300)
     ap.add_argument("--acquisition", default="disagreement", choices=[a for a in ACQUISITIONS if a != "uniform"])
-    ap.add_argument("--power", type=float, default=1.0, help="allocation ∝ sigma^power (1: Neyman, 2: minimax)")
-    ap.add_argument("--metric", default="rms", choices=["rms", "max"])
+    ap.add_argument("--power", type=float, default=2.0, help="allocation ∝ sigma^power (1: Neyman, 2: equal errors)")
+    ap.add_argument("--metric", default="max", choices=["rms", "max"])
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--reference", type=int, default=1000, help="reference showers per energy")
     args = ap.parse_args()

@@ -8,19 +8,20 @@ bias every energy must get right). The surrogate is a `StackedEnsemble` of Gauss
 log E.
 
 Why simulation budget matters here: a shower's response fluctuates by sigma/E = 10%/sqrt(E/GeV) (Poisson
-sampling) plus 0.7%: ~18% at 256 MeV, ~1.3% at 4 TeV. To pin down a mean to the same absolute error, low
-energies need far more showers. Uniform sampling spends 1/15 of the budget on every energy; the optimal
-split for a sum of squared errors gives energy i a share proportional to its spread sigma_i (Neyman
-allocation, 1934), which here needs ~40% of uniform's events for the same error
-(15 sum(sigma^2) / (sum sigma)^2 ~ 2.6).
+sampling) plus 0.7%: ~19% at 256 MeV, ~0.7% at 4 TeV. To pin down a mean to the same error, low energies need
+far more showers. Uniform sampling spends 1/15 of the budget on every energy. For the worst-energy error
+(``metric``, the default figure) the best split equalises the errors, n_i ∝ sigma_i^2 (``power=2``), which
+needs ~15% of uniform's events in the ideal case of independent bins (sum sigma^2 / (15 max sigma^2)); for
+the RMS over energies (``rms``) it is the Neyman split n_i ∝ sigma_i (``power=1``, ideally ~43%). The
+network shares information between neighbouring energies, which helps uniform sampling most at small
+budgets, so the measured gains are smaller than these ideals (`bench/active_learning.py`).
 
-The model does not know the sigmas: it learns them. Each round the ensemble is trained on all showers so
-far; its *disagreement* s_i at energy i (the spread of the members' means: the epistemic error, ~ sigma_i /
-sqrt(n_i)) gives sigma_i ~ s_i sqrt(n_i), and the next round's showers go where the cumulative counts fall
-furthest short of the Neyman split (``acquisition="disagreement"``). ``"aleatoric"`` uses the members' own
-predicted spread instead; ``"uniform"`` is the baseline. Every round simulates the same number of events, so
-the curves of metric vs events simulated compare equal budgets. `bench/active_learning.py` runs both over
-several seeds.
+The model does not know the sigmas: it learns them. Each round the ensemble is trained (warm start) on all
+showers so far; its *disagreement* s_i at energy i (the spread of the members' means: the epistemic error,
+~ sigma_i / sqrt(n_i)) gives sigma_i^2 ~ s_i^2 n_i, and the next round's showers go where the cumulative
+counts fall furthest short of the split ∝ sigma_i^power (``acquisition="disagreement"``). ``"aleatoric"``
+uses the members' own predicted spread instead; ``"uniform"`` is the baseline. Every round simulates the
+same number of events, so the curves of metric vs events simulated compare equal budgets.
 
 Taught in curriculum/12_simulation_in_the_loop.
 """
@@ -85,7 +86,8 @@ class ResponseProblem:
 @dataclass(frozen=True)
 class ActiveConfig:
     """initial: showers per energy simulated uniformly before the model decides; per_round: showers per
-    round; rounds: rounds after the initial one; the ensemble trains ``ensemble.steps`` Adam steps on the
+    round; rounds: rounds after the initial one; power: the split aimed at is ∝ sigma^power (2: equal errors,
+    for the worst-energy metric; 1: Neyman, for the RMS); the ensemble trains ``ensemble.steps`` Adam steps on the
     first round's showers and `steps_per_round` more (warm start) after each later round."""
 
     acquisition: str = "disagreement"
@@ -93,7 +95,7 @@ class ActiveConfig:
     per_round: int = 300
     rounds: int = 8
     steps_per_round: int = 300
-    power: float = 1.0
+    power: float = 2.0
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
 
     def __post_init__(self):
@@ -105,7 +107,8 @@ class ActiveConfig:
 
 
 def allocate(sigma: np.ndarray, counts: np.ndarray, budget: int) -> np.ndarray:
-    """Split `budget` new events over the bins so that the totals approach the Neyman split (∝ `sigma`):
+    """Split `budget` new events over the bins so that the totals approach a split ∝ `sigma` (Neyman; pass
+    sigma^2 to equalise the errors instead):
     each bin gets its shortfall ``max(0, target - counts)``, shortfalls scaled to the budget, rounded so the
     parts add up to `budget` exactly."""
     sigma, counts = np.clip(np.asarray(sigma, np.float64), 1e-12, None), np.asarray(counts, np.float64)
@@ -125,9 +128,9 @@ def uniform_split(budget: int, bins: int, offset: int = 0) -> np.ndarray:
 
 
 def run_loop(problem: ResponseProblem, cfg: ActiveConfig, reference_mean: np.ndarray, seed: int = 0) -> dict:
-    """One active-learning (or uniform) run. Returns per round: ``events`` simulated so far, ``metric`` (RMS
-    relative error of the mean response over energies, per mille), the ``counts`` per energy, and the final
-    ensemble (``model``)."""
+    """One active-learning (or uniform) run. Returns per round: ``events`` simulated so far, ``metric`` (worst
+    relative error of the mean response over the energies, per mille), ``rms`` (its RMS over energies), the
+    ``counts`` per energy, and the final ensemble (``model``)."""
     k = len(problem.energies_mev)
     counts = np.zeros(k, dtype=np.int64)
     idx_all, y_all = [], []

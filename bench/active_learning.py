@@ -25,11 +25,11 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from hepml_kit.simloop.active import ACQUISITIONS, ActiveConfig, ResponseProblem, events_to_reach, run_loop  # noqa: E402
-from hepml_kit.simloop.ensemble import EnsembleConfig  # noqa: E402
+from hepml_kit.simloop.active import ACQUISITIONS, ActiveConfig, ResponseProblem, events_to_reach, run_loop
+from hepml_kit.simloop.ensemble import EnsembleConfig
 
 
 def main() -> None:

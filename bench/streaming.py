@@ -32,12 +32,12 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
+import torch
 
-from hepml_kit import models  # noqa: E402
-from hepml_kit.data.shards import ShardDataset, write_shards  # noqa: E402
-from hepml_kit.profile.peaks import DEVICE_PEAKS  # noqa: E402
-from hepml_kit.simloop.streaming import MonteCarloStream, stream_batches  # noqa: E402
+from hepml_kit import models
+from hepml_kit.data.shards import ShardDataset, write_shards
+from hepml_kit.profile.peaks import DEVICE_PEAKS
+from hepml_kit.simloop.streaming import MonteCarloStream, stream_batches
 
 PERLMUTTER_CORES_PER_GPU = 16  # 64-core AMD EPYC 7763 per 4-A100 node
 

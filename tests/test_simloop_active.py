@@ -7,8 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hepml_kit.checks import CheckFailed
-from hepml_kit.checks import ex12
+from hepml_kit.checks import CheckFailed, ex12
 from hepml_kit.simloop.active import ActiveConfig, ResponseProblem, allocate, events_to_reach, run_loop
 from hepml_kit.simloop.ensemble import EnsembleConfig
 

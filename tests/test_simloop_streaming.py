@@ -122,3 +122,19 @@ def test_bad_stream_arguments_fail_before_any_work():
         MonteCarloStream("no_such_model")
     with pytest.raises(ValueError, match="workers"):
         next(stream_batches(MonteCarloStream(MODEL), workers=-1))
+
+
+@dataclasses.dataclass
+class _BuggyStream(MonteCarloStream):
+    def chunk(self, step):
+        if step == 1:
+            raise ZeroDivisionError("a bug in the generator")
+        return super().chunk(step)
+
+
+def test_a_generator_bug_is_not_retried_and_its_traceback_is_shown():
+    messages = []
+    with pytest.raises(StreamError, match=r"(?s)raised at step 1.*ZeroDivisionError: a bug in the generator"):
+        list(stream_batches(_BuggyStream(MODEL, "tiny", batch_size=B, steps=4), workers=2, timeout_s=30,
+                            restarts=3, log=messages.append))
+    assert messages == []

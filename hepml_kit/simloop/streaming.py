@@ -43,13 +43,14 @@ import queue
 import signal
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["CHUNKS", "MonteCarloStream", "StreamError", "stream_batches", "chunk_of"]
+__all__ = ["CHUNKS", "MonteCarloStream", "StreamError", "chunk_of", "event_fingerprints", "stream_batches"]
 
 CHUNKS = 2**40  # chunks of the endless stream: G in generate(cfg, G * B, seed, rank=g, world_size=G)
 
@@ -221,7 +222,7 @@ def _work(stream: MonteCarloStream, worker: int, workers: int, q) -> None:
             if step == stream.kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)
             q.put(("batch", step, batch))
-    except BaseException:
+    except BaseException:  # noqa: BLE001 - any failure in the worker goes to the trainer, with its traceback
         q.put(("error", step, traceback.format_exc()))
 
 
@@ -233,24 +234,6 @@ def _global_indices(data, g: int, batch_size: int) -> torch.Tensor:
     if isinstance(data, dict) and "index" in data:
         return torch.as_tensor(np.asarray(data["index"]), dtype=torch.int64)
     return torch.arange(g * batch_size, (g + 1) * batch_size, dtype=torch.int64)
-
-
-def _failure(e: RuntimeError, timeout_s: float) -> str:
-    msg = str(e)
-    if "exited unexpectedly" in msg or "killed by signal" in msg:
-        return f"a generator worker died ({msg.splitlines()[0]})"
-    if "timed out" in msg.lower():
-        return f"no batch from the generator workers within timeout_s={timeout_s:g} s"
-    raise e  # not a worker failure: the generator itself raised, show its own traceback
-
-
-def generation_rate(stream: MonteCarloStream, steps: int = 5) -> float:
-    """Events/s one process makes (one generator worker, no queue), after one warm-up chunk."""
-    stream.chunk(0)
-    t0 = time.perf_counter()
-    for s in range(1, steps + 1):
-        stream.chunk(s)
-    return steps * stream.batch_size / (time.perf_counter() - t0)
 
 
 def event_fingerprints(batch: dict) -> np.ndarray:

@@ -43,8 +43,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--initial", type=int, default=10, help="showers per energy before the model decides")
     ap.add_argument("--per-round", type=int, default=300)
-    ap.add_argument("--acquisition", default="disagreement", choices=[a for a in ACQUISITIONS if a != "uniform"])
-    ap.add_argument("--power", type=float, default=2.0, help="allocation ∝ sigma^power (1: Neyman, 2: equal errors)")
+    ap.add_argument("--acquisition", default="disagreement",
+                    choices=[a for a in ACQUISITIONS if a != "uniform"])
+    ap.add_argument("--power", type=float, default=2.0,
+                    help="allocation ∝ sigma^power (1: Neyman, 2: equal errors)")
     ap.add_argument("--metric", default="max", choices=["rms", "max"])
     ap.add_argument("--members", type=int, default=8)
     ap.add_argument("--reference", type=int, default=1000, help="reference showers per energy")
@@ -62,8 +64,10 @@ def main() -> None:
     curves = {}
     t0 = time.perf_counter()
     for name in ("uniform", args.acquisition):
-        runs = [run_loop(problem, ActiveConfig(acquisition=name, initial=args.initial, per_round=args.per_round,
-                                               rounds=args.rounds, power=args.power, ensemble=ens), reference, seed)
+        runs = [run_loop(problem,
+                         ActiveConfig(acquisition=name, initial=args.initial, per_round=args.per_round,
+                                               rounds=args.rounds, power=args.power,
+                                               ensemble=ens), reference, seed)
                 for seed in range(args.seeds)]
         curves[name] = (np.array(runs[0]["events"]), np.array([r[key] for r in runs]))
         print(f"  {name}: final counts per energy (seed 0) {runs[0]['counts'][-1].tolist()}", flush=True)

@@ -96,7 +96,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hepml-bench-stream-") as root:
         write_shards(args.model, (steps + 1) * batch, 4, root, seed=0, progress=False)  # the streamed events
         memory = list(stream_batches(stream(0), workers=0))
-        for r in range(repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             first = next(stream_batches(stream(0), workers=2, log=None))
             start = time.perf_counter() - t0
@@ -108,7 +108,8 @@ def main() -> None:
                 ("shards", rate_of(ShardDataset(root, batch_size=batch, rank=0, world_size=1), n)),
                 ("train_memory", rate_of(memory, n, train)),
                 ("train_stream2", rate_of(stream_batches(stream(0), workers=2), n, train)),
-                ("train_shards", rate_of(ShardDataset(root, batch_size=batch, rank=0, world_size=1), n, train)),
+                ("train_shards",
+                 rate_of(ShardDataset(root, batch_size=batch, rank=0, world_size=1), n, train)),
                 ("startup_s", start),
             ]:
                 rows.setdefault(name, []).append(value)
@@ -128,28 +129,32 @@ def main() -> None:
     full = tb.config("full")
     a100 = DEVICE_PEAKS["A100-40GB"]
     gpu_rate = a100.flops["bf16"] * args.mfu / tb.flops_per_sample(full)
-    probe = MonteCarloStream(args.model, "full", batch_size=min(batch, 64) if args.model != "tracking_gnn" else 2)
+    probe = MonteCarloStream(args.model, "full",
+                             batch_size=min(batch, 64) if args.model != "tracking_gnn" else 2)
     probe.chunk(0)
     t0 = time.perf_counter()
     for s in range(1, 4):
         probe.chunk(s)
     gen_full = 3 * probe.batch_size / (time.perf_counter() - t0)
     workers_gpu = gpu_rate / gen_full
-    print(f"\nA100 projection, {args.model} FULL preset: {tb.flops_per_sample(full):.3g} FLOP/event (fwd+bwd), "
-          f"{a100.flops['bf16'] / 1e12:.0f} TFLOP/s bf16 ({a100.source}) x MFU {args.mfu:g} -> "
-          f"{gpu_rate:,.0f} events/s per GPU; one worker makes {gen_full:,.0f} events/s of the full preset -> "
-          f"{workers_gpu:,.0f} workers per GPU ({math.ceil(workers_gpu / PERLMUTTER_CORES_PER_GPU)}x the "
-          f"{PERLMUTTER_CORES_PER_GPU} cores a Perlmutter GPU node has per GPU)")
-    print(f"on this CPU: one training rank eats {train_rate:,.0f} events/s = {workers_cpu:.2f} generator workers")
+    print(f"\nA100 projection, {args.model} FULL preset: {tb.flops_per_sample(full):.3g} FLOP/event "
+          f"(fwd+bwd), {a100.flops['bf16'] / 1e12:.0f} TFLOP/s bf16 ({a100.source}) x MFU {args.mfu:g} -> "
+          f"{gpu_rate:,.0f} events/s per GPU; one worker makes {gen_full:,.0f} "
+          f"events/s of the full preset -> {workers_gpu:,.0f} workers per GPU "
+          f"({math.ceil(workers_gpu / PERLMUTTER_CORES_PER_GPU)}x the {PERLMUTTER_CORES_PER_GPU} cores a "
+          "Perlmutter GPU node has per GPU)")
+    print(f"on this CPU: one training rank eats {train_rate:,.0f} events/s = "
+          f"{workers_cpu:.2f} generator workers")
     print("RESULT " + " ".join([
         f"generate_events_per_s_per_worker={gen:.0f}", f"stream_1worker_events_per_s={med['stream1']:.0f}",
         f"stream_2workers_events_per_s={med['stream2']:.0f}", f"shards_events_per_s={med['shards']:.0f}",
-        f"shards_over_generate={med['shards'] / gen:.1f}", f"train_events_per_s_per_rank_cpu={train_rate:.0f}",
+        f"shards_over_generate={med['shards'] / gen:.1f}",
+        f"train_events_per_s_per_rank_cpu={train_rate:.0f}",
         f"train_fed_by_stream_events_per_s={med['train_stream2']:.0f}",
-        f"train_fed_by_shards_events_per_s={med['train_shards']:.0f}", f"workers_per_cpu_rank={workers_cpu:.2f}",
-        f"stream_startup_s={med['startup_s']:.2f}", f"a100_full_events_per_s={gpu_rate:.0f}",
-        f"generate_full_events_per_s_per_worker={gen_full:.0f}", f"a100_full_workers_per_gpu={workers_gpu:.0f}",
-        f"mfu_assumed={args.mfu:g}"]))
+        f"train_fed_by_shards_events_per_s={med['train_shards']:.0f}",
+        f"workers_per_cpu_rank={workers_cpu:.2f}", f"stream_startup_s={med['startup_s']:.2f}",
+        f"a100_full_events_per_s={gpu_rate:.0f}", f"generate_full_events_per_s_per_worker={gen_full:.0f}",
+        f"a100_full_workers_per_gpu={workers_gpu:.0f}", f"mfu_assumed={args.mfu:g}"]))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Active learning over the calorimeter response (hepml_kit.simloop.active) and lesson 12's exercise checks."""
+"""Active learning over the calorimeter response (hepml_kit.simloop.active) and lesson 12's exercise
+checks."""
 
 from __future__ import annotations
 
@@ -42,11 +43,13 @@ def test_active_and_uniform_loops_spend_equal_budgets_and_active_goes_where_show
     assert np.all(err / reference < 0.01)
     ens = EnsembleConfig(members=4, steps=100)
     runs = {a: run_loop(p, ActiveConfig(acquisition=a, initial=4, per_round=150, rounds=2, steps_per_round=50,
-                                         ensemble=ens), reference, seed=0) for a in ("uniform", "disagreement")}
+                                         ensemble=ens), reference, seed=0)
+                                         for a in ("uniform", "disagreement")}
     assert runs["uniform"]["events"] == runs["disagreement"]["events"] == [60, 210, 360]
     uni, act = runs["uniform"]["counts"][-1], runs["disagreement"]["counts"][-1]
     assert uni.max() - uni.min() <= 1
-    assert act[:3].sum() > 2 * act[-3:].sum(), f"active learning should favour low energies, got {act.tolist()}"
+    assert act[:3].sum() > 2 * act[-3:].sum(), \
+        f"active learning should favour low energies, got {act.tolist()}"
     assert all(np.isfinite(r["metric"]).all() for r in runs.values())
     with pytest.raises(ValueError, match="acquisition"):
         ActiveConfig(acquisition="random")

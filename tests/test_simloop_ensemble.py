@@ -29,7 +29,8 @@ def test_each_member_is_the_same_network_trained_alone():
     for _ in range(30):
         opt.zero_grad()
         mean, log_var = alone(x)
-        nll = 0.5 * (log_var + (z - mean) ** 2 * torch.exp(-log_var)) * torch.exp(0.5 * log_var.detach())  # beta-NLL
+        # beta-NLL
+        nll = 0.5 * (log_var + (z - mean) ** 2 * torch.exp(-log_var)) * torch.exp(0.5 * log_var.detach())
         loss = (nll * w[k]).sum() / w[k].sum()
         loss.backward()
         opt.step()

@@ -25,7 +25,8 @@ def _collect(seed=0, workers=2, **kw):
 
 
 def _same(a: list[dict], b: list[dict]) -> bool:
-    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x if torch.is_tensor(x[k]))
+    return len(a) == len(b) and all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x
+                                    if torch.is_tensor(x[k]))
 
 
 def test_two_ranks_two_workers_see_every_event_once_and_the_serial_events():
@@ -52,7 +53,8 @@ def test_same_seed_same_batches_whatever_the_worker_count_other_seed_other_event
 
 def test_a_worker_that_dies_is_reported_and_replaced_and_the_run_continues_exactly():
     reference = _collect()[0]
-    stream = MonteCarloStream(MODEL, "tiny", rank=0, world_size=WORLD, batch_size=B, steps=STEPS, kill_at_step=3)
+    stream = MonteCarloStream(MODEL, "tiny", rank=0, world_size=WORLD, batch_size=B,
+                              steps=STEPS, kill_at_step=3)
     messages = []
     got = list(stream_batches(stream, workers=2, timeout_s=30, restarts=1, log=messages.append))
     assert _same(got, reference)
@@ -79,7 +81,8 @@ class _StuckStream(MonteCarloStream):
 def test_a_stuck_worker_times_out_instead_of_hanging():
     t0 = time.perf_counter()
     with pytest.raises(StreamError, match="within timeout_s=2"):
-        list(stream_batches(_StuckStream(MODEL, "tiny", batch_size=B, steps=4), workers=1, timeout_s=2, log=None))
+        list(stream_batches(_StuckStream(MODEL, "tiny", batch_size=B, steps=4), workers=1,
+                            timeout_s=2, log=None))
     assert time.perf_counter() - t0 < 20
 
 
@@ -107,7 +110,8 @@ def test_back_pressure_generators_never_run_ahead_of_the_queue():
 
 
 def test_round_robin_generators_still_give_disjoint_chunks():
-    index = [MonteCarloStream("tracking_gnn", "tiny", seed=0, rank=r, world_size=2, batch_size=2).chunk(s)["event_index"]
+    index = [MonteCarloStream("tracking_gnn", "tiny", seed=0, rank=r, world_size=2,
+                              batch_size=2).chunk(s)["event_index"]
              for r in range(2) for s in range(2)]
     flat = torch.cat(index).tolist()
     assert len(set(flat)) == len(flat) == 8

@@ -17,7 +17,8 @@ HINTS = {
     "Chunk g holds the events range(g * batch_size, (g + 1) * batch_size).",
     "ex12_workers_per_gpu": "A GPU consumes peak_flops * mfu / flops_per_event events per second; one worker "
     "makes worker_events_per_s. Workers needed = consumption / production, rounded up (math.ceil).",
-    "ex12_allocate": "Neyman: the total after this round, counts.sum() + budget, split in proportion to sigma is "
+    "ex12_allocate": "Neyman: the total after this round, counts.sum() + budget, split "
+                     "in proportion to sigma is "
     "the target. Each bin gets its shortfall max(0, target - counts); scale the shortfalls so they add up to "
     "budget; round down and hand the remaining events to the bins with the largest remainders.",
 }
@@ -52,8 +53,9 @@ def ex12_stream_events(fn) -> None:
             raise CheckFailed(f"world_size={world}, batch_size={batch}: events {dup} are streamed twice "
                               "(two ranks, or two steps, share events)")
         if sorted(seen) != list(range(steps * world * batch)):
-            raise CheckFailed(f"world_size={world}, batch_size={batch}: after {steps} steps the ranks should have "
-                              f"seen exactly events 0..{steps * world * batch - 1} (no gaps)")
+            raise CheckFailed(f"world_size={world}, batch_size={batch}: after {steps} "
+                              "steps the ranks should have seen exactly events "
+                              f"0..{steps * world * batch - 1} (no gaps)")
     passed("ex12_stream_events", "every event on exactly one rank at one step, no gaps")
 
 
@@ -65,8 +67,8 @@ def ex12_workers_per_gpu(fn) -> None:
         if not isinstance(got, (int, np.integer)) or isinstance(got, bool):
             raise CheckFailed(f"return a whole number of workers (int), got {got!r}")
         if got != want:
-            raise CheckFailed(f"for flops/event {args[0]:.3g}, peak {args[1]:.3g}, MFU {args[2]}, worker rate "
-                              f"{args[3]:g}/s: {got} workers, expected {want}")
+            raise CheckFailed(f"for flops/event {args[0]:.3g}, peak {args[1]:.3g}, "
+                              f"MFU {args[2]}, worker rate {args[3]:g}/s: {got} workers, expected {want}")
     passed("ex12_workers_per_gpu")
 
 
@@ -89,6 +91,7 @@ def ex12_allocate(fn) -> None:
             raise CheckFailed(f"the new counts add up to {int(got.sum())}, the budget is {budget}")
         want = allocate(sigma, counts, budget)
         if np.abs(got - want).max() > 1:
-            raise CheckFailed(f"sigma {np.round(sigma, 3).tolist()}, counts {counts.tolist()}, budget {budget}: "
-                              f"got {got.astype(int).tolist()}, the Neyman shortfalls give {want.tolist()}")
+            raise CheckFailed(f"sigma {np.round(sigma, 3).tolist()}, counts "
+                              f"{counts.tolist()}, budget {budget}: got {got.astype(int).tolist()}, the "
+                              f"Neyman shortfalls give {want.tolist()}")
     passed("ex12_allocate", "new simulation goes where the totals fall short of the Neyman split")

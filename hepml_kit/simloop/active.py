@@ -37,7 +37,8 @@ from hepml_kit.data._seeding import stream
 from hepml_kit.data.showers import CALOCHALLENGE_ENERGIES_MEV, ShowerConfig, generate_showers
 from hepml_kit.simloop.ensemble import EnsembleConfig, StackedEnsemble
 
-__all__ = ["ACQUISITIONS", "ActiveConfig", "ResponseProblem", "allocate", "events_to_reach", "run_loop", "uniform_split"]
+__all__ = ["ACQUISITIONS", "ActiveConfig", "ResponseProblem", "allocate", "events_to_reach",
+           "run_loop", "uniform_split"]
 
 ACQUISITIONS = ("uniform", "disagreement", "aleatoric")
 
@@ -64,12 +65,14 @@ class ResponseProblem:
         for i, n in enumerate(np.asarray(counts, dtype=np.int64)):
             if n <= 0:
                 continue
-            cfg = ShowerConfig(particle=self.particle, eta_bin=self.eta_bin, energies_mev=(self.energies_mev[i],))
+            cfg = ShowerConfig(particle=self.particle, eta_bin=self.eta_bin,
+                               energies_mev=(self.energies_mev[i],))
             sub_seed = int(stream(seed, key, i, 0xAC7).integers(2**31))
             d = generate_showers(int(n), sub_seed, cfg)
             sf = np.concatenate([np.full(ly.n_voxels, ly.sampling_fraction) for ly in cfg.layers])
             idx.append(np.full(int(n), i))
-            resp.append((d["voxels"] / sf).sum(1, dtype=np.float64) / d["energy"] if not truth else d["response_true"])
+            resp.append((d["voxels"] / sf).sum(1, dtype=np.float64) / d["energy"] if not truth
+                        else d["response_true"])
         if not idx:
             return np.zeros(0, np.int64), np.zeros(0)
         return np.concatenate(idx), np.concatenate(resp)
@@ -87,8 +90,8 @@ class ResponseProblem:
 class ActiveConfig:
     """initial: showers per energy simulated uniformly before the model decides; per_round: showers per
     round; rounds: rounds after the initial one; power: the split aimed at is ∝ sigma^power (2: equal errors,
-    for the worst-energy metric; 1: Neyman, for the RMS); the ensemble trains ``ensemble.steps`` Adam steps on the
-    first round's showers and `steps_per_round` more (warm start) after each later round."""
+    for the worst-energy metric; 1: Neyman, for the RMS); the ensemble trains ``ensemble.steps`` Adam steps on
+    the first round's showers and `steps_per_round` more (warm start) after each later round."""
 
     acquisition: str = "disagreement"
     initial: int = 10
@@ -137,7 +140,9 @@ def run_loop(problem: ResponseProblem, cfg: ActiveConfig, reference_mean: np.nda
     new = np.full(k, cfg.initial, dtype=np.int64)
     grid = problem.features(np.arange(k))
     out = {"events": [], "metric": [], "rms": [], "counts": []}
-    model = StackedEnsemble(1, EnsembleConfig(**{**cfg.ensemble.__dict__, "seed": cfg.ensemble.seed + 97 * seed}))
+    model = StackedEnsemble(1,
+                            EnsembleConfig(**{**cfg.ensemble.__dict__,
+                                              "seed": cfg.ensemble.seed + 97 * seed}))
     boot = torch.Generator().manual_seed(int(stream(seed, 0xB007).integers(2**31)))
     w_all = []
     for r in range(cfg.rounds + 1):

@@ -56,7 +56,8 @@ class EnsembleConfig:
         if self.members < 2:
             raise ValueError(f"an ensemble needs members >= 2, got {self.members}")
         if self.hidden < 1 or self.steps < 1 or self.lr <= 0:
-            raise ValueError(f"need hidden >= 1, steps >= 1, lr > 0; got {self.hidden}, {self.steps}, {self.lr}")
+            raise ValueError("need hidden >= 1, steps >= 1, lr > 0; got "
+                             f"{self.hidden}, {self.steps}, {self.lr}")
 
 
 class GaussianMLP(nn.Module):
@@ -96,8 +97,10 @@ class StackedEnsemble:
         self.params = []
         for li in range(len(linears)):
             layer = [[m for m in member.net if isinstance(m, nn.Linear)][li] for member in self.members]
-            self.params.append(torch.stack([lin.weight.detach().T for lin in layer]).clone().requires_grad_(True))
-            self.params.append(torch.stack([lin.bias.detach()[None] for lin in layer]).clone().requires_grad_(True))
+            self.params.append(torch.stack([lin.weight.detach().T
+                                            for lin in layer]).clone().requires_grad_(True))
+            self.params.append(torch.stack([lin.bias.detach()[None]
+                                            for lin in layer]).clone().requires_grad_(True))
         self.opt = torch.optim.Adam(self.params, lr=cfg.lr)
         self.y_shift: float | None = None
         self.y_scale = 1.0
@@ -124,7 +127,8 @@ class StackedEnsemble:
         per-member event weights `weight` (K, N) (default: `bootstrap_weights`); returns the loss per step."""
         x, y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
         if x.ndim != 2 or x.shape[1] != self.in_dim or y.shape != (len(x),):
-            raise ValueError(f"need x (N, {self.in_dim}) and y (N,), got {tuple(x.shape)} and {tuple(y.shape)}")
+            raise ValueError(f"need x (N, {self.in_dim}) and y (N,), got "
+                             f"{tuple(x.shape)} and {tuple(y.shape)}")
         if len(x) < 2:
             raise ValueError("need at least 2 events to fit")
         w = self.bootstrap_weights(len(x)) if weight is None else torch.as_tensor(weight, dtype=torch.float32)
@@ -165,7 +169,8 @@ class StackedEnsemble:
         return m
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The ensemble as one Gaussian: ``mean``, ``aleatoric`` and ``epistemic`` variances, ``std`` (total)."""
+        """The ensemble as one Gaussian: ``mean``, ``aleatoric`` and ``epistemic`` variances, ``std``
+        (total)."""
         mean, var = self.predict_members(x)
         out = {"mean": mean.mean(0), "aleatoric": var.mean(0), "epistemic": mean.var(0)}
         out["std"] = (out["aleatoric"] + out["epistemic"]).sqrt()
@@ -184,6 +189,7 @@ def coverage(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, level: floa
 
 
 def calibration_error(y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> float:
-    """Mean |coverage - level| over central intervals at levels 0.1, 0.2, ..., 0.9 (0: perfectly calibrated)."""
+    """Mean |coverage - level| over central intervals at levels 0.1, 0.2, ..., 0.9 (0: perfectly
+    calibrated)."""
     levels = [0.1 * i for i in range(1, 10)]
     return sum(abs(coverage(y, mean, std, lv) - lv) for lv in levels) / len(levels)

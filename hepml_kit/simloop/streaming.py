@@ -96,7 +96,8 @@ class MonteCarloStream:
         from hepml_kit import models
 
         if self.world_size < 1 or not 0 <= self.rank < self.world_size:
-            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, world_size={self.world_size}")
+            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, "
+                             f"world_size={self.world_size}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.steps is not None and self.steps < 0 or self.start_step < 0:
@@ -138,13 +139,15 @@ def stream_batches(stream: MonteCarloStream, workers: int = 2, *, prefetch: int 
     the worker's traceback.
     """
     if workers < 0 or prefetch < 1 or timeout_s <= 0:
-        raise ValueError(f"need workers >= 0, prefetch >= 1, timeout_s > 0; got {workers}, {prefetch}, {timeout_s}")
+        raise ValueError("need workers >= 0, prefetch >= 1, timeout_s > 0; got "
+                         f"{workers}, {prefetch}, {timeout_s}")
     if workers == 0:
         yield from stream
         return
     next_step, attempt = stream.start_step, 0
     while stream.steps is None or next_step < stream.steps:
-        part = stream if attempt == 0 else dataclasses.replace(stream, start_step=next_step, kill_at_step=None)
+        part = stream if attempt == 0 else dataclasses.replace(stream, start_step=next_step,
+                                                               kill_at_step=None)
         pool = _WorkerPool(part, workers, prefetch)
         try:
             for step in part.my_steps():
@@ -161,13 +164,13 @@ def stream_batches(stream: MonteCarloStream, workers: int = 2, *, prefetch: int 
             what = str(e)
             if attempt >= restarts:
                 raise StreamError(f"generator worker failure at step {next_step} of rank {stream.rank} "
-                                  f"({stream.model}, seed {stream.seed}): {what}. The batches are a pure function "
-                                  f"of (seed, rank, step): rerun with start_step={next_step} to go on exactly where "
-                                  "it stopped.") from None
+                                  f"({stream.model}, seed {stream.seed}): {what}. The "
+                                  "batches are a pure function of (seed, rank, step): rerun with "
+                                  f"start_step={next_step} to go on exactly where it stopped.") from None
             attempt += 1
             if log:
-                log(f"[stream rank {stream.rank}] {what} at step {next_step}; restarting {workers} workers from "
-                    f"step {next_step} (restart {attempt} of {restarts})")
+                log(f"[stream rank {stream.rank}] {what} at step {next_step}; "
+                    f"restarting {workers} workers from step {next_step} (restart {attempt} of {restarts})")
         finally:
             pool.close()
 
@@ -198,7 +201,9 @@ class _WorkerPool:
                 if not p.is_alive():
                     return "failed", f"generator worker {k} (pid {p.pid}) died (exit code {p.exitcode})"
                 if time.monotonic() > deadline:
-                    return "failed", f"no batch from generator worker {k} (pid {p.pid}) within timeout_s={timeout_s:g} s"
+                    return ("failed",
+                            f"no batch from generator worker {k} (pid {p.pid}) within "
+                            f"timeout_s={timeout_s:g} s")
                 continue
             assert got_step == step, f"worker {k} sent step {got_step}, expected {step}"
             return kind, payload

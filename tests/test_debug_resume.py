@@ -112,3 +112,21 @@ def test_torchrun_max_restarts_resumes_to_the_same_weights(tmp_path):
     assert a["losses"] == b["losses"] and _same_params(a["params"], b["params"]) == []
     unrestarted = _launch(tmp_path, "lost", die="1:3")
     assert unrestarted.returncode != 0 and not (tmp_path / "lost.pt").exists(), "without restarts the run fails"
+
+
+def test_ex11_check_knows_the_planted_bug_and_says_what_is_wrong(capsys):
+    """Lesson 11's exercise check (no pool needed): the planted fault per seed, and feedback on wrong answers."""
+    from hepml_kit import checks as check
+    from hepml_kit.checks import CheckFailed
+    from hepml_kit.checks.ex11 import planted
+
+    assert planted(0, 2) == {"rank": 1, "collective": "broadcast", "step": 1}
+    assert planted(4, 4)["rank"] == 2 and planted(1, 4)["collective"] == "all_gather"
+    check.ex11_find_the_bug({"rank": 1, "collective": "broadcast"}, seed=0, nprocs=2)
+    assert "ex11_find_the_bug passed" in capsys.readouterr().out
+    for wrong, says in [({"rank": 0, "collective": "broadcast"}, "rank 0 is where most ranks are"),
+                        ({"rank": 1, "collective": "all_reduce"}, "what the healthy ranks wait in"),
+                        ({"rank": 1, "collective": "barrier"}, "right rank"),
+                        ({"rank": 1}, "keys 'rank' and 'collective'")]:
+        with pytest.raises(CheckFailed, match=says):
+            check.ex11_find_the_bug(wrong, seed=0, nprocs=2)

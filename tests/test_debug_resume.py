@@ -5,6 +5,7 @@ same through `hepml-kit launch --max-restarts` (torchrun), and resumed on anothe
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -93,11 +94,14 @@ def test_bad_input_is_refused_before_any_work(pool):
 
 
 def _launch(tmp_path, name, *launch_args, die=None):
+    """`hepml-kit launch` of resilient.py on 2 ranks; returns the finished process with its wall time."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hepml_kit.cli", "launch", "--nprocs", "2", *launch_args, resilient.__file__, "--",
            "--checkpoint-dir", str(tmp_path / name), "--out", str(tmp_path / f"{name}.pt"), "--steps", "6"]
-    return subprocess.run(cmd + (["--die", die] if die else []), env=env, capture_output=True, text=True,
-                          timeout=240)
+    t0 = time.monotonic()
+    out = subprocess.run(cmd + (["--die", die] if die else []), env=env, capture_output=True, text=True, timeout=240)
+    out.wall_s = time.monotonic() - t0
+    return out
 
 
 @pytest.mark.slow
@@ -110,6 +114,8 @@ def test_torchrun_max_restarts_resumes_to_the_same_weights(tmp_path):
     a, b = torch.load(tmp_path / "clean.pt"), torch.load(tmp_path / "killed.pt")
     assert a["restart"] == 0 and b["restart"] == 1 and b["resumed_from"] == 2
     assert a["losses"] == b["losses"] and _same_params(a["params"], b["params"]) == []
+    print(f"torchrun: uninterrupted {clean.wall_s:.1f} s, one rank killed and restarted {killed.wall_s:.1f} s, "
+          f"lost {killed.wall_s - clean.wall_s:.1f} s")
     unrestarted = _launch(tmp_path, "lost", die="1:3")
     assert unrestarted.returncode != 0 and not (tmp_path / "lost.pt").exists(), "without restarts the run fails"
 

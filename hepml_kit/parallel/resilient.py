@@ -5,8 +5,8 @@ What makes the resumed run equal, not just close: the checkpoint holds model, op
 the loss curve so far (`hepml_kit.parallel.checkpoint`, DCP); the data order is a function of the seed (every
 step's global batch is regenerated, not iterated from a stateful loader); the random state is reseeded from
 (seed, step) at every step; `torch.use_deterministic_algorithms` and a fixed number of threads pin the kernels.
-This is the recipe of TorchElastic (torchrun restarts every rank from the last checkpoint; Sergeev &
-Balso's Horovod Elastic and PyTorch's "fault-tolerant training" tutorial describe the same contract).
+This is the contract of TorchElastic (torchrun restarts every rank, which reload the last checkpoint; PyTorch's
+"Fault-tolerant distributed training with torchrun" tutorial) and of Horovod Elastic.
 
 Three ways to use it:
 

@@ -12,7 +12,7 @@ from hepml_kit.checks import CheckFailed, passed
 __all__ = ["HINTS", "ex11_find_the_bug", "mystery_training", "planted"]
 
 HINTS = {
-    "ex11_find_the_bug": "Read the first line after 'desync:' or 'where the ranks are:': most ranks are in one "
+    "ex11_find_the_bug": "Read the line 'where the ranks are:': most ranks are in one "
     "collective with one number (#n); the odd rank out is in another one with the same number. Answer "
     "{'rank': that rank, 'collective': the name of what IT called, e.g. 'all_reduce' or 'broadcast'}.",
 }
@@ -22,7 +22,7 @@ _ODD_OPS = ("broadcast", "all_gather", "barrier")
 
 
 def planted(seed: int, world_size: int) -> dict:
-    """The truth behind `mystery_training(seed)` on `world_size` ranks: the odd rank, its collective, the step."""
+    """The truth behind `mystery_training(seed)` on `world_size` ranks: odd rank, its collective, step."""
     if world_size < 2:
         raise ValueError("the planted fault needs at least 2 ranks")
     return {"rank": 1 + seed % (world_size - 1), "collective": _ODD_OPS[seed % len(_ODD_OPS)],
@@ -61,12 +61,12 @@ def ex11_find_the_bug(answer: dict, seed: int = 0, nprocs: int = 2) -> None:
     rank, op = answer["rank"], str(answer["collective"]).strip().lower().replace("allreduce", "all_reduce")
     if rank != truth["rank"]:
         if rank == 0:
-            raise CheckFailed("rank 0 is where most ranks are; the planted bug is on the rank that is somewhere "
-                              "else (look for the rank named alone in 'where the ranks are')")
+            raise CheckFailed("rank 0 is where most ranks are; the planted bug is on the rank that is "
+                              "somewhere else (look for the rank named alone in 'where the ranks are')")
         raise CheckFailed(f"rank {rank} is not the odd one out: which rank is in a different collective than "
                           f"the others?")
     if op == "all_reduce":
-        raise CheckFailed("all_reduce is what the healthy ranks wait in; name what the odd rank called instead")
+        raise CheckFailed("all_reduce is what the healthy ranks wait in; name what the odd rank called")
     if op != truth["collective"]:
         raise CheckFailed(f"right rank; but rank {rank} is not in {op!r}: read its line in the report again")
     passed("ex11_find_the_bug", f"rank {rank} called {op} where its peers called all_reduce (step "

@@ -31,7 +31,8 @@ def init_from_env(timeout_s: float = 300.0) -> str:
 
 
 def torchrun_command(script: str, args: list[str], nprocs: int, nnodes: int = 1, node_rank: int | None = None,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "hepml-kit", max_restarts: int = 0) -> list[str]:
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "hepml-kit",
+                     max_restarts: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}"]
     if max_restarts:
         cmd.append(f"--max-restarts={max_restarts}")

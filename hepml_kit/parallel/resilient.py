@@ -1,12 +1,13 @@
 """Survive a lost rank: train with a distributed checkpoint every few steps, and after a rank dies resume from
-the last one and finish with the SAME weights as an uninterrupted run (bitwise on CPU, deterministic settings).
+the last one and finish with the SAME weights as an uninterrupted run (bitwise on CPU, deterministic
+settings).
 
 What makes the resumed run equal, not just close: the checkpoint holds model, optimizer state, the step and
 the loss curve so far (`hepml_kit.parallel.checkpoint`, DCP); the data order is a function of the seed (every
 step's global batch is regenerated, not iterated from a stateful loader); the random state is reseeded from
-(seed, step) at every step; `torch.use_deterministic_algorithms` and a fixed number of threads pin the kernels.
-This is the contract of TorchElastic (torchrun restarts every rank, which reload the last checkpoint; PyTorch's
-"Fault-tolerant distributed training with torchrun" tutorial) and of Horovod Elastic.
+(seed, step) at every step; `torch.use_deterministic_algorithms` and a fixed number of threads pin the
+kernels. This is the contract of TorchElastic (torchrun restarts every rank, which reload the last checkpoint;
+PyTorch's "Fault-tolerant distributed training with torchrun" tutorial) and of Horovod Elastic.
 
 Three ways to use it:
 
@@ -17,7 +18,8 @@ Three ways to use it:
   a `WorkerError`, the pool restarts itself, the call is repeated and resumes; returns the results, each
   attempt's wall time and the steps recomputed.
 - a script: ``hepml-kit launch --nprocs 2 --max-restarts 1 hepml_kit/parallel/resilient.py -- --checkpoint-dir
-  DIR --out final.pt`` (torchrun restarts all ranks after one dies; also ``python -m hepml_kit.parallel.resilient``).
+  DIR --out final.pt`` (torchrun restarts all ranks after one dies; one process:
+  ``python -m hepml_kit.parallel.resilient``).
 
 The checkpoint reshards (DCP), so the resumed run may have another world size: a 2-rank DDP run resumed on
 one process with ``micro_batches=2`` (or 4 ranks) agrees to float32 rounding, not bitwise (another sum order).
@@ -45,18 +47,19 @@ from hepml_kit.parallel.compare import DATA_PARALLEL, _wrap, full_parameters
 from hepml_kit.parallel.ddp import shard_batch
 from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 
-__all__ = ["Attempt", "ResilientRun", "deterministic", "fault_marker", "main", "run_until_done", "train_resilient"]
+__all__ = ["Attempt", "ResilientRun", "deterministic", "fault_marker", "main", "run_until_done",
+           "train_resilient"]
 
 
 def fault_marker(checkpoint_dir: str | os.PathLike) -> Path:
-    """The file a planted fault leaves when it fires, so that it fires once (beside, not in, the checkpoint)."""
+    """The file a planted fault leaves when it fires, so it fires once (beside, not in, the checkpoint)."""
     path = Path(os.path.abspath(checkpoint_dir))
     return path.parent / f".{path.name}.fault-fired"
 
 
 @contextlib.contextmanager
 def deterministic(threads: int):
-    """Deterministic kernels and a fixed thread count for the duration (restored after: a warm pool goes on)."""
+    """Deterministic kernels and a fixed thread count for the duration (then restored: a warm pool goes on)"""
     was_det, was_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(threads)
@@ -80,10 +83,11 @@ def _check(spec: RunSpec, strategy: str, every: int, die) -> None:
         raise ValueError(f"die must be (rank, step) with step in 0..{spec.steps - 1}, got {die!r}")
 
 
-def train_resilient(spec: RunSpec, strategy: str = "ddp", *, every: int = 2, die: tuple[int, int] | None = None,
-                    threads: int = 1) -> dict[str, Any] | None:
-    """Train `spec` under a data-parallel `strategy` on this rank, saving a checkpoint to ``spec.checkpoint_dir``
-    after every `every` steps; if one is there already, resume from it. Call on every rank.
+def train_resilient(spec: RunSpec, strategy: str = "ddp", *, every: int = 2,
+                    die: tuple[int, int] | None = None, threads: int = 1) -> dict[str, Any] | None:
+    """Train `spec` under a data-parallel `strategy` on this rank, saving a checkpoint to
+    ``spec.checkpoint_dir`` after every `every` steps; if one is there already, resume from it. Call on every
+    rank.
 
     ``die=(rank, step)``: that rank kills itself with SIGKILL at the start of `step` (once). Returns
     ``{"losses", "resumed_from", "world_size", "rank", "wall_s", "steps_run"}`` plus ``params`` on rank 0
@@ -130,7 +134,7 @@ def _train(tb, spec, strategy, every, die, rank, world, micro) -> dict[str, Any]
         if die is not None and die == (rank, step) and not marker.exists():
             marker.write_text(f"rank {rank} killed itself at step {step}\n")
             os.kill(os.getpid(), signal.SIGKILL)
-        torch.manual_seed(spec.seed * 1_000_003 + step)  # dropout & co: a function of the step, not of history
+        torch.manual_seed(spec.seed * 1_000_003 + step)  # dropout & co: a function of the step, not history
         total = torch.zeros((), device=device)
         for b in batches[step]:
             loss = tb.loss(wrapped, b) / micro
@@ -146,8 +150,8 @@ def _train(tb, spec, strategy, every, die, rank, world, micro) -> dict[str, Any]
         if done % every == 0 and done < spec.steps:
             checkpoint.save(spec.checkpoint_dir, owner, optimizer, step=done, no_dist=alone,
                             extra={"losses": losses, "strategy": strategy, "world_size": world})
-    result = {"strategy": strategy, "rank": rank, "world_size": world, "losses": losses, "resumed_from": start,
-              "steps_run": spec.steps - start, "wall_s": time.perf_counter() - t0}
+    result = {"strategy": strategy, "rank": rank, "world_size": world, "losses": losses,
+              "resumed_from": start, "steps_run": spec.steps - start, "wall_s": time.perf_counter() - t0}
     params = full_parameters(model) if spec.return_params else None  # a collective for FSDP
     if rank == 0 and params is not None:
         result["params"] = params
@@ -189,8 +193,8 @@ def _lost_a_rank(err) -> bool:
     return any("died" in err.failures[r] for r in err.root_ranks)
 
 
-def run_until_done(pool, spec: RunSpec, strategy: str = "ddp", *, every: int = 2, die=None, max_restarts: int = 2,
-                   timeout: float = 300.0, threads: int = 1) -> ResilientRun:
+def run_until_done(pool, spec: RunSpec, strategy: str = "ddp", *, every: int = 2, die=None,
+                   max_restarts: int = 2, timeout: float = 300.0, threads: int = 1) -> ResilientRun:
     """Run `train_resilient` on every rank of `pool`; when a rank dies (`WorkerError` naming a dead rank) the
     pool restarts itself (`Workers` kills and replaces its engines) and the call is repeated, resuming from
     the last checkpoint, at most `max_restarts` times. Other errors are raised at once."""
@@ -217,9 +221,9 @@ def run_until_done(pool, spec: RunSpec, strategy: str = "ddp", *, every: int = 2
 # ---- the script side: torchrun --max-restarts (hepml-kit launch --max-restarts) ----
 
 def _parse(argv):
-    p = argparse.ArgumentParser(description="Train with a checkpoint every few steps; resume after a lost rank.")
+    p = argparse.ArgumentParser(description="Checkpoint every few steps; resume after a lost rank.")
     p.add_argument("--checkpoint-dir", required=True)
-    p.add_argument("--out", required=True, help="rank 0 writes the final parameters and losses here (torch.save)")
+    p.add_argument("--out", required=True, help="rank 0 saves the final parameters and losses here")
     p.add_argument("--testbed", default="jet_transformer")
     p.add_argument("--strategy", default="ddp", choices=DATA_PARALLEL)
     p.add_argument("--steps", type=int, default=6)
@@ -249,8 +253,8 @@ def main(argv=None) -> int:
     if result is not None and result["rank"] == 0:
         print(f"done: restart {restart}, resumed from step {result['resumed_from']}, "
               f"{result['steps_run']} steps in {result['wall_s']:.2f} s", flush=True)
-        torch.save({"params": result["params"], "losses": result["losses"], "resumed_from": result["resumed_from"],
-                    "restart": restart}, a.out)
+        torch.save({"params": result["params"], "losses": result["losses"],
+                    "resumed_from": result["resumed_from"], "restart": restart}, a.out)
     return 0
 
 

@@ -24,6 +24,8 @@ def _add_core(sub) -> None:
     p.add_argument("--node-rank", type=int, default=None, help="this node's rank (multi-node without Slurm)")
     p.add_argument("--rdzv-endpoint", default=None, help="HOST:PORT of the c10d rendezvous (multi-node)")
     p.add_argument("--rdzv-id", default="hepml-kit", help="rendezvous id shared by all nodes")
+    p.add_argument("--max-restarts", type=int, default=0,
+                   help="torchrun: restart every rank this many times after one fails (resume from a checkpoint)")
     p.add_argument("script", help="Python script to run on every rank")
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
     p.set_defaults(func=lambda a: __import__("hepml_kit.launch.script", fromlist=["main"]).main(a))

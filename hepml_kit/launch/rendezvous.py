@@ -190,6 +190,13 @@ def init_process_group(info: RankInfo, backend: str | None = None, timeout_s: fl
         kind = "cuda" if backend == "nccl" else "xpu"
         getattr(torch, kind).set_device(info.local_rank)
         kwargs["device_id"] = torch.device(kind, info.local_rank)
+    if store is None and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+        # torchrun --max-restarts (torch 2.13, gloo): the agent's store keeps the dead attempt's addresses and
+        # the restarted ranks connect to them; a per-attempt prefix gives every restart a clean namespace.
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        client = dist.TCPStore(info.master_addr, int(info.master_port), info.world_size, False,
+                               timeout=timedelta(seconds=timeout_s))
+        store = dist.PrefixStore(f"/hepml_kit/attempt_{attempt}", client)
     if store is None:
         kwargs["init_method"] = f"tcp://{info.master_addr}:{info.master_port}"
     else:

@@ -31,8 +31,11 @@ def init_from_env(timeout_s: float = 300.0) -> str:
 
 
 def torchrun_command(script: str, args: list[str], nprocs: int, nnodes: int = 1, node_rank: int | None = None,
-                     rdzv_endpoint: str | None = None, rdzv_id: str = "hepml-kit") -> list[str]:
+                     rdzv_endpoint: str | None = None, rdzv_id: str = "hepml-kit",
+                     max_restarts: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nprocs}"]
+    if max_restarts:
+        cmd.append(f"--max-restarts={max_restarts}")
     if nnodes == 1 and rdzv_endpoint is None:
         cmd.append("--standalone")
     else:
@@ -78,6 +81,9 @@ def main(a) -> int:
     if a.nprocs < 1:
         print(f"hepml-kit launch: --nprocs must be >= 1, got {a.nprocs}", file=sys.stderr)
         return 2
+    if getattr(a, "max_restarts", 0) < 0:
+        print(f"hepml-kit launch: --max-restarts must be >= 0, got {a.max_restarts}", file=sys.stderr)
+        return 2
     if not os.path.isfile(a.script):
         print(f"hepml-kit launch: no such script: {a.script}", file=sys.stderr)
         return 2
@@ -94,6 +100,7 @@ def main(a) -> int:
     if "SLURM_JOB_ID" in os.environ and shutil.which("srun") and a.rdzv_endpoint is None:
         cmd = srun_command(a.script, args, a.nprocs, a.nnodes if a.nnodes > 1 else None)
     else:
-        cmd = torchrun_command(a.script, args, a.nprocs, a.nnodes, a.node_rank, a.rdzv_endpoint, a.rdzv_id)
+        cmd = torchrun_command(a.script, args, a.nprocs, a.nnodes, a.node_rank, a.rdzv_endpoint, a.rdzv_id,
+                               getattr(a, "max_restarts", 0))
     print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
     return subprocess.call(cmd)

@@ -25,19 +25,21 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Any, Iterable
+import itertools
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from hepml_kit.models._testbed import Testbed, to_device
+from hepml_kit.models._testbed import to_device
 from hepml_kit.parallel.compare import DATA_PARALLEL, train_data_parallel
 from hepml_kit.parallel.runner import BY_HAND, MODEL_PARALLEL, train_model_parallel
 from hepml_kit.parallel.spec import RunSpec, StepOptions, default_device, resolve_testbed
 from hepml_kit.parallel.streams import batch_stream
 from hepml_kit.profile.step import StepProfiler
 
-__all__ = ["Loop", "RunSpec", "STRATEGIES", "StepOptions", "default_device", "train"]
+__all__ = ["STRATEGIES", "Loop", "RunSpec", "StepOptions", "default_device", "train"]
 
 STRATEGIES = tuple(dict.fromkeys(DATA_PARALLEL + MODEL_PARALLEL + BY_HAND + ("lightning",)))
 PLAIN_LOOP = ("single", "ddp")  # the strategies of the plain loop (data="per_rank" or "given")
@@ -177,8 +179,6 @@ def _train_plain(spec: RunSpec, strategy: str, data: Any, batches: Iterable[dict
     if loop.trained is not loop.model and options.comm_hook:
         prof.attach_ddp(loop.trained)
     if batches is not None:
-        import itertools
-
         stream = itertools.cycle(batches)
     elif spec.data == "per_rank":
         stream = (to_device(b, device) for b in tb.batches(data, local_batch, shuffle=True, seed=spec.seed))

@@ -9,7 +9,8 @@ second rung of lesson 01's ladder (PyTorch performance tuning guide).
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch

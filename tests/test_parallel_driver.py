@@ -267,3 +267,17 @@ def test_hpo_trial_trains_through_the_driver_with_the_same_losses():
         with torch.no_grad():
             tb.metrics(model, _data(objective, cfg, "val", 0, 1))
     assert got == want
+
+
+def test_models_fit_is_the_drivers_plain_loop_by_epochs():
+    """`models._testbed.fit` (below the driver in the import graph) takes exactly the driver loop's steps."""
+    from hepml_kit.models._testbed import fit
+    from hepml_kit.parallel.driver import Loop
+
+    tb = get("jet_transformer")
+    cfg = tb.config("tiny")
+    data = tb.generate(cfg, 64, seed=3)
+    _, history = fit(tb, cfg, data, epochs=2, batch_size=16, lr=2e-3, seed=3, log=None)
+    loop = Loop(RunSpec(tb, config=cfg, lr=2e-3, seed=3, optimizer="testbed", data="given", device="cpu"))
+    per_epoch = [loop.run(tb.batches(data, 16, shuffle=True, seed=3 + epoch)) for epoch in range(2)]
+    assert history == [sum(losses) / len(losses) for losses in per_epoch]

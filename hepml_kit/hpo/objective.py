@@ -179,7 +179,7 @@ def _data(obj: TestbedObjective, cfg, split: str, rank: int, world: int):
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return default_device()  # the kit's one device rule
-    if device == "cpu" or not torch.cuda.is_available():
+    if device == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
 

@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/hepml-kit curriculum run --scale $(SCALE) --out build
 
-# unit and distributed tests, exercises executed to their NotImplementedError, lessons and solutions under nbval
+# lint (ruff, rules in pyproject.toml), then unit and distributed tests, exercises executed to their
+# NotImplementedError, lessons and solutions under nbval
 test: install
+	$(BIN)/ruff check .
 	$(BIN)/hepml-kit exercises build --check
 	$(BIN)/python -m pytest tests curriculum solutions --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout=600 --durations=30

@@ -57,9 +57,11 @@ def main() -> None:
         checked, unchecked = os.path.join(tmp, "checked"), os.path.join(tmp, "unchecked")
         for _ in range(args.repeats):
             times["save_checked"].append(timed(lambda: checkpoint.save(checked, model, opt)))
-            times["save_unchecked"].append(timed(lambda: checkpoint.save(unchecked, model, opt, checksums=False)))
+            times["save_unchecked"].append(
+                timed(lambda: checkpoint.save(unchecked, model, opt, checksums=False)))
             times["load_checked"].append(timed(lambda: checkpoint.load(checked, model, opt)))
-            times["load_unchecked"].append(timed(lambda: checkpoint.load(unchecked, model, opt, verify=False)))
+            times["load_unchecked"].append(
+                timed(lambda: checkpoint.load(unchecked, model, opt, verify=False)))
         size = sum(os.path.getsize(os.path.join(checked, f)) for f in os.listdir(checked)) / 1e6
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d %H:%M')}; "
@@ -69,7 +71,8 @@ def main() -> None:
         c, u = med[f"{op}_checked"], med[f"{op}_unchecked"]
         print(f"{op:6} {c:10.3f} {u:12.3f} {c / u:6.2f}")
     print(f"RESULT checkpoint_MB={size:.1f} save_checked_s={med['save_checked']:.4f} "
-          f"save_unchecked_s={med['save_unchecked']:.4f} save_ratio={med['save_checked'] / med['save_unchecked']:.3f} "
+          f"save_unchecked_s={med['save_unchecked']:.4f} "
+          f"save_ratio={med['save_checked'] / med['save_unchecked']:.3f} "
           f"load_checked_s={med['load_checked']:.4f} load_unchecked_s={med['load_unchecked']:.4f} "
           f"load_ratio={med['load_checked'] / med['load_unchecked']:.3f}")
 

@@ -14,6 +14,12 @@ dicts, `ShardDataset` against ``DataLoader(ShardEvents, batch_size, collate_fn)`
 >= 10x naive for the per-event-small testbeds (jets, waveforms, showers, tracking); a 3-D box of 2.5 MB
 (cosmology) is a large read either way, so its ratio is reported but not held to the goal.
 
+Integrity checks (issue 20): every shard is now written in HDF5's 1.10 format and its metadata ranges
+(every byte outside the Fletcher-32-checked chunks) are hashed when a data set is opened, before HDF5
+parses it. Timed side by side on the same events: opening with the old default (sizes, attributes,
+structure), with the new default (plus the metadata SHA-256), with ``verify="full"`` (whole-file SHA-256),
+and chunked reads of the old format (``libver="earliest"``) against the new one.
+
 Tracking events are a list of per-event dicts of 16 ragged arrays (the testbed's data format): its chunked
 path reads each chunk into a reused buffer (`hepml_kit.data.loader`, no fresh pages to fault in per chunk)
 and hands out views per event; what remains is one HDF5 read per array per chunk and building the dicts.
@@ -37,7 +43,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from hepml_kit import models  # noqa: E402
-from hepml_kit.data.shards import ShardDataset, ShardEvents, ShardSet, rank_chunks, write_shards  # noqa: E402
+from hepml_kit.data import (  # noqa: E402
+    ShardDataset,
+    ShardEvents,
+    ShardSet,
+    rank_chunks,
+    write_shards,
+    writer,
+)
+from hepml_kit.data import shards as shards_module  # noqa: E402
 
 # events per data set (full run, --quick); chosen so each generation takes seconds on 2 cores
 EVENTS = {"tracking_gnn": (400, 100), "waveform_vae": (20_000, 4096), "calo_gan": (20_000, 4096),
@@ -82,6 +96,51 @@ def time_batches(loader, samples_in, limit: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def time_open(path: str, verify: str, metadata_check: bool = True) -> float:
+    """Seconds to open and check a data set (median of repeats until MIN_SECONDS); without
+    `metadata_check` it is the old default: sizes, attributes and structure only."""
+    check = shards_module.ShardSet._metadata_problem
+    if not metadata_check:
+        shards_module.ShardSet._metadata_problem = lambda *args: None
+    try:
+        times, t0 = [], time.perf_counter()
+        while not times or time.perf_counter() - t0 < MIN_SECONDS:
+            t = time.perf_counter()
+            ShardSet(path, verify=verify)
+            times.append(time.perf_counter() - t)
+    finally:
+        shards_module.ShardSet._metadata_problem = check
+    return statistics.median(times)
+
+
+def bench_integrity(name: str, path: str, n: int, root: str, repeats: int) -> dict:
+    """Open cost of the checks, and read rates of the old file format against the new one."""
+    old_path = os.path.join(root, name + "-v0")
+    libver = writer._LIBVER
+    writer._LIBVER = ("earliest", "latest")  # the format shards had before issue 20
+    try:
+        write_shards(name, n, 4, old_path, seed=0, progress=False)
+    finally:
+        writer._LIBVER = libver
+    old, new = ShardSet(old_path), ShardSet(path)
+    read_old, read_new = [], []
+    for r in range(repeats):
+        read_old.append(time_chunked(old, r))
+        read_new.append(time_chunked(new, r))
+    med = statistics.median
+    out = {"open_old": time_open(old_path, "quick", metadata_check=False),
+           "open_new": time_open(path, "quick"), "open_full": time_open(path, "full"),
+           "read_old": med(read_old), "read_new": med(read_new)}
+    out["open_ratio"] = out["open_new"] / out["open_old"]
+    out["read_ratio"] = out["read_new"] / out["read_old"]
+    print(f"{name:16} checks: open old default {out['open_old'] * 1e3:7.2f} ms  new "
+          f"default (+metadata SHA-256) {out['open_new'] * 1e3:7.2f} ms  x{out['open_ratio']:4.2f}  full "
+          f"{out['open_full'] * 1e3:7.2f} ms  |  chunked read old format {out['read_old']:9.0f}  new "
+          f"{out['read_new']:9.0f} ev/s  x{out['read_ratio']:4.2f}",
+          flush=True)
+    return out
+
+
 def bench_model(name: str, n: int, root: str, repeats: int) -> dict:
     tb = models.get(name)
     cfg = tb.config("tiny")
@@ -107,6 +166,7 @@ def bench_model(name: str, n: int, root: str, repeats: int) -> dict:
     med = statistics.median
     out = {"gen": gen, "write": write, "mb": mb, "naive": med(naive), "chunked": med(chunked),
            "ratio": med(chunked) / med(naive), "batch_naive": batched_naive, "batch_chunked": batched_chunked}
+    out.update(bench_integrity(name, os.path.join(root, name), n, root, repeats))
     print(f"{name:16} n={n:6d} {mb:7.1f} MB  generate {gen:9.0f} ev/s  write {write:9.0f} ev/s  read naive "
           f"{out['naive']:9.0f} ev/s  chunked {out['chunked']:10.0f} ev/s  x{out['ratio']:6.1f}  |  batches "
           f"naive {batched_naive:8.0f}  chunked {batched_chunked:8.0f} ev/s", flush=True)
@@ -136,7 +196,10 @@ def main() -> None:
         s = short[name]
         parts += [f"read_ratio_{s}={r['ratio']:.1f}", f"naive_{s}_events_per_s={r['naive']:.0f}",
                   f"chunked_{s}_events_per_s={r['chunked']:.0f}", f"generate_{s}_events_per_s={r['gen']:.1f}",
-                  f"write_{s}_events_per_s={r['write']:.1f}"]
+                  f"write_{s}_events_per_s={r['write']:.1f}", f"open_old_default_{s}_s={r['open_old']:.5f}",
+                  f"open_new_default_{s}_s={r['open_new']:.5f}", f"open_full_{s}_s={r['open_full']:.5f}",
+                  f"open_ratio_new_to_old_{s}={r['open_ratio']:.2f}",
+                  f"read_ratio_new_to_old_format_{s}={r['read_ratio']:.2f}"]
     print("RESULT " + " ".join(parts))
 
 

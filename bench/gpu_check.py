@@ -30,14 +30,13 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
 import torch  # noqa: E402
-
 from gpu_checks import AREAS  # noqa: E402
 from gpu_checks.common import Check, CheckTimeout, Context, status_of  # noqa: E402
 

@@ -39,7 +39,8 @@ def trivial():
 
 def time_torchrun(script: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", script],
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    "--nproc-per-node", "2", script],
                    check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return time.perf_counter() - t0
 
@@ -65,16 +66,18 @@ def main(repeats: int = 3, warm_calls: int = 20) -> None:
         hk.launch(trivial, nprocs=2)
         oneshot.append(time.perf_counter() - t0)
         print(f"repeat {r + 1}/{repeats}: torchrun {torchrun[-1]:.2f} s, cold start {cold[-1]:.2f} s, "
-              f"launch one-shot {oneshot[-1]:.2f} s, warm call median {statistics.median(warm[-warm_calls:]):.3f} s",
+              f"launch one-shot {oneshot[-1]:.2f} s, warm call median "
+              f"{statistics.median(warm[-warm_calls:]):.3f} s",
               flush=True)
     med = statistics.median
     print(f"machine: {os.uname().nodename}, {os.cpu_count()} cores; date {time.strftime('%Y-%m-%d %H:%M')}")
     print(f"{'':24}{'median (s)':>12}")
-    for name, xs in (("torchrun 2 ranks", torchrun), ("Workers cold start", cold), ("launch one-shot", oneshot),
-                     ("Workers warm call", warm)):
+    for name, xs in (("torchrun 2 ranks", torchrun), ("Workers cold start", cold),
+                     ("launch one-shot", oneshot), ("Workers warm call", warm)):
         print(f"{name:24}{med(xs):12.3f}")
-    print(f"RESULT warm_call_s={med(warm):.3f} cold_start_s={med(cold):.2f} launch_oneshot_s={med(oneshot):.2f} "
-          f"torchrun_s={med(torchrun):.2f} ratio_cold_vs_torchrun={med(cold) / med(torchrun):.2f} "
+    print(f"RESULT warm_call_s={med(warm):.3f} cold_start_s={med(cold):.2f} "
+          f"launch_oneshot_s={med(oneshot):.2f} torchrun_s={med(torchrun):.2f} "
+          f"ratio_cold_vs_torchrun={med(cold) / med(torchrun):.2f} "
           f"ratio_warm_vs_torchrun={med(warm) / med(torchrun):.3f}")
 
 

@@ -79,8 +79,9 @@ def compare(
                 runs[model.name].append(result)
                 merged[model.name] = server.stats(model.name)["requests_per_execution"]
                 print(
-                    f"round {r}: {model.name:24s} {result.throughput_rps:8.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                    f"p99 {result.p99_ms:6.2f} ms  requests/execution {merged[model.name]:.2f}",
+                    f"round {r}: {model.name:24s} {result.throughput_rps:8.1f} req/s  p50 "
+                    f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  requests/execution "
+                    f"{merged[model.name]:.2f}",
                     flush=True,
                 )
     best = {name: sorted(rs, key=lambda r: r.throughput_rps)[len(rs) // 2] for name, rs in runs.items()}
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     for place in where:
         executor = client_process() if place == "process" else None
         r = results[place] = compare(
-            args.preset, args.clients, args.requests, args.rounds, args.delay_us, args.protocol, executor, preferred
+            args.preset, args.clients, args.requests, args.rounds, args.delay_us, args.protocol,
+            executor, preferred
         )
         where_clients = "in another process" if place == "process" else "as threads of the server's process"
         print(
@@ -174,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.sweep and place == where[0]:
             print(
-                sweep_table(args.preset, args.requests, args.protocol, args.delay_us, executor, preferred).to_string(
+                sweep_table(args.preset, args.requests, args.protocol, args.delay_us, executor,
+                            preferred).to_string(
                     index=False
                 )
             )

@@ -1,9 +1,10 @@
 """What the request guard costs: the same server reached through the guard and at Triton's own HTTP port.
 
-`InferenceServer` puts `RequestGuard` (hepml_kit/serve/guard.py) on the public HTTP port: it reads each request's
-header, checks it against the model's stated limits and passes it on to Triton's internal port. Here 8
-clients (in another process) send batch-1 requests to the MLP testbed (the cheapest model, so the guard's share
-is the largest) through the guard and straight to Triton, in alternating rounds (A B B A), on one server.
+`InferenceServer` puts `RequestGuard` (hepml_kit/serve/guard.py) on the public HTTP port: it reads each
+request's header, checks it against the model's stated limits and passes it on to Triton's internal port. Here
+8 clients (in another process) send batch-1 requests to the MLP testbed (the cheapest model, so the guard's
+share is the largest) through the guard and straight to Triton, in alternating rounds (A B B A), on one
+server.
 
     .venv/bin/python bench/serving_guard.py [--clients 8] [--requests 600] [--rounds 3]
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         raise RuntimeError(f"{arm}: {result.failures} failed requests: {result.errors}")
                     runs[arm].append(result)
                     print(
-                        f"round {r}: {arm:8s} {result.throughput_rps:8.1f} req/s  p50 {result.p50_ms:6.2f} ms  "
-                        f"p99 {result.p99_ms:6.2f} ms",
+                        f"round {r}: {arm:8s} {result.throughput_rps:8.1f} req/s  p50 "
+                        f"{result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms",
                         flush=True,
                     )
     finally:
@@ -64,13 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     p50 = {arm: statistics.median(r.p50_ms for r in rs) for arm, rs in runs.items()}
     print(
         f"mlp, {args.clients} clients, batch-1 over http: through the guard {rps['guarded']:.1f} req/s "
-        f"(p50 {p50['guarded']:.2f} ms), straight to Triton {rps['direct']:.1f} req/s (p50 {p50['direct']:.2f} ms)"
+        f"(p50 {p50['guarded']:.2f} ms), straight to Triton {rps['direct']:.1f} req/s "
+        f"(p50 {p50['direct']:.2f} ms)"
     )
     print(
         f"RESULT guarded_over_direct_throughput_ratio={rps['guarded'] / rps['direct']:.3f} "
-        f"guarded_rps={rps['guarded']:.1f} direct_rps={rps['direct']:.1f} guarded_p50_ms={p50['guarded']:.3f} "
-        f"direct_p50_ms={p50['direct']:.3f} guard_added_p50_ms={p50['guarded'] - p50['direct']:.3f} "
-        f"clients={args.clients}"
+        f"guarded_rps={rps['guarded']:.1f} direct_rps={rps['direct']:.1f} "
+        f"guarded_p50_ms={p50['guarded']:.3f} direct_p50_ms={p50['direct']:.3f} "
+        f"guard_added_p50_ms={p50['guarded'] - p50['direct']:.3f} clients={args.clients}"
     )
     return 0
 

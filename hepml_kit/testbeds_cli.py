@@ -104,9 +104,9 @@ def validate_main(args) -> int:
 
 
 def data_main(args) -> int:
-    """`hepml-kit data generate ...` and `hepml-kit data verify DIR`."""
+    """`hepml-kit data generate ...`, `hepml-kit data convert INPUT...` and `hepml-kit data verify DIR`."""
     _quiet_openmp()
-    from hepml_kit.data.shards import ShardError, ShardSet, write_shards
+    from hepml_kit.data import ShardError, ShardSet, write_shards
 
     if args.action == "generate":
         _cpu_threads(args.threads)
@@ -119,9 +119,27 @@ def data_main(args) -> int:
         print(f"wrote {m['n_events']} events of {m['model']} ({m['generator_version']}, seed {m['seed']}) in "
               f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}")
         return 0
+    if args.action == "convert":
+        from hepml_kit.data.convert import ConvertError, convert_files
+
+        branches = [b.strip() for b in args.branches.split(",") if b.strip()] if args.branches else None
+        quiet = (lambda line: None) if args.quiet else print
+        try:
+            m = convert_files(args.inputs, args.shards, args.out, tree=args.tree, branches=branches, cut=args.cut,
+                              overwrite=args.overwrite, progress=False if args.quiet else None, log=quiet)
+        except ConvertError as e:
+            return _fail(str(e), 2)
+        size = sum(s["bytes"] for s in m["shards"])
+        print(f"wrote {m['n_events']} events ({', '.join(m['schema'])}) from {len(args.inputs)} file(s) in "
+              f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}; check with `hepml-kit data verify "
+              f"{args.out}`")
+        return 0
     try:
         shards = ShardSet(args.dir, verify="full")
     except ShardError as e:
         return _fail(str(e), 1)
     print(f"{shards}: every shard matches the manifest and its SHA-256")
+    if any("metadata" not in s for s in shards.manifest["shards"]):
+        print("note: written before shards carried metadata checksums, so every open hashes each file whole; "
+              "regenerate (hepml-kit data generate --overwrite) for fast checked opens")
     return 0

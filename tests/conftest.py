@@ -34,7 +34,8 @@ def _wants_slurm(session) -> bool:
     if os.environ.get("HEPML_TEST_SLURM", "1") == "0":
         return False
     args = " ".join(str(a) for a in session.config.args)
-    return any(k in args for k in ("test_batch", "curriculum", "solutions")) or args.strip() in ("tests", "tests/", "")
+    return any(k in args for k in ("test_batch", "curriculum",
+                                   "solutions")) or args.strip() in ("tests", "tests/", "")
 
 
 def pytest_sessionstart(session):
@@ -44,7 +45,8 @@ def pytest_sessionstart(session):
     if not slurm_up():
         out = subprocess.run([str(CLUSTER), "start"], capture_output=True, text=True, timeout=900)
         if out.returncode != 0:
-            raise RuntimeError(f"could not start the one-node Slurm cluster for the tests:\n{out.stderr[-3000:]}")
+            raise RuntimeError("could not start the one-node Slurm cluster for the "
+                               f"tests:\n{out.stderr[-3000:]}")
         _started_slurm = True
     os.environ["SLURM_CONF"] = str(SLURM_DIR / "slurm.conf")
 
@@ -62,3 +64,23 @@ def pool():
 
     with hk.Workers(n=2) as w:
         yield w
+
+
+# The one-process reference the data-parallel and FSDP tests compare with: the jet transformer taking the same
+# steps on the same global batches, accumulating over the two shares two ranks get (see
+# hepml_kit.parallel.ddp), so the only admissible difference is float32 summation order (tolerances below).
+JET_MODEL = "jet_transformer"
+JET_RUN = dict(steps=4, global_batch=32, lr=1e-3, seed=0)
+FP32_TOL = dict(rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="session")
+def jet_reference():
+    """`train_strategy("single", micro_batches=2)` on one thread, with first-step gradients (computed
+    once)."""
+    import torch
+
+    from hepml_kit.parallel.compare import train_strategy
+
+    torch.set_num_threads(1)
+    return train_strategy("single", JET_MODEL, micro_batches=2, return_grads=True, **JET_RUN)

@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from hepml_kit.batch import sbatch
-from hepml_kit.batch.kernel import install_kernel, kernelspec
+from hepml_kit.batch.kernel import kernelspec
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "tests" / "slurm" / "cluster.sh"
@@ -46,12 +46,14 @@ def slurm(tmp_path_factory):
 
 def test_dry_run_quotes_hostile_values(tmp_path):
     nb = _notebook(tmp_path / "nb.ipynb", "print(LABEL)")
-    out = subprocess.run([EXE, "batch", str(nb), "-p", "LABEL", HOSTILE, "--nodes", "2", "--gpus-per-node", "4",
-                          "--time", "00:10:00", "--account", "m1234", "--constraint", "gpu", "--dry-run",
-                          "--out", str(tmp_path / "jobs")], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([EXE, "batch", str(nb), "-p", "LABEL", HOSTILE, "--nodes", "2",
+                          "--gpus-per-node", "4", "--time", "00:10:00", "--account", "m1234", "--constraint",
+                          "gpu", "--dry-run", "--out", str(tmp_path / "jobs")], capture_output=True,
+                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     script = out.stdout
-    assert "#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script and "#SBATCH --constraint=gpu" in script
+    assert ("#SBATCH --nodes=2" in script and "#SBATCH --gpus-per-node=4" in script
+            and "#SBATCH --constraint=gpu" in script)
     assert "IPP_NONINTERACTIVE=1" in script and "--log-output" in script and "--execution-timeout" in script
     # run the script's shell with papermill stubbed: the hostile value must stay data
     stub = tmp_path / "bin"
@@ -59,7 +61,8 @@ def test_dry_run_quotes_hostile_values(tmp_path):
     (stub / "papermill").write_text("#!/bin/sh\nexit 0\n")
     (stub / "papermill").chmod(0o755)
     Path("/tmp/hepml_pwned").unlink(missing_ok=True)
-    subprocess.run(["bash", "-c", script], env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}, timeout=30,
+    subprocess.run(["bash", "-c", script],
+                   env={**os.environ, "PATH": f"{stub}:{os.environ['PATH']}"}, timeout=30,
                    capture_output=True)
     assert not Path("/tmp/hepml_pwned").exists(), "a parameter value was executed as shell code"
     params = json.loads(next((tmp_path / "jobs").glob("*/parameters.yaml")).read_text())
@@ -72,19 +75,22 @@ def test_dry_run_quotes_hostile_values(tmp_path):
 ])
 def test_bad_requests_fail_before_submission(tmp_path, args, match):
     nb = _notebook(tmp_path / "nb.ipynb", "print(LABEL)")
-    out = subprocess.run([EXE, "batch", str(nb), *args, "--dry-run"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([EXE, "batch", str(nb), *args, "--dry-run"], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 2 and match in out.stderr
 
 
 def test_unknown_notebook_is_named():
-    out = subprocess.run([EXE, "batch", "nowhere/none.ipynb", "--dry-run"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([EXE, "batch", "nowhere/none.ipynb", "--dry-run"], capture_output=True,
+                         text=True, timeout=60)
     assert out.returncode == 2 and "no such notebook: nowhere/none.ipynb" in out.stderr
 
 
 def test_papermill_job_submitted_and_collected_with_exact_values(slurm, tmp_path):
     nb = _notebook(tmp_path / "lesson.ipynb", "import json\nprint(json.dumps([LABEL, N]))")
     job = sbatch.BatchJob(notebook=str(nb), parameters={"LABEL": HOSTILE, "N": 3}, time="00:05:00",
-                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300, out_dir=str(tmp_path / "jobs"))
+                          venv=str(Path(sys.executable).parents[1]), execution_timeout=300,
+                          out_dir=str(tmp_path / "jobs"))
     job_id, job_dir, _ = sbatch.submit(job)
     st = sbatch.collect(job_id, to=tmp_path / "collected", wait=True, timeout=300)
     executed = nbformat.read(tmp_path / "collected" / "lesson.executed.ipynb", as_version=4)
@@ -121,8 +127,9 @@ def test_srun_two_task_ddp_job_through_hepml_kit_launch(slurm, tmp_path):
         dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
-    out = subprocess.run(["srun", "-n", "2", "--time=00:05:00", EXE, "launch", str(script), str(tmp_path)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "MASTER_PORT": str(sbatch_port())})
+    out = subprocess.run(["srun", "-n", "2", "--time=00:05:00", EXE, "launch", str(script), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "MASTER_PORT": str(sbatch_port())})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     # both ranks hold the gradient averaged over ranks: mean of 8*1 and 8*2 = 12
@@ -162,7 +169,8 @@ def test_kernel_install_and_papermill_runs_a_lesson_with_it(tmp_path):
     assert Path(argv0).resolve() == Path(sys.executable).resolve()
     nb = _notebook(tmp_path / "k.ipynb", "import os\nprint(os.environ.get('HEPML_KIT_KERNEL'))")
     env = {**os.environ, "JUPYTER_PATH": str(prefix / "share" / "jupyter")}
-    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "hepml-test", str(nb), str(tmp_path / "o.ipynb")],
+    run = subprocess.run([sys.executable, "-m", "papermill", "-k", "hepml-test", str(nb),
+                          str(tmp_path / "o.ipynb")],
                          capture_output=True, text=True, timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
     out_nb = nbformat.read(tmp_path / "o.ipynb", as_version=4)
@@ -204,12 +212,14 @@ def test_ex10_check_passes_on_solution_and_explains_wrong_rank_count():
     from hepml_kit.batch import BatchJob
 
     def good():
-        return BatchJob(notebook="02_data_parallel.ipynb", parameters={"SCALE": "small", "NPROCS": 16}, nodes=4,
-                        gpus_per_node=4, time="00:30:00", account="m0000", constraint="gpu")
+        return BatchJob(notebook="02_data_parallel.ipynb",
+                        parameters={"SCALE": "small", "NPROCS": 16}, nodes=4, gpus_per_node=4,
+                        time="00:30:00", account="m0000", constraint="gpu")
 
     def one_node_ranks():
-        return BatchJob(notebook="02_data_parallel.ipynb", parameters={"SCALE": "small", "NPROCS": 4}, nodes=4,
-                        gpus_per_node=4, time="00:30:00", account="m0000", constraint="gpu")
+        return BatchJob(notebook="02_data_parallel.ipynb",
+                        parameters={"SCALE": "small", "NPROCS": 4}, nodes=4, gpus_per_node=4, time="00:30:00",
+                        account="m0000", constraint="gpu")
 
     check.ex10_perlmutter_job(good)
     with pytest.raises(check.CheckFailed, match="one rank per GPU over 4 nodes is 16"):

@@ -121,7 +121,8 @@ def test_save_replaces_atomically_and_refuses_foreign_folders(tmp_path):
 
 
 def test_interrupted_rename_loads_the_previous_checkpoint(tmp_path):
-    """The state a kill between the two renames leaves: the old checkpoint moved aside, the new one partial."""
+    """The state a kill between the two renames leaves: the old checkpoint moved aside, the new one
+    partial."""
     model, opt = _trained()
     path = checkpoint.save(tmp_path / "ck", model, opt, step=1)
     path.rename(tmp_path / ".ck.previous")
@@ -203,7 +204,8 @@ def test_sigkill_during_save_keeps_old_or_new_checkpoint(tmp_path):
             step = checkpoint.load(path, loaded)["step"]  # (warns if the kill came between the two renames)
             assert step >= last_done, fraction  # never older than the last complete save ...
             for name, p in loaded.named_parameters():  # ... and one complete state, not a mix
-                assert torch.all(p == step), f"{name} holds values of another save than step {step} ({fraction})"
+                assert torch.all(p == step), \
+                    f"{name} holds values of another save than step {step} ({fraction})"
     finally:
         saver.kill()
         saver.wait()

@@ -7,7 +7,6 @@ import pytest
 from hepml_kit import checks as check
 from hepml_kit.checks import CheckFailed
 
-
 # ---- ex06 ------------------------------------------------------------------------------------------------
 
 def best_so_far_solution(history, maximize):

@@ -18,7 +18,8 @@ BS, TAG, SEED = 16, 0x7E57, 11
 def _toy_block(b: int, seed: int = SEED) -> dict:
     """Block b of a toy generator: BS rows from the stream (seed, TAG, b), the way jets/waveforms draw."""
     rng = stream(seed, TAG, b)
-    return {"x": rng.random((BS, 3)), "k": rng.integers(0, 1000, BS), "index": np.arange(b * BS, (b + 1) * BS)}
+    return {"x": rng.random((BS, 3)), "k": rng.integers(0, 1000, BS),
+            "index": np.arange(b * BS, (b + 1) * BS)}
 
 
 def _share(n: int, rank: int, world_size: int) -> dict:

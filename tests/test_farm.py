@@ -1,4 +1,5 @@
-"""Many-model training: calorimeter GANs farmed over the workers, a failed model retried alone, reruns skip."""
+"""Many-model training: calorimeter GANs farmed over the workers, a failed model retried alone, reruns
+skip."""
 
 import os
 from pathlib import Path
@@ -41,7 +42,8 @@ def test_farm_over_workers_retries_only_the_failed_model_and_reruns_skip(tmp_pat
     assert table.loc[("pion", 0), "failed_attempts"] == 1 and table.loc[("pion", 0), "attempt"] == 2
     assert "simulated node failure" in table.loc[("pion", 0), "error"]
     assert (table.drop(index=[("pion", 0)])["attempt"] == 1).all()
-    assert _calls(tmp_path) == sorted(["photon_0", "photon_3", "pion_0", "pion_0", "pion_3"])  # others not redone
+    # others not redone
+    assert _calls(tmp_path) == sorted(["photon_0", "photon_3", "pion_0", "pion_0", "pion_3"])
     assert set(table["rank"]) == {0, 1}  # both workers trained models
     for col in ("feature_chi2", "classifier_auc", "parameters", "train_seconds"):
         assert table[col].notna().all()

@@ -15,7 +15,6 @@ import torch.distributed as dist
 import hepml_kit as hk
 from hepml_kit.launch.rendezvous import from_slurm
 
-
 # Every process this test session starts inherits this tag, so other programs on the machine (which may run
 # their own ipyparallel clusters) do not disturb the leftover counts.
 TAG = f"hepml-test-{os.getpid()}"
@@ -50,7 +49,8 @@ def pool():
 def _rank_and_env():
     import torch.distributed as dist
 
-    return dist.get_rank(), dist.get_world_size(), os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"], dist.get_backend()
+    return (dist.get_rank(), dist.get_world_size(), os.environ["LOCAL_RANK"], os.environ["MASTER_ADDR"],
+            dist.get_backend())
 
 
 def _allreduce():
@@ -125,7 +125,8 @@ def _late_store_use_on_rank_1():
 
 def test_ranks_leave_together_so_rank_0_keeps_the_store_for_slower_peers(pool):
     # Without the leave-together step rank 0 tore the store down on return, and a slower peer still connecting
-    # (seen as gloo "connectFullMesh failed ... Connection closed by peer" under mpiexec) or still using it failed.
+    # (seen as gloo "connectFullMesh failed ... Connection closed by peer" under mpiexec) or still using
+    # it failed.
     assert pool.run(_late_store_use_on_rank_1, timeout=60) == ["early", "1"]
 
 
@@ -221,13 +222,14 @@ def test_cli_launch_runs_a_script_under_torchrun(tmp_path):
         init_from_env()
         t = torch.ones(1) * (dist.get_rank() + 1); dist.all_reduce(t)
         line = f"RESULT rank={dist.get_rank()} sum={t.item()} arg={sys.argv[1]}"
-        open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines can interleave
+        # ranks share stdout: lines can interleave
+        open(f"{sys.argv[2]}/rank{dist.get_rank()}.txt", "w").write(line)
         dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
-    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello", str(tmp_path)], capture_output=True,
-                         text=True, timeout=180)
+    out = subprocess.run([exe, "launch", "--nprocs", "2", str(script), "hello", str(tmp_path)],
+                         capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stderr
     lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
     assert lines == ["RESULT rank=0 sum=3.0 arg=hello", "RESULT rank=1 sum=3.0 arg=hello"]
@@ -250,35 +252,39 @@ def test_two_torchrun_nodes_on_localhost_join_by_c10d_rendezvous(tmp_path):
         from hepml_kit.launch.script import init_from_env
         init_from_env()
         t = torch.ones(1); dist.all_reduce(t)
-        line = (f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} node={os.environ['GROUP_RANK']} "
-                f"sum={t.item()}")
-        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)  # ranks share stdout: lines interleave
+        line = (f"RESULT rank={dist.get_rank()} world={dist.get_world_size()} "
+                f"node={os.environ['GROUP_RANK']} sum={t.item()}")
+        # ranks share stdout: lines interleave
+        open(f"{sys.argv[1]}/rank{dist.get_rank()}.txt", "w").write(line)
         dist.barrier()  # nobody tears down the store while a peer still uses it
         dist.destroy_process_group()
     """))
     exe = os.path.join(os.path.dirname(sys.executable), "hepml-kit")
     endpoint = f"127.0.0.1:{free_port()}"
     nodes = [subprocess.Popen([exe, "launch", "--nprocs", "2", "--nnodes", "2", "--node-rank", str(i),
-                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}", str(script), str(tmp_path)],
+                               "--rdzv-endpoint", endpoint, "--rdzv-id", f"test-{os.getpid()}",
+                               str(script), str(tmp_path)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     outs = [p.communicate(timeout=300) for p in nodes]
     assert [p.returncode for p in nodes] == [0, 0], [o[1][-2000:] for o in outs]
     lines = sorted(p.read_text() for p in tmp_path.glob("rank*.txt"))
-    assert [l.split()[1] for l in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
-    assert all("world=4" in l and "sum=4.0" in l for l in lines)
-    assert {l.split()[3] for l in lines} == {"node=0", "node=1"}
+    assert [line.split()[1] for line in lines] == ["rank=0", "rank=1", "rank=2", "rank=3"]
+    assert all("world=4" in line and "sum=4.0" in line for line in lines)
+    assert {line.split()[3] for line in lines} == {"node=0", "node=1"}
 
 
 @pytest.fixture(scope="module")
 def mpi_site(tmp_path_factory):
-    """Open MPI (Debian's openmpi-bin) and mpi4py for the engines only: mpi4py goes to a folder of its own that
+    """Open MPI (Debian's openmpi-bin) and mpi4py for the engines only: mpi4py goes to a folder of its own
+    that
     only the engines see (PYTHONPATH), as an MPI site module would; see pyproject.toml's `mpi` extra."""
     import shutil
 
     if not shutil.which("mpiexec"):
         out = subprocess.run(["bash", "-c", "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
                               "--no-install-recommends openmpi-bin >/dev/null || (apt-get update -qq && "
-                              "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openmpi-bin)"],
+                              "DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                              "--no-install-recommends openmpi-bin)"],
                              capture_output=True, text=True, timeout=600)
         if out.returncode != 0 or not shutil.which("mpiexec"):
             pytest.fail(f"could not install Open MPI (openmpi-bin): {out.stderr[-1000:]}")

@@ -41,7 +41,7 @@ def test_class_is_found_by_its_module_and_qualname(name):
     assert getattr(module, cls.__qualname__) is cls  # the module's __getattr__ hands out this very class
     assert type(_module(name)) is cls  # made once per process
     with pytest.raises(AttributeError, match="has no attribute 'NoSuchLightning'"):
-        module.NoSuchLightning
+        _ = module.NoSuchLightning
 
 
 @pytest.mark.parametrize("name", CLASS_NAMES)

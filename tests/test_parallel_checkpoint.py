@@ -36,7 +36,7 @@ def _assert_params(got, want, exact):
         if exact:
             assert torch.equal(got[name], want[name]), f"{name} differs after resuming"
         else:
-            assert_close(got[name], want[name], **TOL, msg=lambda m: f"{name}: {m}")
+            assert_close(got[name], want[name], **TOL, msg=lambda m, name=name: f"{name}: {m}")
 
 
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
@@ -133,7 +133,8 @@ def test_checkpoint_errors(tmp_path):
 
 
 def _sharded_save_flip_load(path, flip_file):
-    """2 FSDP2 ranks save; rank 0 flips one bit of `flip_file`; both ranks load (each checks part of the files)."""
+    """2 FSDP2 ranks save; rank 0 flips one bit of `flip_file`; both ranks load (each checks part of the
+    files)."""
     from torch.distributed.fsdp import fully_shard
 
     from hepml_kit.parallel.checkpoint import CheckpointError
@@ -162,7 +163,8 @@ def test_sharded_save_is_atomic_checksummed_and_verified_by_all_ranks(pool, tmp_
     assert files0 == files1 == [".metadata", "__0_0.distcp", "__1_0.distcp", checkpoint.MANIFEST]
     assert step0 == step1 == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]  # renamed into place, nothing left beside
-    # a flipped bit in a file that only one rank checks (the ranks split the files): every rank raises, naming it
+    # a flipped bit in a file that only one rank checks (the ranks split the files): every rank raises,
+    # naming it
     results = pool.run(_sharded_save_flip_load, str(path), "__1_0.distcp")
     for _, message in results:
         assert f"{path / '__1_0.distcp'} is damaged" in message

@@ -13,6 +13,9 @@ import sys
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import FP32_TOL as TOL
+from conftest import JET_MODEL as MODEL
+from conftest import JET_RUN as RUN
 from torch import nn
 from torch.testing import assert_close
 
@@ -26,15 +29,12 @@ from hepml_kit.parallel.ddp import (
     shard_batch,
 )
 
-MODEL, STEPS, BATCH = "jet_transformer", 4, 32
-RUN = dict(steps=STEPS, global_batch=BATCH, lr=1e-3, seed=0)
-TOL = dict(rtol=1e-5, atol=1e-6)
+STEPS, BATCH = RUN["steps"], RUN["global_batch"]
 
 
 @pytest.fixture(scope="module")
-def reference():
-    torch.set_num_threads(1)
-    return train_strategy("single", MODEL, micro_batches=2, return_grads=True, **RUN)
+def reference(jet_reference):
+    return jet_reference
 
 
 @pytest.mark.parametrize("strategy", ["naive", "bucket", "ddp"])
@@ -45,9 +45,11 @@ def test_data_parallel_equals_single_process(pool, reference, strategy):
     assert_close(torch.tensor(r0["losses"]), torch.tensor(reference["losses"]), **TOL)
     assert r0["grads"].keys() == reference["grads"].keys()
     for name, g in reference["grads"].items():
-        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7, msg=lambda m: f"gradient of {name}: {m}")
+        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7,
+                     msg=lambda m, name=name: f"gradient of {name}: {m}")
     for name, p in reference["params"].items():
-        assert_close(r0["params"][name], p, **TOL, msg=lambda m: f"parameter {name} after {STEPS} steps: {m}")
+        assert_close(r0["params"][name], p, **TOL,
+                     msg=lambda m, name=name: f"parameter {name} after {STEPS} steps: {m}")
     # the comparison must be able to fail: training moved the parameters well beyond the tolerance
     tb = hk_models.get(MODEL)
     torch.manual_seed(RUN["seed"])
@@ -172,7 +174,7 @@ def test_lightning_ddp_script_equals_single_process(tmp_path, reference):
     assert out["world_size"] == 2
     assert_close(torch.tensor(out["losses"]), torch.tensor(reference["losses"]), **TOL)
     for name, p in reference["params"].items():
-        assert_close(params[name], p, **TOL, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(params[name], p, **TOL, msg=lambda m, name=name: f"parameter {name}: {m}")
 
 
 def test_table_and_lines_of_code(reference):
@@ -201,4 +203,4 @@ def test_lightning_trains_the_tracking_graphs_like_the_hand_written_loop(tmp_pat
     assert len(out["losses"]) == 3
     assert_close(torch.tensor(out["losses"]), torch.tensor(ref["losses"]), **TOL)
     for name, p in ref["params"].items():
-        assert_close(out["params"][name], p, **TOL, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(out["params"][name], p, **TOL, msg=lambda m, name=name: f"parameter {name}: {m}")

@@ -8,6 +8,9 @@ to rtol 1e-2 and parameters to atol 1e-2 after 4 AdamW steps of lr 1e-3 (each st
 
 import pytest
 import torch
+from conftest import FP32_TOL as TOL
+from conftest import JET_MODEL as MODEL
+from conftest import JET_RUN as RUN
 from torch import nn
 from torch.testing import assert_close
 
@@ -20,15 +23,10 @@ from hepml_kit.parallel.fsdp import (
     shard_model,
 )
 
-MODEL, STEPS, BATCH = "jet_transformer", 4, 32
-RUN = dict(steps=STEPS, global_batch=BATCH, lr=1e-3, seed=0)
-TOL = dict(rtol=1e-5, atol=1e-6)
-
 
 @pytest.fixture(scope="module")
-def reference():
-    torch.set_num_threads(1)
-    return train_strategy("single", MODEL, micro_batches=2, return_grads=True, **RUN)
+def reference(jet_reference):
+    return jet_reference
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +39,10 @@ def test_fsdp_equals_single_process(pool, reference):
     r0 = ranks[0]
     assert_close(torch.tensor(r0["losses"]), torch.tensor(reference["losses"]), **TOL)
     for name, g in reference["grads"].items():
-        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7, msg=lambda m: f"gradient of {name}: {m}")
+        assert_close(r0["grads"][name], g, rtol=1e-5, atol=1e-7,
+                     msg=lambda m, name=name: f"gradient of {name}: {m}")
     for name, p in reference["params"].items():
-        assert_close(r0["params"][name], p, **TOL, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(r0["params"][name], p, **TOL, msg=lambda m, name=name: f"parameter {name}: {m}")
 
 
 def test_fsdp_bf16_close_to_single_process(pool, reference):
@@ -51,7 +50,8 @@ def test_fsdp_bf16_close_to_single_process(pool, reference):
     assert r0["losses"] != reference["losses"], "bf16 compute should not be bitwise fp32"
     assert_close(torch.tensor(r0["losses"]), torch.tensor(reference["losses"]), rtol=1e-2, atol=0)
     for name, p in reference["params"].items():
-        assert_close(r0["params"][name], p, rtol=0, atol=1e-2, msg=lambda m: f"parameter {name}: {m}")
+        assert_close(r0["params"][name], p, rtol=0, atol=1e-2,
+                     msg=lambda m, name=name: f"parameter {name}: {m}")
         assert r0["params"][name].dtype == torch.float32  # the sharded master weights stay fp32
 
 

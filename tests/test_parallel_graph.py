@@ -85,7 +85,8 @@ def _forward_backward_by_partition(method):
     g = next(tb.batches(tb.generate(cfg, 4, seed=0), 4))
     rank, world = dist.get_rank(), dist.get_world_size()
     phi = gp.phi_of_nodes(g["x"])
-    part = gp.phi_sectors(phi, world) if method == "sectors" else gp.balanced_phi_partition(phi, g["edge_index"], world)
+    part = (gp.phi_sectors(phi, world) if method == "sectors"
+            else gp.balanced_phi_partition(phi, g["edge_index"], world))
     p = gp.partition_graph(g, part, rank, world)
     torch.manual_seed(0)
     model = tb.build(cfg)
@@ -117,7 +118,7 @@ def test_partitioned_forward_and_backward_equal_full_graph(pool, graph, method):
         assert_close(r["loss"], loss.detach(), **LOSS_TOL)
         assert_close(r["logits"], logits[r["edges"]], **TOL)
         for name, p in model.named_parameters():
-            assert_close(r["grads"][name], p.grad, **TOL, msg=lambda m: f"gradient of {name}: {m}")
+            assert_close(r["grads"][name], p.grad, **TOL, msg=lambda m, name=name: f"gradient of {name}: {m}")
 
 
 def test_partitioned_training_and_resume_equal_full_graph(pool, tmp_path):
@@ -126,7 +127,8 @@ def test_partitioned_training_and_resume_equal_full_graph(pool, tmp_path):
     ranks = pool.run(run_strategy, "graph", **RUN)
     assert_close(torch.tensor(ranks[0]["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
     for name, want in reference["params"].items():
-        assert_close(ranks[1]["params"][name], want, **TOL, msg=lambda m: f"{name} after 3 steps: {m}")
+        assert_close(ranks[1]["params"][name], want, **TOL,
+                     msg=lambda m, name=name: f"{name} after 3 steps: {m}")
     pool.run(run_strategy, "graph", **RUN, checkpoint_dir=str(tmp_path), stop_after=1)
     resumed = pool.run(run_strategy, "graph", **RUN, checkpoint_dir=str(tmp_path), resume=True)
     assert resumed[0]["losses"] == ranks[0]["losses"][1:]

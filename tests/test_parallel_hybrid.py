@@ -6,7 +6,8 @@
   all-reduce).
 - data × pipeline (2 replicas × 2 stages, 2 micro-batches, 4 layers). Reference: accumulation over the
   dp shares and, within each, the micro-batches. Same tolerances.
-The process groups must be the picotron grid's lines: dp = grid[:, p, t], pp = grid[d, :, t], tp = grid[d, p, :].
+The process groups must be the picotron grid's lines: dp = grid[:, p, t], pp = grid[d, :, t], tp = grid[d, p,
+:].
 """
 
 import pytest
@@ -20,7 +21,8 @@ from hepml_kit.parallel.runner import run_strategy
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
 TOL = dict(rtol=1e-4, atol=1e-6)
 TP_RUN = dict(steps=2, global_batch=32, lr=0.05, seed=0, dims={"dp": 2, "tp": 2})
-PP_RUN = dict(steps=2, global_batch=32, lr=0.05, seed=0, dims={"dp": 2, "pp": 2}, micro_batches=2, num_layers=4)
+PP_RUN = dict(steps=2, global_batch=32, lr=0.05, seed=0, dims={"dp": 2, "pp": 2},
+              micro_batches=2, num_layers=4)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,8 @@ def test_process_groups_are_the_grid_lines(pool4):
         for name, lines in r.items():
             if name != "error":
                 for dim, (from_grid, from_mesh) in lines.items():
-                    assert from_grid == from_mesh, f"{name}: {dim} group {from_mesh} is not the grid line {from_grid}"
+                    assert from_grid == from_mesh, \
+                        f"{name}: {dim} group {from_mesh} is not the grid line {from_grid}"
         assert "must equal the world size 4" in r["error"]
     dp_tp = ranks[3]["rank 3 = (dp 1, pp 0, tp 1) of dp=2 × pp=1 × tp=2"]
     assert dp_tp["tp"][0] == [2, 3] and dp_tp["dp"][0] == [1, 3]
@@ -65,7 +68,8 @@ def test_fsdp_times_tensor_parallel_equals_single_process(pool4):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, want in reference["params"].items():
-            assert_close(r["params"][name], want, **TOL, msg=lambda m: f"{name} after 2 steps: {m}")
+            assert_close(r["params"][name], want, **TOL,
+                         msg=lambda m, name=name: f"{name} after 2 steps: {m}")
     # sharded twice (tp slice, then dp shard): each rank keeps well under half of the parameters
     assert ranks[0]["state_bytes"]["params"] < 0.5 * reference["state_bytes"]["params"]
 
@@ -80,4 +84,5 @@ def test_data_times_pipeline_equals_single_process(pool4):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, got in r["params"].items():
-            assert_close(got, reference["params"][name], **TOL, msg=lambda m: f"{name} after 2 steps: {m}")
+            assert_close(got, reference["params"][name], **TOL,
+                         msg=lambda m, name=name: f"{name} after 2 steps: {m}")

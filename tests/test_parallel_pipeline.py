@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from hepml_kit.parallel.runner import run_strategy
 from hepml_kit.parallel.pipeline import BubbleTimer, bubble_fraction, split_layers
+from hepml_kit.parallel.runner import run_strategy
 
 RUN = dict(steps=3, global_batch=32, lr=0.05, seed=0, micro_batches=4, num_layers=4)
 LOSS_TOL = dict(rtol=1e-5, atol=1e-6)
@@ -40,7 +40,8 @@ def test_bubble_timer_counts_forward_and_backward_intervals():
     timer = BubbleTimer(torch.nn.Linear(2, 2))
     timer.remove()
     timer.events = [("f0", 0.0), ("f1", 1.0), ("f0", 1.5), ("f1", 2.0),  # two forwards: 1.5 s
-                    ("b0", 3.0), ("g", 3.5), ("g", 4.0), ("b1", 3.8),  # a backward ending at its last grad: 1 s
+                    # a backward ending at its last grad: 1 s
+                    ("b0", 3.0), ("g", 3.5), ("g", 4.0), ("b1", 3.8),
                     ("b0", 6.0), ("b1", 6.5)]  # stage 0: no grads after b1 -> 0.5 s
     assert timer.busy_seconds() == pytest.approx(3.0)
 
@@ -55,9 +56,11 @@ def test_pipeline_equals_single_process(pool, reference, schedule):
     for r in ranks:
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         for name, got in r["grads"].items():
-            assert_close(got, reference["grads"][name], **TOL, msg=lambda m: f"gradient of {name}: {m}")
+            assert_close(got, reference["grads"][name], **TOL,
+                         msg=lambda m, name=name: f"gradient of {name}: {m}")
         for name, got in r["params"].items():
-            assert_close(got, reference["params"][name], **TOL, msg=lambda m: f"{name} after 3 steps: {m}")
+            assert_close(got, reference["params"][name], **TOL,
+                         msg=lambda m, name=name: f"{name} after 3 steps: {m}")
         assert r["bubble_formula"] == pytest.approx(1 / 5)
         assert 0.0 <= r["measured_idle"] <= 1.0
     # each stage holds about half of the model's state
@@ -98,4 +101,4 @@ def test_pipeline_checkpoint_resumes_bitwise_and_in_one_process(pool, tmp_path):
     assert_close(torch.tensor(single["losses"]), torch.tensor(full[0]["losses"][2:]), **LOSS_TOL)
     for r in full:
         for name, want in r["params"].items():
-            assert_close(single["params"][name], want, **TOL, msg=lambda m: f"{name}: {m}")
+            assert_close(single["params"][name], want, **TOL, msg=lambda m, name=name: f"{name}: {m}")

@@ -65,9 +65,10 @@ def test_dtensor_tensor_parallel_equals_single_process(pool, reference):
         assert_close(torch.tensor(r["losses"]), torch.tensor(reference["losses"]), **LOSS_TOL)
         assert r["params"].keys() == reference["params"].keys()
         for name, want in reference["grads"].items():
-            assert_close(r["grads"][name], want, **TOL, msg=lambda m: f"gradient of {name}: {m}")
+            assert_close(r["grads"][name], want, **TOL, msg=lambda m, name=name: f"gradient of {name}: {m}")
         for name, want in reference["params"].items():
-            assert_close(r["params"][name], want, **TOL, msg=lambda m: f"{name} after 3 steps: {m}")
+            assert_close(r["params"][name], want, **TOL,
+                         msg=lambda m, name=name: f"{name} after 3 steps: {m}")
     # each rank holds half of every split matrix: its parameter bytes are well below the full model's
     assert ranks[0]["state_bytes"]["params"] < 0.75 * reference["state_bytes"]["params"]
     # the comparison can fail: three steps moved the parameters far beyond the tolerance
@@ -89,7 +90,7 @@ def test_megatron_by_hand_equals_single_process(pool, reference):
             if got.shape != want.shape:  # a shard: rows (column-parallel) or columns (row-parallel)
                 dim = 0 if got.shape[0] != want.shape[0] else 1
                 want = want.chunk(2, dim=dim)[rank]
-            assert_close(got, want, **TOL, msg=lambda m: f"{name} on rank {rank}: {m}")
+            assert_close(got, want, **TOL, msg=lambda m, name=name, rank=rank: f"{name} on rank {rank}: {m}")
     assert ranks[0]["params"]["encoder.layers.0.mlp.fc1.weight"].shape[0] * 2 == \
         reference["params"]["encoder.layers.0.mlp.fc1.weight"].shape[0]
 
@@ -109,4 +110,4 @@ def test_tensor_parallel_checkpoint_resumes_bitwise_and_in_one_process(pool, tmp
     single = run_strategy("single", **run, checkpoint_dir=str(tmp_path), resume=True)
     assert_close(torch.tensor(single["losses"]), torch.tensor(full["losses"][2:]), **LOSS_TOL)
     for name, want in full["params"].items():
-        assert_close(single["params"][name], want, **TOL, msg=lambda m: f"{name}: {m}")
+        assert_close(single["params"][name], want, **TOL, msg=lambda m, name=name: f"{name}: {m}")

@@ -1,4 +1,5 @@
-"""A real Triton server (PyTriton) with the MLP, the jet tagger and the tracking GNN: results against in-process
+"""A real Triton server (PyTriton) with the MLP, the jet tagger and the tracking GNN: results against
+in-process
 inference over HTTP and gRPC, every kind of malformed request, the bounded load test, and a clean shutdown.
 
 One server for the whole module (~5 s to start); the last test stops it and counts processes.

@@ -109,7 +109,8 @@ def test_ranks_and_workers_read_each_event_once(jets_dir):
     assert len(everything) == 300
     per_rank = []
     for rank in range(2):
-        ds = ShardDataset(jets_dir, batch_size=16, chunk_events=32, shuffle=True, seed=1, rank=rank, world_size=2)
+        ds = ShardDataset(jets_dir, batch_size=16, chunk_events=32, shuffle=True, seed=1,
+                          rank=rank, world_size=2)
         ds.set_epoch(3)
         serial, workers = fingerprint(ds), fingerprint(ds.loader(num_workers=2))
         assert serial == workers and len(serial) == ds.events_per_epoch()
@@ -183,7 +184,8 @@ def test_manifest_that_does_not_match_its_shards(jets_copy):
     manifest["shards"][1]["n_events"] += 5
     manifest["n_events"] += 5
     (jets_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ShardError, match="shard-00001-of-00003.h5: n_events is 100 but .*manifest.json says 105"):
+    with pytest.raises(ShardError,
+                       match="shard-00001-of-00003.h5: n_events is 100 but .*manifest.json says 105"):
         ShardSet(jets_copy)
     manifest["n_events"] -= 1
     (jets_copy / "manifest.json").write_text(json.dumps(manifest))
@@ -209,7 +211,7 @@ def test_other_generator_version_is_refused(jets_copy, tmp_path, monkeypatch):
     import hepml_kit.data.jets as jets
 
     monkeypatch.setattr(jets, "GENERATOR_VERSION", "jets-0.9")
-    with pytest.raises(ShardError, match="manifest.json: written by generator .*'jets-1.0'.*'jets-0.9'"):
+    with pytest.raises(ShardError, match="manifest.json: written by generator .*'jets-1.1'.*'jets-0.9'"):
         ShardSet(jets_copy)  # the whole data set is older than the code
     old = tmp_path / "old"
     write_shards("jet_transformer", 300, 3, old, seed=4, progress=False)  # written by "jets-0.9"
@@ -218,9 +220,10 @@ def test_other_generator_version_is_refused(jets_copy, tmp_path, monkeypatch):
         assert f.attrs["generator_version"] == "jets-0.9"
     manifest = json.loads((jets_copy / "manifest.json").read_text())
     shutil.copy(old / "shard-00000-of-00003.h5", jets_copy / "shard-00000-of-00003.h5")
-    with pytest.raises(ShardError, match="shard-00000-of-00003.h5: generator_version is 'jets-0.9' but .*'jets-1.0'"):
+    with pytest.raises(ShardError,
+                       match="shard-00000-of-00003.h5: generator_version is 'jets-0.9' but .*'jets-1.1'"):
         ShardSet(jets_copy)
-    assert manifest["generator_version"] == "jets-1.0" and manifest["generator"] == "hepml_kit.data.jets"
+    assert manifest["generator_version"] == "jets-1.1" and manifest["generator"] == "hepml_kit.data.jets"
 
 
 def test_config_mismatch_and_bad_writes_are_refused(jets_dir, tmp_path):
@@ -230,7 +233,8 @@ def test_config_mismatch_and_bad_writes_are_refused(jets_dir, tmp_path):
     manifest = json.loads((jets_dir / "manifest.json").read_text())
     changed = tmp_path / "changed"
     shutil.copytree(jets_dir, changed)
-    manifest["config"] = manifest["config"].replace("JetTransformerConfig(", "JetTransformerConfig(old=1, ", 1)
+    manifest["config"] = manifest["config"].replace("JetTransformerConfig(",
+                                                    "JetTransformerConfig(old=1, ", 1)
     (changed / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ShardError, match="written with a config other than today's preset 'tiny'"):
         ShardSet(changed)
@@ -248,13 +252,15 @@ def test_config_mismatch_and_bad_writes_are_refused(jets_dir, tmp_path):
 
 def test_cli_generate_overwrite_and_verify(tmp_path, capsys):
     out = tmp_path / "calo"
-    args = ["data", "generate", "calo-gan", "--events", "200", "--shards", "2", "--out", str(out), "--seed", "3"]
+    args = ["data", "generate", "calo-gan", "--events", "200", "--shards", "2", "--out",
+            str(out), "--seed", "3"]
     assert cli_main(args) == 0
     log = capsys.readouterr().out
-    assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.0, seed 3)" in log
+    assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.1, seed 3)" in log
     assert cli_main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert cli_main(args + ["--overwrite", "--quiet", "--shards", "4"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json"] + [f"shard-0000{k}-of-00004.h5" for k in range(4)]
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["manifest.json"] + [f"shard-0000{k}-of-00004.h5" for k in range(4)]
     assert cli_main(["data", "verify", str(out)]) == 0 and "SHA-256" in capsys.readouterr().out
     m = json.loads((out / "manifest.json").read_text())
     assert m["seed"] == 3 and m["generator_version"] == shards_mod.generator_of("calo_gan")[1]

@@ -3,11 +3,11 @@
 import json
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import nbformat
 import pytest
+import tomllib
 import yaml
 
 from hepml_kit.teach import exercises, lesson
@@ -82,9 +82,11 @@ def test_every_lesson_follows_the_conventions():
     for path in sorted((ROOT / "curriculum").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == "code"]
-        assert "parameters" in code[0].metadata.get("tags", []), f"{path.name}: first code cell is not tagged parameters"
+        assert "parameters" in code[0].metadata.get("tags", []), \
+            f"{path.name}: first code cell is not tagged parameters"
         assert "SCALE" in code[0].source, f"{path.name}: parameters cell lacks SCALE"
-        assert "validate_parameters" in code[1].source, f"{path.name}: second code cell must validate the parameters"
+        assert "validate_parameters" in code[1].source, \
+            f"{path.name}: second code cell must validate the parameters"
         head = nb.cells[0].source.lower()
         assert nb.cells[0].cell_type == "markdown" and "time" in head and "prerequisite" in head, path.name
         assert "exercises/" in nb.cells[-1].source, f"{path.name}: must end with links to its exercises"
@@ -128,7 +130,8 @@ def test_record_appends_to_the_run_file(tmp_path, monkeypatch, capsys):
 def test_runner_writes_summary_and_names_failing_lesson(tmp_path):
     folder = tmp_path / "curriculum"
     folder.mkdir()
-    _notebook(folder / "00_ok.ipynb", "from hepml_kit.teach import lesson\nlesson.record('answer', 42, goal='>= 40')")
+    _notebook(folder / "00_ok.ipynb",
+              "from hepml_kit.teach import lesson\nlesson.record('answer', 42, goal='>= 40')")
     _notebook(folder / "01_broken.ipynb", "raise RuntimeError('lesson bug')")
     results = run_curriculum(folder, tmp_path / "build", "tiny", log=lambda m: None)
     assert [r.ok for r in results] == [True, False]
@@ -141,8 +144,8 @@ def test_bad_papermill_parameter_stops_the_lesson(tmp_path):
     import papermill as pm
 
     nb = _notebook(tmp_path / "x.ipynb", "from hepml_kit.teach import lesson\n"
-                   "lesson.validate_parameters(globals(), SCALE=lesson.choice('tiny'), SEED=lesson.integer(0))\n"
-                   "print('heavy work')")
+                   "lesson.validate_parameters(globals(), SCALE=lesson.choice('tiny'), "
+                   "SEED=lesson.integer(0))\nprint('heavy work')")
     with pytest.raises(pm.PapermillExecutionError, match="NPROC: not a parameter"):
         pm.execute_notebook(str(nb), str(tmp_path / "o.ipynb"), parameters={"NPROC": 4}, progress_bar=False)
 
@@ -157,8 +160,12 @@ def test_environment_yml_installs_what_pyproject_names():
     all_extras = {x for e in extras["all"] for x in e.split("[")[1].rstrip("]").split(",")}
     assert all_extras == {k for k in extras if k not in ("all", "mpi")}, \
         "the 'all' extra must include every other extra (but mpi, see pyproject.toml)"
-    names = lambda reqs: {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
-    declared = names(pyproject["project"]["dependencies"]) | {n for k in extras if k != "all" for n in names(extras[k])}
+
+    def names(reqs):
+        return {r.split("[")[0].split("<")[0].split(">")[0].split("=")[0].strip().lower() for r in reqs}
+
+    declared = (names(pyproject["project"]["dependencies"])
+                | {n for k in extras if k != "all" for n in names(extras[k])})
     others = names(conda) - {"python", "pip"}
     assert others <= declared, f"environment.yml names packages pyproject.toml does not: {others - declared}"
 

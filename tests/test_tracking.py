@@ -16,6 +16,7 @@ from hepml_kit.data.tracking import (
 from hepml_kit.models import tracking_gnn as gnn
 from hepml_kit.models._testbed import fit
 
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Small graphs: one intra-op thread is fastest, and on a shared 2-core machine OpenMP threads spin."""

@@ -21,7 +21,8 @@ from hepml_kit.models import validate as validate_mod
 from hepml_kit.testbeds_cli import MODEL_NAMES
 
 HEPML_KIT = Path(sys.executable).with_name("hepml-kit")
-ACCEPTANCE_PATTERN = re.compile(r"\b(tracking|waveform|vae|calo|jet|cosmo|unet)[a-z0-9_-]*", re.I)  # as 04-testbeds
+# as 04-testbeds
+ACCEPTANCE_PATTERN = re.compile(r"\b(tracking|waveform|vae|calo|jet|cosmo|unet)[a-z0-9_-]*", re.I)
 
 
 def _run(*args, timeout=600):
@@ -93,7 +94,8 @@ def test_result_line_is_plain_numbers():
 def test_models_lists_every_model_and_preset(capsys):
     assert cli_main(["models", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [(r["model"], r["preset"]) for r in rows] == [(m, p) for m in MODEL_NAMES for p in ("tiny", "small", "full")]
+    assert [(r["model"], r["preset"]) for r in rows] == \
+        [(m, p) for m in MODEL_NAMES for p in ("tiny", "small", "full")]
     assert all(r["parameters"] > 0 and r["flops_per_sample"] > 0 for r in rows)
     size = {(r["model"], r["preset"]): r["parameters"] for r in rows}
     assert size[("jet_transformer", "full")] == pytest.approx(2.3e6, rel=0.1)  # GN2 (issue 4)
@@ -108,8 +110,10 @@ def test_models_lists_every_model_and_preset(capsys):
 
 def test_gpu_data_check_path_runs_on_cpu():
     """The lead's GPU data-delivery check, on the CPU path (no autocast, no pinning): finite figures."""
-    out = validate_mod.gpu_data_check("jet_transformer", "tiny", events=1024, workers=(0, 1), steps=4, device="cpu")
-    assert set(out) == {"workers0_jets_per_s", "workers0_data_frac", "workers1_jets_per_s", "workers1_data_frac"}
+    out = validate_mod.gpu_data_check("jet_transformer", "tiny", events=1024, workers=(0, 1),
+                                      steps=4, device="cpu")
+    assert set(out) == {"workers0_jets_per_s", "workers0_data_frac", "workers1_jets_per_s",
+                        "workers1_data_frac"}
     assert all(v > 0 and math.isfinite(v) for k, v in out.items() if k.endswith("_per_s"))
     assert all(0 <= v <= 1 for k, v in out.items() if k.endswith("_frac"))
     if not torch.cuda.is_available():

@@ -71,7 +71,9 @@ def test_s1_decay_shows_triplet_component():
 
 
 def test_s2_size_follows_electron_lifetime_and_spe_gain():
-    cfg = replace(TINY, anomaly_rate=0.0, electron_lifetime_us=1000.0)
+    # A mono-energetic line (83mKr, 41.5 keV), as TPCs measure the electron lifetime.
+    cfg = replace(TINY, anomaly_rate=0.0, electron_lifetime_us=1000.0,
+                  er_energy_kev=(41.5, 41.5), nr_fraction=0.0)
     d = generate_waveforms(6000, seed=5, cfg=cfg)
     area, drift = d["waveform"].sum(1), d["drift_time_us"]
     ratio = area[drift > 900].mean() / area[drift < 100].mean()

@@ -8,6 +8,7 @@ import torch
 
 from gpu_checks.common import Check, Context
 
+
 def check_env(ctx: Context) -> dict:
     """What the host offers (informational; never fails)."""
     row = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda or "-"}

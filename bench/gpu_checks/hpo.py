@@ -20,7 +20,8 @@ def gpu_check() -> dict:
 
     if not torch.cuda.is_available():
         raise RuntimeError("gpu_check needs a CUDA device")
-    objective = TestbedObjective("waveform_vae", "auc", events=4096, val_events=2048, batch_size=128, epochs=3)
+    objective = TestbedObjective("waveform_vae", "auc", events=4096, val_events=2048,
+                                 batch_size=128, epochs=3)
     t0 = time.perf_counter()
     donor = objective.start({"lr": 3e-3, "latent_dim": 8})
     aucs = [donor.train_epoch()["auc"] for _ in range(2)]
@@ -31,9 +32,11 @@ def gpu_check() -> dict:
     receiver.load_state_dict(donor.state_dict())
     lrs = {g["lr"] for o in receiver._optimizers() for g in o.param_groups}
     if receiver.epoch != 2 or lrs != {1e-3}:
-        raise AssertionError(f"PBT copy wrong: epoch {receiver.epoch} (want 2), learning rates {lrs} (want 1e-3)")
+        raise AssertionError(f"PBT copy wrong: epoch {receiver.epoch} (want 2), "
+                             f"learning rates {lrs} (want 1e-3)")
     after = receiver.train_epoch()["auc"]
-    return {"device": torch.cuda.get_device_name(), "auc_per_epoch": aucs + [after], "seconds_2_epochs": seconds}
+    return {"device": torch.cuda.get_device_name(), "auc_per_epoch": aucs + [after],
+            "seconds_2_epochs": seconds}
 
 
 CHECKS = [Check("hpo_trial_auto_device", gpu_check, budget_s=40, cuda_only=True)]

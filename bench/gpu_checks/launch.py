@@ -38,9 +38,9 @@ def gpu_check_launch_nccl(ctx) -> dict:
         out = subprocess.run([sys.executable, "-m", "hepml_kit.cli", "launch", "--nprocs", str(n), path],
                              capture_output=True, text=True, timeout=120, env={**os.environ})
         seconds = time.perf_counter() - t0
-    lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
     expected_sum = n * (n + 1) / 2
-    ok = out.returncode == 0 and len(lines) == n and all(f"sum={expected_sum}" in l for l in lines)
+    ok = out.returncode == 0 and len(lines) == n and all(f"sum={expected_sum}" in line for line in lines)
     backend = lines[0].split("backend=")[1].split()[0] if lines else "?"
     row = {"ranks": n, "backend": backend, "wall_s": round(seconds, 1),
            "status": "ok" if ok and (backend == "nccl" or ctx.device.type != "cuda") else "FAILED"}

@@ -45,12 +45,14 @@ def gpu_check_models(ctx, steps: int = 6) -> list[dict]:
             finite = all(math.isfinite(x) for x in losses)
             peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
             rows.append({"model": name, "preset": preset, "ok": finite, "loss_first": round(losses[0], 4),
-                         "loss_last": round(losses[-1], 4), f"{tb.unit}_per_s": round(samples / max(t_train, 1e-9), 1),
+                         "loss_last": round(losses[-1], 4),
+                         f"{tb.unit}_per_s": round(samples / max(t_train, 1e-9), 1),
                          "peak_GiB": round(peak, 2), "s": round(time.perf_counter() - t0, 1)})
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
         except Exception as e:  # one model's failure must not hide the others
-            rows.append({"model": name, "preset": preset, "ok": False, "error": f"{type(e).__name__}: {e}"[:200]})
+            rows.append({"model": name, "preset": preset, "ok": False,
+                         "error": f"{type(e).__name__}: {e}"[:200]})
         del_vars = [v for v in ("model", "opt", "data") if v in locals()]
         for v in del_vars:
             locals().pop(v, None)
@@ -61,7 +63,8 @@ def gpu_check_models(ctx, steps: int = 6) -> list[dict]:
 
 def cuda_check(name: str, preset: str = "small", steps: int = 20, batch_size: int = 512, lr: float = 5e-4,
                compile: bool = True) -> dict:
-    """One model on CUDA: bf16-autocast training steps of `preset` (the loss must fall), bf16 and torch.compile
+    """One model on CUDA: bf16-autocast training steps of `preset` (the loss must fall), bf16 and
+    torch.compile
     forwards against eager fp32, and samples/s. For models whose forward takes tensors named in
     ``Testbed.extra["inputs"]`` (the jet transformer, the waveform VAE)."""
     if not torch.cuda.is_available():
@@ -95,12 +98,14 @@ def cuda_check(name: str, preset: str = "small", steps: int = 20, batch_size: in
     return {"model": name, "preset": preset, "loss_first": losses[0], "loss_last": losses[-1],
             f"{tb.unit}_per_s": per_s, "flops_per_sample": tb.flops_per_sample(cfg),
             "bf16_max_abs_diff": float((low - ref).abs().max()),
-            "compile_max_abs_diff": float((comp - ref).abs().max()), "finite": bool(torch.isfinite(ref).all())}
+            "compile_max_abs_diff": float((comp - ref).abs().max()),
+            "finite": bool(torch.isfinite(ref).all())}
 
 
 def gpu_check_compile() -> list[dict]:
     """`cuda_check` of the two models with tensor-only forwards (rows for bench/gpu_check.py)."""
-    return [cuda_check("jet_transformer", batch_size=1000, lr=5e-4), cuda_check("waveform_vae", batch_size=512, lr=1e-3)]
+    return [cuda_check("jet_transformer", batch_size=1000, lr=5e-4),
+            cuda_check("waveform_vae", batch_size=512, lr=1e-3)]
 
 
 CHECKS = [Check("models_small_bf16", gpu_check_models, budget_s=90),

@@ -14,6 +14,7 @@ import torch
 
 from gpu_checks.common import Check, CheckTimeout, Context, one_rank_group, sync
 
+
 def check_profiler(ctx: Context) -> dict:
     """StepProfiler on the device: CUDA events + NVTX, phases vs a synchronised wall clock, memory, traces."""
     from hepml_kit.profile import StepProfiler, profile_ops

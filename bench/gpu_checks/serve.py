@@ -16,6 +16,7 @@ import torch
 
 from gpu_checks.common import Check
 
+
 def _time(fn, repeats: int, sync) -> np.ndarray:
     times = []
     for _ in range(repeats):

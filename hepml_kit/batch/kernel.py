@@ -11,7 +11,7 @@ import re
 import sys
 from pathlib import Path
 
-__all__ = ["kernelspec", "install_kernel"]
+__all__ = ["install_kernel", "kernelspec"]
 
 
 def kernelspec(name: str = "hepml-kit", conda_env: str | None = None, image: str | None = None,
@@ -43,7 +43,8 @@ def kernelspec(name: str = "hepml-kit", conda_env: str | None = None, image: str
 
 
 def install_kernel(name: str = "hepml-kit", conda_env: str | None = None, image: str | None = None,
-                   container: str = "podman-hpc", prefix: str | None = None, display_name: str | None = None) -> Path:
+                   container: str = "podman-hpc", prefix: str | None = None,
+                   display_name: str | None = None) -> Path:
     """Write the kernelspec; returns its folder."""
     from jupyter_core.paths import jupyter_data_dir
 

@@ -32,8 +32,9 @@ def run_on_ranks(fn, *args, nprocs: int = 2, timeout: float = 120.0, workers=Non
     except hk.WorkerError as e:
         last = {r: e.failures[r].strip().splitlines()[-1] for r in e.root_ranks}
         if all(line.startswith("NotImplementedError") for line in last.values()):
-            raise NotImplementedError("the exercise is not filled in yet (it raised NotImplementedError on every "
-                                      "rank); replace the stub with your code") from None
+            raise NotImplementedError("the exercise is not filled in yet (it raised "
+                                      "NotImplementedError on every rank); "
+                                      "replace the stub with your code") from None
         detail = "; ".join(f"rank {r}: {line}" for r, line in last.items())
         raise CheckFailed(f"your code raised on the ranks: {detail}") from None
 

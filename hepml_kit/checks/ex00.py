@@ -7,7 +7,8 @@ from hepml_kit.checks import CheckFailed, passed, run_on_ranks
 __all__ = ["ex00_average", "HINTS"]
 
 HINTS = {
-    "ex00_average": "dist.all_reduce(t) sums t over ranks in place (clone it first if you must not modify the "
+    "ex00_average": "dist.all_reduce(t) sums t over ranks in place (clone it first if "
+                    "you must not modify the "
     "input); the mean is that sum divided by dist.get_world_size().",
 }
 

@@ -1,8 +1,8 @@
 """Checks for curriculum/06_hpo's exercises: the best-so-far curve and the compute to reach a target.
 
-``ex06_best_so_far(best_so_far_curve)``: ``best_so_far_curve(history, maximize) -> DataFrame`` takes one row per
-trained epoch (columns ``trial``, ``epoch``, ``value``) in the order the compute was spent and returns it with
-``compute`` (1, 2, ... trial-epochs) and ``best_so_far`` (the best ``value`` up to that row) added.
+``ex06_best_so_far(best_so_far_curve)``: ``best_so_far_curve(history, maximize) -> DataFrame`` takes one row
+per trained epoch (columns ``trial``, ``epoch``, ``value``) in the order the compute was spent and returns it
+with ``compute`` (1, 2, ... trial-epochs) and ``best_so_far`` (the best ``value`` up to that row) added.
 ``ex06_compute_to_reach(compute_to_reach)``: ``compute_to_reach(history, target, maximize) -> float``, the
 compute at which ``best_so_far`` first reaches ``target`` (``nan`` if never).
 """
@@ -16,7 +16,8 @@ from hepml_kit.checks import CheckFailed, passed
 __all__ = ["ex06_best_so_far", "ex06_compute_to_reach", "HINTS"]
 
 HINTS = {
-    "ex06_best_so_far": "Every row is one epoch of compute, so compute is 1..len(history). The best so far is a "
+    "ex06_best_so_far": "Every row is one epoch of compute, so compute is "
+                        "1..len(history). The best so far is a "
     "running maximum (or minimum when minimising) of the value column over *all* trials: pandas has cummax "
     "and cummin. Return a copy with the two columns added; keep the rows in their order.",
     "ex06_compute_to_reach": "Compare the best_so_far column with the target (>= when maximising, <= when "
@@ -42,17 +43,20 @@ def ex06_best_so_far(fn) -> None:
         h = _history(values)
         out = fn(h.copy(), maximize)
         if out is None:
-            raise CheckFailed("your function returned None; return the history with 'compute' and 'best_so_far'")
+            raise CheckFailed("your function returned None; return the history with "
+                              "'compute' and 'best_so_far'")
         for col in ("compute", "best_so_far", "value"):
             if col not in out:
                 raise CheckFailed(f"the result has no column {col!r} (it has {list(out.columns)})")
         if list(out["value"]) != values:
             raise CheckFailed("the rows changed order or values: keep the history as it is, in compute order")
         if list(out["compute"]) != list(range(1, len(values) + 1)):
-            raise CheckFailed(f"compute should count trial-epochs 1..{len(values)}, got {list(out['compute'])}")
+            raise CheckFailed(f"compute should count trial-epochs 1..{len(values)}, "
+                              f"got {list(out['compute'])}")
         got = [round(float(x), 6) for x in out["best_so_far"]]
         if got == [round(x, 6) for x in values]:
-            raise CheckFailed("best_so_far equals the value itself: it must be the best value *up to* each row")
+            raise CheckFailed("best_so_far equals the value itself: it must be the "
+                              "best value *up to* each row")
         per_trial = [round(float(x), 6) for x in h.groupby("trial")["value"].cummax()]
         if got == per_trial:
             raise CheckFailed("best_so_far restarts with every trial: it is the best over all trials so far")
@@ -85,7 +89,8 @@ def ex06_compute_to_reach(fn) -> None:
         if math.isnan(got):
             raise CheckFailed(f"for {what} the target is reached at compute {expected}, you returned nan")
         if got == expected - 1 or (what.startswith("a minimised") and got == 1):
-            raise CheckFailed(f"for {what} you returned {got}: that is a row position, use the compute column")
+            raise CheckFailed(f"for {what} you returned {got}: that is a row "
+                              "position, use the compute column")
         if got != expected:
             raise CheckFailed(f"for {what} expected compute {expected}, got {got}")
     passed("ex06_compute_to_reach", "reached, exactly reached, never reached and minimised targets")

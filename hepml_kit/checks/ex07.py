@@ -1,4 +1,5 @@
-"""Checks for curriculum/07_ensembles's exercises: split a farm statically, and pick the models to train again.
+"""Checks for curriculum/07_ensembles's exercises: split a farm statically, and pick the models to train
+again.
 
 ``ex07_static_share(my_jobs)``: ``my_jobs(jobs, rank, world_size) -> list``, this rank's share of the jobs
 when they are split once, up front: every job on exactly one rank, shares differing by at most one job.
@@ -37,8 +38,8 @@ def ex07_static_share(fn) -> None:
             raise CheckFailed("every rank got all the jobs: each model would be trained world_size times")
         missing = sorted(set(jobs) - set(flat), key=jobs.index)
         if missing:
-            raise CheckFailed(f"{n_jobs} jobs on {world} ranks: {missing} went to no rank (the remainder of the "
-                              "division?)")
+            raise CheckFailed(f"{n_jobs} jobs on {world} ranks: {missing} went to no "
+                              "rank (the remainder of the division?)")
         if len(flat) != len(set(flat)):
             raise CheckFailed(f"{n_jobs} jobs on {world} ranks: some job is on two ranks ({shares})")
         sizes = [len(s) for s in shares]

@@ -1,9 +1,9 @@
 """Checks for curriculum/08_inference_service's exercises: encode variable-size jets, summarise a load test.
 
-``ex08_pad_jets(pad_jets)``: ``pad_jets(jets, max_tracks) -> {"tracks": [B, T, F] float32, "mask": [B, T] bool}``
-turns a list of per-jet track arrays ``[n_i, F]`` into the fixed-shape request Triton can batch: tracks
-zero-padded to T = max_tracks (real tracks first, in order), mask True for real tracks; a jet with more than
-max_tracks tracks is refused with a ValueError before anything is sent.
+``ex08_pad_jets(pad_jets)``: ``pad_jets(jets, max_tracks) -> {"tracks": [B, T, F] float32, "mask": [B, T]
+bool}`` turns a list of per-jet track arrays ``[n_i, F]`` into the fixed-shape request Triton can batch:
+tracks zero-padded to T = max_tracks (real tracks first, in order), mask True for real tracks; a jet with more
+than max_tracks tracks is refused with a ValueError before anything is sent.
 ``ex08_latency_summary(summarize)``: ``summarize(latencies_s, wall_s, batch_size) -> dict`` with
 ``p50_ms, p95_ms, p99_ms`` (percentiles of the per-request latencies, in milliseconds), ``throughput_rps``
 (requests completed per second of wall time) and ``samples_per_s``.
@@ -83,7 +83,7 @@ def ex08_pad_jets(pad_jets) -> None:
     except Exception as err:  # noqa: BLE001 - tell the learner what was raised instead
         raise CheckFailed(
             f"a jet with too many tracks should raise ValueError, got {type(err).__name__}: {err}"
-        )
+        ) from err
     else:
         raise CheckFailed(
             f"a jet with {_T + 2} tracks and max_tracks={_T} must raise ValueError (silently "

@@ -31,7 +31,8 @@ def ex10_perlmutter_job(make_job) -> None:
     if nprocs == 4 and job.nodes == 4:
         problems.append("NPROCS=4 uses one node's GPUs only: one rank per GPU over 4 nodes is 16")
     elif nprocs != job.nodes * job.gpus_per_node:
-        problems.append(f"NPROCS={nprocs}: one rank per GPU is nodes x gpus_per_node = {job.nodes * job.gpus_per_node}")
+        problems.append(f"NPROCS={nprocs}: one rank per GPU is nodes x gpus_per_node = "
+                        f"{job.nodes * job.gpus_per_node}")
     if job.parameters.get("SCALE") != "small":
         problems.append(f"SCALE={job.parameters.get('SCALE')!r}, the exercise asks for 'small'")
     if job.constraint != "gpu":

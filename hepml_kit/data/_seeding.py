@@ -16,7 +16,7 @@ changing it changes the data. Used by the generators in `hepml_kit.data`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

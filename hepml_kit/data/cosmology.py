@@ -20,7 +20,8 @@ Physics (see `shared/notes/physics.md` §5):
 Units: lengths in Mpc/h, k in h/Mpc, velocities in km/s, temperatures in K. Each sample is one periodic
 box; its generator is seeded by (seed, global index), so ranks can make just their share.
 
-`power_spectrum(field, box)` is the spherically averaged P(k) estimator used by tests and metrics.
+`power_spectrum(field, box)` is the spherically averaged P(k) estimator used by tests and metrics;
+`cross_power_spectrum(a, b, box)` the cross spectrum behind the cross-correlation r(k).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ __all__ = [
     "CosmologyConfig",
     "bbks_power",
     "cic_deposit",
+    "cross_power_spectrum",
     "gaussian_random_field",
     "generate_cosmology",
     "power_spectrum",
@@ -259,12 +261,21 @@ def power_spectrum(field, box: float, n_bins: int | None = None) -> tuple[np.nda
     Returns (k, P(k), n_modes): bin-mean |k| (h/Mpc), P in (Mpc/h)^3, and the number of Fourier modes per
     bin (counting the Hermitian half twice). Bins are shells of width k_f = 2 pi / box from k_f up to
     the Nyquist frequency; P = V |FFT(field)|^2 / N^6 (numpy's unnormalised FFT)."""
-    field = np.asarray(field, dtype=np.float64)
-    if field.ndim != 3 or len(set(field.shape)) != 1:
-        raise ValueError(f"power_spectrum needs a cubic 3-D field, got shape {field.shape}")
-    g = field.shape[0]
-    fk = np.fft.rfftn(field)
-    power = np.abs(fk) ** 2 * box**3 / g**6
+    return cross_power_spectrum(field, field, box, n_bins)
+
+
+def cross_power_spectrum(a, b, box: float,
+                         n_bins: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherically averaged cross spectrum Re <a(k) b*(k)> of two periodic (g, g, g) fields, binned as
+    `power_spectrum` (which is the cross spectrum of a field with itself). The cross-correlation coefficient
+    r(k) = P_ab / sqrt(P_aa P_bb) measures how well the phases agree (1: identical up to amplitude)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 3 or len(set(a.shape)) != 1 or a.shape != b.shape:
+        raise ValueError(f"power_spectrum needs cubic 3-D fields of one shape, got {a.shape} and {b.shape}")
+    g = a.shape[0]
+    fa = np.fft.rfftn(a)
+    fb = fa if b is a else np.fft.rfftn(b)
+    power = (fa * np.conj(fb)).real * box**3 / g**6
     kx, ky, kz = wavenumbers(g, box)
     k = np.sqrt(kx**2 + ky**2 + kz**2)
     weight = np.full(k.shape, 2.0)  # modes kz > 0 stand for their conjugates too

@@ -8,11 +8,15 @@ Physics (see ../shared/notes/physics.md §4, typical values exposed in `JetGenCo
   D which flies on from the B vertex (cascade B -> D); ~3 charged tracks come from the B vertex and
   ~2 from the D vertex.
 - Every jet has prompt fragmentation tracks (fewer in heavy-flavour jets, whose hadron takes most of
-  the momentum), sometimes a K_S-like V0 decay or a hadronic interaction in the beam pipe or the
-  innermost pixel layer (the main sources of light-jet mistags with resolution tails), pile-up tracks
-  from another vertex, and fake tracks.
+  the momentum) whose number grows logarithmically with the momentum left to fragmentation: the
+  selected charged multiplicity rises ~x1.45 from pT 50-100 to 200-400 GeV, as measured (ATLAS, EPJC 76
+  (2016) 322; a linear rise would give ~x3), sometimes a K_S-like V0 decay or a hadronic interaction in the
+  beam pipe or the innermost pixel layer (the main sources of light-jet mistags with resolution tails),
+  pile-up tracks from another vertex, and fake tracks.
 - Decay products open up by an angle pT_rel / p; a straight track from a vertex at transverse
-  distance L_T along phi_h has d0 = L_T sin(phi_trk - phi_h). Impact parameters are smeared with
+  distance L_T along phi_h has d0 = L_T sin(phi_trk - phi_h). Impact parameters are measured from a
+  reference point (beam spot / fitted primary vertex) that misses the true vertex by ~12 um per axis, so
+  prompt tracks have a true d0 of that size, shared within the jet. Impact parameters are smeared with
   sigma_d0 = sqrt(10^2 + (80/pT[GeV])^2) um (larger when the first hit is further out), with a
   few-percent non-Gaussian tail whose reported sigma is NOT enlarged (the usual source of light mistags).
 - Hits on 4 pixel and 4 double-sided strip layers beyond the production radius, with inefficiency
@@ -53,11 +57,14 @@ __all__ = [
     "rank_range",
 ]
 
-GENERATOR_VERSION = "jets-1.0"
+GENERATOR_VERSION = "jets-1.1"  # 1.1: log multiplicity, PV offset, FromTau
 BLOCK = 1024  # events per random stream; part of the generator version
 FLAVOURS = ("b", "c", "light")  # label 0, 1, 2 (salt's bjets, cjets, ujets order)
-TRACK_ORIGINS = ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "other_secondary")  # as GN2
-VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none")  # track_vertex values
+# GN2's 8 track-origin classes in salt's order (Pileup, Fake, Primary, FromB, FromBC, FromC, FromTau,
+# OtherSecondary)
+TRACK_ORIGINS = ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "from_tau", "other_secondary")
+# track_vertex
+VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none", "tau_decay")
 TRACK_FEATURES = (
     "log_jet_pt", "jet_eta",  # jet variables, repeated on every track (GN2 does the same)
     "d0_mm", "z0_sin_theta_mm", "d0_signed_sig", "z0_signed_sig",
@@ -72,6 +79,7 @@ CHARM_HADRONS = {"D0": (1.865, 123.0, 0.55), "D+": (1.870, 312.0, 0.25), "Ds": (
 PIXEL_R_MM = np.array([33.25, 50.5, 88.5, 122.5])  # IBL, B-layer, L1, L2
 SCT_R_MM = np.array([299.0, 371.0, 443.0, 514.0])  # 2 hits per layer
 KS_MASS, KS_CTAU_MM = 0.4976, 26.84
+TAU_MASS, TAU_CTAU_MM = 1.777, 0.0870
 BEAM_PIPE_R_MM = 23.5
 
 
@@ -92,14 +100,17 @@ class JetGenConfig:
     d_in_b_z_beta: tuple[float, float] = (4.0, 3.0)  # D momentum fraction of the B
     b_vertex_tracks: float = 2.0  # 1 + Poisson(this) charged tracks from the B vertex (~3)
     d_vertex_tracks: float = 1.2  # 1 + Poisson(this) from the D vertex (~2)
-    frag_tracks_base: float = 3.0  # prompt multiplicity ~ Poisson(base + per_gev * pT not in the hadron)
-    frag_tracks_per_gev: float = 0.1
+    b_to_tau_fraction: float = 0.025  # B -> tau nu X (PDG: ~2.4%); the tau flies on and gives 1 or 3 prongs
+    # prompt multiplicity ~ Poisson(base + per_log * ln(pT[GeV] not in the hadron))
+    frag_tracks_base: float = 2.0
+    frag_tracks_per_log: float = 2.1  # logarithmic growth, as measured (ATLAS, EPJC 76 (2016) 322)
     frag_pt_rel_gev: float = 0.4  # mean transverse momentum of fragmentation tracks to the jet axis
     v0_probability: float = 0.15  # K_S -> pi+ pi- per jet
     material_probability: float = 0.1  # hadronic interaction in the beam pipe or IBL per jet
     pileup_tracks: float = 0.4  # Poisson mean per jet, before the z0 cut
     fake_tracks: float = 0.08  # Poisson mean per jet
     d0_res_um: tuple[float, float] = (10.0, 80.0)  # sigma_d0 = sqrt(a^2 + (b/pT)^2)
+    pv_offset_um: float = 12.0  # true primary vertex - reference point (beam spot / PV fit), per axis (typ.)
     z0_res_um: tuple[float, float] = (20.0, 90.0)  # sigma(z0 sin theta), same form
     tail_fraction: float = 0.03  # tracks whose true resolution is tail_scale x the reported one
     tail_scale: float = 3.0
@@ -126,7 +137,7 @@ def generate_jets(
         tracks (N, T, F) float32 raw features named by `TRACK_FEATURES` (0 on padding);
         mask (N, T) bool, True for real tracks; flavour (N,) int64, index into `FLAVOURS`;
         track_origin (N, T) int64 into `TRACK_ORIGINS` (-1 padding); track_vertex (N, T) int64 into
-        `VERTEX_KINDS` (tracks sharing a value 1-4 share a vertex; -1 padding);
+        `VERTEX_KINDS` (tracks sharing a value 1-4 or 6 share a vertex; -1 padding);
         jet_pt (N,) GeV, jet_eta (N,); hadron_pt (N,) GeV, hadron_flight_mm (N,), hadron_betagamma (N,):
         the leading heavy hadron (B in b-jets, D in c-jets; 0 in light jets); charm_flight_mm (N,):
         the D in b-jets (cascade) and c-jets; n_tracks (N,); event_index (N,) global index.
@@ -197,7 +208,7 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     v0_angle = rng.uniform(0, 0.25, n) / np.cosh(jet_eta)  # within Delta R < 0.25 of the jet axis
     v0_eta, v0_phi = _open(jet_eta, jet_phi, v0_angle, rng.uniform(0, 2 * np.pi, n))
     v0_vtx = _vertex(np.zeros((n, 3)), v0_p / KS_MASS * KS_CTAU_MM * rng.exponential(1.0, n), v0_eta, v0_phi)
-    v0 = _decay(rng, 2 * has_v0, 2, v0_p, v0_eta, v0_phi, v0_vtx, KS_MASS, origin=6, vertex=3, neutral=False)
+    v0 = _decay(rng, 2 * has_v0, 2, v0_p, v0_eta, v0_phi, v0_vtx, KS_MASS, origin=7, vertex=3, neutral=False)
     sources.append(v0)
 
     # Hadronic interaction in the material (beam pipe at r = 23.5 mm or the IBL): 2-3 soft tracks.
@@ -208,11 +219,22 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     mi_vtx = _vertex(np.zeros((n, 3)), mi_r * np.cosh(mi_eta), mi_eta, mi_phi)
     mi_p = rng.exponential(3.0, n) * np.cosh(jet_eta) + 1.0
     n_mi = has_mi * (2 + (rng.random(n) < 0.4))
-    sources.append(_decay(rng, n_mi, 3, mi_p, mi_eta, mi_phi, mi_vtx, 1.0, origin=6, vertex=3))
+    sources.append(_decay(rng, n_mi, 3, mi_p, mi_eta, mi_phi, mi_vtx, 1.0, origin=7, vertex=3))
+
+    # Semi-tauonic B decays: the tau takes part of the B's momentum, flies on (c*tau 87 um) and gives 1
+    # (85%) or 3 charged prongs, labelled FromTau as in GN2.
+    has_tau = is_b & (rng.random(n) < cfg.b_to_tau_fraction)
+    tau_p = b_rest_p * rng.uniform(0.2, 0.5, n)
+    tau_angle = np.where(has_tau, np.minimum(cfg.b_mass_gev / 5 / np.maximum(tau_p, 1e-3), 1.0), 0.0)
+    tau_eta, tau_phi = _open(had_eta, had_phi, tau_angle, rng.uniform(0, 2 * np.pi, n))
+    tau_vtx = _vertex(had_vtx, tau_p / TAU_MASS * TAU_CTAU_MM * rng.exponential(1.0, n), tau_eta, tau_phi)
+    n_tau = has_tau * np.where(rng.random(n) < 0.85, 1, 3)
+    sources.append(_decay(rng, n_tau, 3, tau_p, tau_eta, tau_phi, tau_vtx, TAU_MASS, origin=6, vertex=6))
 
     # Prompt fragmentation: multiplicity grows with the momentum not taken by the heavy hadron.
     frag_pt = jet_pt * (1 - z)
-    n_frag = np.minimum(rng.poisson(cfg.frag_tracks_base + cfg.frag_tracks_per_gev * frag_pt), 30)
+    mean_frag = cfg.frag_tracks_base + cfg.frag_tracks_per_log * np.log(np.maximum(frag_pt, 1.0))
+    n_frag = np.minimum(rng.poisson(np.maximum(mean_frag, 1.0)), 30)
     sources.append(_prompt(rng, n_frag, 30, 0.65 * frag_pt, jet_eta, jet_phi, cfg.frag_pt_rel_gev, origin=2))
 
     # Pile-up tracks: prompt-like but from a vertex displaced in z; fakes: random, poorly measured.
@@ -229,6 +251,9 @@ def _block(seed: int, block: int, cfg: JetGenConfig) -> dict:
     sources.append(fake)
 
     c = {k: np.concatenate([s[k] for s in sources], axis=1) for k in sources[0]}
+    # Impact parameters are measured from a reference point (the beam spot / fitted primary vertex) that
+    # misses the true vertex by ~pv_offset: prompt tracks get a true d0 = dx sin(phi) - dy cos(phi).
+    c["vtx"][..., :2] += rng.normal(0, cfg.pv_offset_um * 1e-3, (n, 1, 2))
     return _measure(rng, c, jet_pt, jet_eta, jet_phi, flavour, cfg, block) | {
         "hadron_pt": had_pt.astype(np.float32),
         "hadron_flight_mm": had_flight.astype(np.float32),

@@ -1,4 +1,5 @@
-"""Reading sharded data sets: events from arrays, the chunked `ShardDataset`, the per-event `ShardEvents`.
+"""Feeding ranks from sharded data sets: the `rank_chunks` sampler, the chunked `ShardDataset`, the per-event
+`ShardEvents`.
 
     ds = ShardDataset("data/jets", batch_size=128, shuffle=True)           # this rank's share, in chunks
     for batch in ds.loader(num_workers=2, pin_memory=True): ...            # the testbed's batch dicts
@@ -10,155 +11,31 @@ permuted with (seed, epoch), rank r takes every world_size-th chunk, and batches
 chunk. `ShardEvents` is the per-event map-style twin for the naive path and for a plain
 ``DataLoader(..., sampler=DistributedSampler(...), collate_fn=events.collate)``.
 
-Per-event data (tracking: a list of dicts of ragged arrays) is read a chunk at a time into one buffer, a
-"slab": every array of the chunk in one low-level HDF5 read each, then each event's arrays are views into
-it. Slabs are reused, but only once no array from them is alive any more (their reference count says so),
-so the pages stay mapped instead of faulting in afresh for every chunk, and returned events never change.
-
-The files, manifest and checks are `hepml_kit.data.shards` (`ShardSet`, `write_shards`). Taught in
+The files, manifest, checks and the reading of events from arrays are `hepml_kit.data.shards`
+(`ShardSet`, whose `read` this module calls per chunk); writing is `hepml_kit.data.writer`. Taught in
 curriculum/09_data_delivery.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
-import h5py
 import numpy as np
 import torch
 
-from hepml_kit.data.shards import ShardSet
+from hepml_kit.data.shards import ShardSet, collate_events, read_event, read_events
 
-__all__ = ["ShardDataset", "ShardEvents", "collate_events", "rank_chunks", "read_event", "read_events"]
-
-_ALIGN = 64  # bytes: each array of a slab starts on a cache line
-_SLABS_KEPT = 2  # per process: the chunk being read while the previous one is still in use
-
-
-# ------------------------------------------------------------------------------------------- events from arrays
-def _read_plain(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
-    """Local events [a, b) of shard k with ordinary h5py slicing: {key: rows} (ragged: (values, offsets))."""
-    out = {}
-    for key, spec in shards.schema.items():
-        if spec.get("kind") == "config":
-            continue
-        ds = shards.dataset(k, key)
-        if shards.is_ragged(key):
-            off = shards.offsets(k, key)
-            lo, hi = int(off[a]), int(off[b])
-            out[key] = (shards.checked(k, lambda: ds[lo:hi], f"{key}[{a}:{b}]"), off[a : b + 1] - lo)
-        else:
-            out[key] = shards.checked(k, lambda: ds[a:b], f"{key}[{a}:{b}]")
-    return out
-
-
-def _slab(shards: ShardSet, nbytes: int) -> np.ndarray:
-    """A byte buffer of at least `nbytes` that no live array points into (reused when possible)."""
-    pool = shards.slabs
-    for i in range(len(pool)):
-        # references: the pool's list, getrefcount's argument; a view of the slab adds one (numpy views
-        # point at the array that owns the memory), so 2 means nothing read from it is alive
-        if sys.getrefcount(pool[i]) == 2 and pool[i].nbytes >= nbytes:
-            return pool[i]
-    slab = np.empty(nbytes + nbytes // 4, np.uint8)  # headroom: chunks vary in size
-    free = [i for i in range(len(pool)) if sys.getrefcount(pool[i]) == 2]
-    if free:
-        pool[free[0]] = slab
-    elif len(pool) < _SLABS_KEPT:
-        pool.append(slab)
-    return slab
-
-
-def _read_into_slab(shards: ShardSet, k: int, a: int, b: int) -> dict[str, Any]:
-    """`_read_plain`'s result, every array a view of one slab, one low-level HDF5 read per array."""
-    plan, nbytes = [], 0
-    for key, spec in shards.schema.items():
-        if spec.get("kind") == "config":
-            continue
-        ds = shards.dataset(k, key)
-        if shards.is_ragged(key):
-            off = shards.offsets(k, key)
-            lo, hi, local = int(off[a]), int(off[b]), off[a : b + 1] - off[a]
-        else:
-            lo, hi, local = a, b, None
-        shape = (hi - lo, *ds.shape[1:])
-        plan.append((key, ds, lo, shape, nbytes, local))
-        nbytes += -(-int(np.prod(shape)) * ds.dtype.itemsize // _ALIGN) * _ALIGN
-    slab, out = _slab(shards, nbytes), {}
-    for key, ds, lo, shape, start, local in plan:
-        rows = slab[start : start + int(np.prod(shape)) * ds.dtype.itemsize].view(ds.dtype).reshape(shape)
-        if shape[0]:
-            file_space = ds.id.get_space()
-            file_space.select_hyperslab((lo,) + (0,) * (len(shape) - 1), shape)
-            shards.checked(k, lambda: ds.id.read(h5py.h5s.create_simple(shape), file_space, rows), f"{key}[{a}:{b}]")
-        out[key] = rows if local is None else (rows, local)
-    return out
-
-
-def _split_events(shards: ShardSet, part: dict) -> list[dict[str, np.ndarray]]:
-    """{key: rows or (values, offsets)} -> one dict per event (column lists, then zipped: views, no copies
-    except for a ragged axis other than the first, which is moved back in place per event)."""
-    columns = {}
-    for key, spec in shards.schema.items():
-        value, ax = part[key], spec["ragged_axis"]
-        if ax is None:
-            columns[key] = [value[i, ...] for i in range(len(value))]  # 0-d arrays, as generated
-            continue
-        values, off = value[0], value[1].tolist()
-        rows = [values[a:b] for a, b in zip(off[:-1], off[1:])]
-        if ax != 0:
-            perm = (*range(1, ax + 1), 0, *range(ax + 1, values.ndim))  # ragged axis back in place
-            rows = [np.ascontiguousarray(r.transpose(perm)) for r in rows]
-        columns[key] = rows
-    keys = list(columns)
-    return [dict(zip(keys, event)) for event in zip(*columns.values())]
-
-
-def read_events(shards: ShardSet, start: int, stop: int):
-    """Events [start, stop) (global indices) of `shards` in the testbed's data format (`ShardSet.read`)."""
-    pieces = list(shards.pieces(start, stop))
-    if shards.layout == "events":
-        return [ev for k, a, b in pieces for ev in _split_events(shards, _read_into_slab(shards, k, a, b))]
-    parts = [_read_plain(shards, k, a, b) for k, a, b in pieces]
-    out = {}
-    for key, spec in shards.schema.items():
-        if spec.get("kind") == "config":
-            out[key] = shards.cfg
-            continue
-        rows = parts[0][key] if len(parts) == 1 else np.concatenate([p[key] for p in parts])
-        out[key] = torch.from_numpy(rows) if spec["torch"] else rows
-    return out
-
-
-def read_event(shards: ShardSet, i: int) -> dict[str, np.ndarray]:
-    """Event i alone, as {key: array} (`ShardSet.read_event`): one ordinary h5py read per array."""
-    i = int(i)
-    ((k, a, b),) = list(shards.pieces(i, i + 1))
-    part = _read_plain(shards, k, a, b)
-    if shards.layout == "events":
-        return _split_events(shards, part)[0]
-    return {key: rows[0] for key, rows in part.items()}
-
-
-def collate_events(shards: ShardSet, events: list[dict[str, np.ndarray]]):
-    """Events from `read_event` -> the testbed's data format (`ShardSet.collate`)."""
-    if shards.layout == "events":
-        return list(events)
-    out = {}
-    for key, spec in shards.schema.items():
-        if spec.get("kind") == "config":
-            out[key] = shards.cfg
-        else:
-            rows = np.stack([ev[key] for ev in events])
-            out[key] = torch.from_numpy(rows) if spec["torch"] else rows
-    return out
-
+# collate_events, read_event, read_events: defined in hepml_kit.data.shards (ShardSet.read), importable here
+# too
+__all__ = ["ShardDataset", "ShardEvents", "collate_events", "rank_chunks", "read_event", "read_events",
+           "table_batches"]
 
 # ------------------------------------------------------------------------------------------- ranks
-def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *, shuffle: bool = False,
-                seed: int = 0, epoch: int = 0, drop_last: bool = False) -> list[tuple[int, int]]:
+def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int = 1, *,
+                shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                drop_last: bool = False) -> list[tuple[int, int]]:
     """This rank's chunks [(start, stop), ...] of global events, DistributedSampler-style but in chunks.
 
     The events are cut into chunks of `chunk_events` (the last one may be shorter); with `shuffle` their
@@ -182,6 +59,16 @@ def rank_chunks(n_events: int, chunk_events: int, rank: int = 0, world_size: int
     return [chunks[i] for i in order[rank::world_size]]
 
 
+def table_batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0) -> Iterator[dict]:
+    """Batches of a user's table (`hepml-kit data convert`): {column: rows} with numpy or awkward columns
+    (jagged ones stay awkward; pad them in the model's collate as the model needs)."""
+    n = len(next(iter(data.values())))
+    order = np.random.default_rng(seed).permutation(n) if shuffle else np.arange(n)
+    for i in range(0, n, batch_size):
+        rows = order[i : i + batch_size]
+        yield {key: column[rows] for key, column in data.items()}
+
+
 def _dist_rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -201,9 +88,10 @@ class ShardDataset(torch.utils.data.IterableDataset):
     options: ``num_workers``, ``pin_memory``, ``prefetch_factor``, ``persistent_workers``.
     """
 
-    def __init__(self, path: str | os.PathLike | ShardSet, batch_size: int, *, chunk_events: int | None = None,
-                 shuffle: bool = False, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 drop_last: bool = False, verify: str = "quick", cfg: Any = None):
+    def __init__(self, path: str | os.PathLike | ShardSet, batch_size: int, *,
+                 chunk_events: int | None = None, shuffle: bool = False, seed: int = 0,
+                 rank: int | None = None, world_size: int | None = None, drop_last: bool = False,
+                 verify: str = "quick", cfg: Any = None):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
@@ -214,7 +102,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         chunk = chunk_events or max(1, 4096 // batch_size) * batch_size
         self.chunk_events = int(-(-int(chunk) // self.batch_size) * self.batch_size)
         r, w = _dist_rank_world()
-        self.rank, self.world_size = (r if rank is None else int(rank)), (w if world_size is None else int(world_size))
+        self.rank = r if rank is None else int(rank)
+        self.world_size = w if world_size is None else int(world_size)
         self.shuffle, self.seed, self.drop_last, self.epoch = shuffle, int(seed), drop_last, 0
         rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size)  # validates rank/world
 
@@ -223,8 +112,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def chunks(self, worker: int = 0, num_workers: int = 1) -> list[tuple[int, int]]:
         """The [start, stop) event ranges this rank (and DataLoader worker) reads this epoch."""
-        mine = rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size, shuffle=self.shuffle,
-                           seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
+        mine = rank_chunks(len(self.shards), self.chunk_events, self.rank, self.world_size,
+                           shuffle=self.shuffle, seed=self.seed, epoch=self.epoch, drop_last=self.drop_last)
         return mine[worker::num_workers]
 
     def events_per_epoch(self) -> int:
@@ -237,7 +126,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
         for a, b in self.chunks(worker, n_workers):
             data = self.shards.read(a, b)
             batch_seed = int(np.random.SeedSequence([self.seed, self.epoch, a]).generate_state(1)[0])
-            yield from self.testbed.batches(data, self.batch_size, shuffle=self.shuffle, seed=batch_seed)
+            batches = table_batches if self.testbed is None else self.testbed.batches
+            yield from batches(data, self.batch_size, shuffle=self.shuffle, seed=batch_seed)
 
     def loader(self, **kwargs) -> torch.utils.data.DataLoader:
         """``DataLoader(self, batch_size=None, **kwargs)``: batches are already made here."""

@@ -8,6 +8,16 @@ Physics (see `shared/notes/physics.md` §3; Longo-Sestili / Grindhammer-Peters p
   fluctuations of ln t_max (width falling with ln(E/Ec)) and of b.
 * Radial profile ``f(r) = p 2r Rc^2/(r^2+Rc^2)^2 + (1-p) 2r Rt^2/(r^2+Rt^2)^2`` with core Rc and tail Rt in
   Moliere radii, both growing with depth tau = t / t_max (Rc = 0.2 R_M, Rt = R_M at the maximum).
+* Transverse position: each shower's axis sits at a Gaussian offset (``axis_offset_mm`` rms per
+  coordinate) from the voxel origin; the angular bins get the displaced profile g(|x - d|) to first order
+  in d, so the energy-weighted centroid of every layer follows the axis (the first moment of a radially
+  symmetric profile about a displaced axis is the displacement; Grindhammer & Peters, arXiv:hep-ex/0001020,
+  parametrise the profile about the shower axis) and the layers' centroids are correlated.
+* Upstream dead material (inner detector, solenoid, cryostat: ``upstream_x0`` X0 at eta = 0, times
+  cosh eta) in front of the presampler: EM showers start there and what they deposit there is lost, a
+  deficit that grows as E falls (the shower maximum moves up) and is larger for electrons than for
+  photons (a photon first travels 9/7 X0 on average before converting; PDG, "Passage of particles through
+  matter", section 34.4.5), giving the low-side tail of E_vis / E.
 * Sampling fluctuations as Poisson energy spots: each voxel holds N ~ Poisson(E_voxel / e_spot) spots with
   e_spot = a^2 x 1 GeV, which gives sigma/E = a/sqrt(E) (a = 10%); a per-shower constant term (0.7%).
 * Pions: a MIP track up to the first interaction (depth ~ Exp(1) in lambda_int), then an EM core with
@@ -48,7 +58,7 @@ __all__ = [
     "rank_range",
 ]
 
-GENERATOR_VERSION = "showers-1.0"
+GENERATOR_VERSION = "showers-1.1"  # 1.1: shower axis offsets (angular profile), upstream dead material
 PARTICLES = ("photon", "electron", "pion")
 CALOCHALLENGE_ENERGIES_MEV = tuple(float(2**k) for k in range(8, 23))  # 256 MeV ... 4.19 TeV
 BLOCK = 128  # samples per random-number block (the unit of rank-independent determinism)
@@ -119,6 +129,9 @@ class ShowerConfig:
     core_radius_rm: tuple = (0.1, 0.1)  # Rc / R_M = c0 + c1 * tau
     tail_radius_rm: tuple = (0.6, 0.4)  # Rt / R_M = t0 + t1 * tau
     sigma_ln_radius: float = 0.08  # per-shower lateral-size fluctuation
+    axis_offset_mm: float = 3.0  # rms per coordinate of the shower axis about the voxel origin (typ.)
+    # upstream dead material (inner detector, solenoid, cryostat) in front of the presampler, X0 at eta = 0
+    upstream_x0: float = 1.5  # (typ.) energy deposited there is lost
     # sampling fluctuations
     stochastic_term: float = 0.10  # a in sigma/E = a / sqrt(E[GeV])
     constant_term: float = 0.007
@@ -167,12 +180,35 @@ def _radial_cdf(r, p, rc, rt):
     return p * r2 / (r2 + rc * rc) + (1 - p) * r2 / (r2 + rt * rt)
 
 
-def _spread(frac_layer, layer, p, rc, rt):
-    """Split each layer's energy fraction (B,) over its (radial x angular) voxels -> (B, n_voxels)."""
+def _ring_moments(edges, r0):
+    """Per radial bin of a profile with areal density g(r) = R^2 / (pi (r^2 + R^2)^2) (the radial profile
+    per unit area): G = int g r dr and H = int g'(r) r dr over the bin, each (B, n_r) for R = r0 (B,)."""
+    r, big_r = edges[None, :], r0[:, None]
+    cdf = r * r / (r * r + big_r**2)  # 2 pi int g r dr
+    g_r = big_r**2 / (math.pi * (r * r + big_r**2) ** 2) * r  # g(r) r
+    int_g = (r / (r * r + big_r**2) + np.arctan(r / big_r) / big_r) / (2 * math.pi)  # int_0^r g dr
+    return np.diff(cdf, axis=1) / (2 * math.pi), np.diff(g_r - int_g, axis=1)
+
+
+def _spread(frac_layer, layer, p, rc, rt, axis):
+    """Split each layer's energy fraction (B,) over its (radial x angular) voxels -> (B, n_voxels) for a
+    shower whose axis sits at `axis` (B, 2) mm from the voxel origin.
+
+    A displaced profile g(|x - d|) = g(r) - d cos(alpha - phi_d) g'(r) + O(d^2): each ring keeps its
+    share and the angular bins get the first harmonic, so the energy-weighted centroid is the axis (the
+    first moment of the displaced profile is d)."""
     edges = np.asarray(layer.radial_edges_mm, dtype=np.float64)
-    cdf = _radial_cdf(edges[None, :], p[:, None], rc[:, None], rt[:, None])  # (B, n_r + 1)
-    per_r = np.diff(cdf, axis=1) * frac_layer[:, None] / layer.n_alpha  # (B, n_r)
-    return np.repeat(per_r, layer.n_alpha, axis=1)  # (B, n_r * n_alpha), alpha fastest
+    g_c, h_c = _ring_moments(edges, rc)
+    g_t, h_t = _ring_moments(edges, rt)
+    g = p[:, None] * g_c + (1 - p[:, None]) * g_t  # (B, n_r), sums to (contained fraction) / 2 pi
+    h = p[:, None] * h_c + (1 - p[:, None]) * h_t
+    alpha = np.arange(layer.n_alpha + 1) * 2 * math.pi / layer.n_alpha  # (n_alpha + 1,)
+    d = np.hypot(axis[:, 0], axis[:, 1])
+    phi = np.arctan2(axis[:, 1], axis[:, 0])
+    c = np.diff(np.sin(alpha[None, :] - phi[:, None]), axis=1) if layer.n_alpha > 1 else np.zeros((len(d), 1))
+    per = g[:, :, None] * np.diff(alpha)[None, None, :] - d[:, None, None] * h[:, :, None] * c[:, None, :]
+    per = np.clip(per, 0.0, None) * frac_layer[:, None, None]  # (B, n_r, n_alpha)
+    return per.reshape(len(d), -1)  # alpha fastest
 
 
 def _gamma_layer_fractions(a, b, start, bounds):
@@ -186,9 +222,10 @@ def _gamma_layer_fractions(a, b, start, bounds):
     return frac, mean_t
 
 
-def _em_expectation(rng, energy, start_x0, bounds_x0, cfg, c_shift):
-    """Expected fraction of `energy` in every voxel for EM showers starting at `start_x0`, (B, V),
-    plus the per-shower depth of the maximum (X0 from the calorimeter front)."""
+def _em_expectation(rng, energy, start_x0, bounds_x0, cfg, c_shift, axis):
+    """Expected fraction of `energy` in every voxel for EM showers starting at `start_x0` (negative: in
+    the upstream material, whose share is lost) with axis at `axis` (B, 2) mm, (B, V), the layer fractions,
+    the per-shower depth of the maximum (X0 from the shower start) and the share lost upstream."""
     y = np.maximum(energy / cfg.critical_energy_mev, 1.5)
     t_max = np.maximum(np.log(y) + c_shift, 0.3)
     sigma_ln_t = np.clip(1.0 / (-1.4 + 1.26 * np.log(y)), 0.05, 0.5)  # Grindhammer-Peters
@@ -203,8 +240,9 @@ def _em_expectation(rng, energy, start_x0, bounds_x0, cfg, c_shift):
         rc = cfg.moliere_radius_mm * size * (cfg.core_radius_rm[0] + cfg.core_radius_rm[1] * tau)
         rt = cfg.moliere_radius_mm * size * (cfg.tail_radius_rm[0] + cfg.tail_radius_rm[1] * tau)
         p = np.clip(cfg.core_fraction + 0.05 * (1 - tau), 0.5, 0.95)
-        cols.append(_spread(frac[:, j], layer, p, rc, rt))
-    return np.concatenate(cols, axis=1), frac, start_x0 + t_max
+        cols.append(_spread(frac[:, j], layer, p, rc, rt, axis))
+    lost = gammainc(a, np.clip(bounds_x0[:, 0] - start_x0, 0.0, None) * b)  # share left upstream
+    return np.concatenate(cols, axis=1), frac, t_max, lost
 
 
 def _block(rng, idx, cfg):
@@ -219,14 +257,16 @@ def _block(rng, idx, cfg):
     sf = np.concatenate([np.full(ly.n_voxels, ly.sampling_fraction) for ly in layers])  # (V,)
     gain = np.clip(1.0 + cfg.constant_term * rng.standard_normal(n), 0.5, None)  # constant term
     e_spot = cfg.stochastic_term**2 * 1000.0  # MeV of deposited energy per spot: a / sqrt(E)
+    axis = cfg.axis_offset_mm * rng.standard_normal((n, 2))  # shower axis in the voxel frame (mm)
 
     if cfg.particle != "pion":
         c = cfg.c_photon if cfg.particle == "photon" else cfg.c_electron
-        phi, layer_frac, t_max = _em_expectation(rng, energy, np.zeros(n), bounds_x0, cfg, c)
+        upstream = cfg.upstream_x0 * path[:, 0]
+        phi, layer_frac, t_max, lost = _em_expectation(rng, energy, -upstream, bounds_x0, cfg, c, axis)
         spots = rng.poisson(energy[:, None] * phi / e_spot)
         deposited = spots * e_spot
         truth = dict(t_max=t_max, em_fraction=np.ones(n), first_interaction=np.zeros(n),
-                     response_true=phi.sum(1))
+                     response_true=phi.sum(1), upstream_loss=lost)
     else:
         # first inelastic interaction and the MIP track before it (central radial bin of each layer)
         t_int = rng.exponential(1.0, n) * path[:, 0]
@@ -244,8 +284,8 @@ def _block(rng, idx, cfg):
         w = np.clip((t_int - bounds_lam[rows, j]) / (bounds_lam[rows, j + 1] - bounds_lam[rows, j]), 0, 1)
         start_x0 = bounds_x0[rows, j] + w * (bounds_x0[rows, j + 1] - bounds_x0[rows, j])
         e_em = f_em * e_avail
-        phi_em, frac_em, _ = _em_expectation(rng, np.maximum(e_em, 1.0), start_x0, bounds_x0, cfg,
-                                             cfg.c_electron)
+        phi_em, frac_em, _, _ = _em_expectation(rng, np.maximum(e_em, 1.0), start_x0, bounds_x0, cfg,
+                                             cfg.c_electron, axis)
         # hadronic part: Gamma profile in lambda_int, broad radial profile
         e_had = (1 - f_em) * e_avail
         t_max_h = np.clip(0.2 * np.log(np.maximum(e_had, 1.0) / 1e3) + 0.7, 0.1, None)
@@ -255,7 +295,8 @@ def _block(rng, idx, cfg):
         size = np.exp(0.15 * rng.standard_normal(n))
         rc, rt = cfg.hadronic_core_mm * size, cfg.hadronic_tail_mm * size
         p_h = np.full(n, cfg.hadronic_core_fraction)
-        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt) for i, ly in enumerate(layers)], 1)
+        phi_h = np.concatenate([_spread(frac_h[:, i], ly, p_h, rc, rt, axis)
+                                for i, ly in enumerate(layers)], 1)
         e_spot_h = cfg.hadronic_stochastic_term**2 * 1000.0
         dep_em = rng.poisson(e_em[:, None] * phi_em / e_spot) * e_spot
         dep_h = rng.poisson(e_had[:, None] * phi_h / e_spot_h) * e_spot_h * cfg.hadronic_h_over_e
@@ -265,13 +306,18 @@ def _block(rng, idx, cfg):
             deposited[:, first_bin[i] : first_bin[i] + ly.n_alpha] += mip[:, i : i + 1] / ly.n_alpha
         layer_frac = (mip + e_em[:, None] * frac_em + e_had[:, None] * frac_h) / energy[:, None]
         response = (mip.sum(1) + e_em * phi_em.sum(1) + cfg.hadronic_h_over_e * e_had * phi_h.sum(1)) / energy
-        truth = dict(t_max=t_int + t_max_h, em_fraction=f_em, first_interaction=t_int, response_true=response)
+        truth = dict(t_max=t_int + t_max_h, em_fraction=f_em, first_interaction=t_int, response_true=response,
+                     upstream_loss=np.zeros(n))  # ~0.1 lambda_int upstream: pions arrive as MIPs
     voxels = deposited * sf[None, :] * gain[:, None]
     out = dict(voxels=voxels.astype(np.float32), energy=energy, eta=eta,
                index=np.asarray(idx, dtype=np.int64),
                layer_fraction_true=layer_frac.astype(np.float32))
     out.update({k: v.astype(np.float64) for k, v in truth.items()})
+    out["axis_mm"] = axis
     return out
+
+
+
 
 
 def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: int = 0,
@@ -281,11 +327,13 @@ def generate_showers(n: int, seed: int, cfg: ShowerConfig | None = None, rank: i
     Returns a dict of numpy arrays, one row per shower:
       ``voxels`` (n, V) float32 visible energy per voxel in MeV (V = 368 photons/electrons, 533 pions);
       ``energy`` (n,) incident energy, MeV; ``eta`` (n,); ``index`` (n,) global sample index;
-      truth: ``t_max`` depth of the shower maximum from the calorimeter front (X0 for EM, lambda_int for
-      pions), ``em_fraction``, ``first_interaction`` (lambda_int; 0 for EM), ``layer_fraction_true``
-      (n, L) expected deposited fraction of the incident energy per layer (before sampling fluctuations),
-      ``response_true`` (n,) expected sum over voxels of visible / sampling fraction, over E (lateral and
-      rear leakage, and h/e for pions, taken into account).
+      truth: ``t_max`` depth of the shower maximum from the shower start (X0 for EM, from the front of
+      the upstream material; lambda_int from the calorimeter front for pions), ``axis_mm`` (n, 2) the shower
+      axis in the voxel frame, ``upstream_loss`` share of E deposited in the upstream dead material,
+      ``em_fraction``, ``first_interaction`` (lambda_int; 0 for EM), ``layer_fraction_true`` (n, L) expected
+      deposited fraction of the incident energy per layer (before sampling fluctuations), ``response_true``
+      (n,) expected sum over voxels of visible / sampling fraction, over E (lateral and rear leakage, and h/e
+      for pions, taken into account).
     Layer geometry and feature helpers: `calo_layers`, `voxel_coordinates`, `shower_features`.
     """
     cfg = cfg or ShowerConfig()

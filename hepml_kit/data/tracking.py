@@ -15,9 +15,11 @@ formulas of ``shared/notes/physics.md`` §1:
   a layer (|z| > half-length: it enters the end-caps, which are not simulated).
 * Measurement: rφ and z smeared by Gaussians, hits dropped with probability ``hit_inefficiency``, and
   Poisson(``noise_fraction`` × true hits) noise hits per layer, uniform on the cylinder.
-* Graph: directed edges inner → outer between hits on adjacent layers with |Δφ/Δr| < ``phi_slope_max``
-  and |z0| < ``z0_max_mm`` (z0: the segment extrapolated to r = 0). An edge is true when both hits belong
-  to one particle (adjacent layers by construction).
+* Graph: directed edges inner → outer between hits up to ``max_layer_gap`` layers apart (1: adjacent
+  layers only; 2: an edge may skip one layer, so a missed hit does not split a track, as in the
+  Exa.TrkX / GNN4ITk module maps) with |Δφ/Δr| < ``phi_slope_max`` and |z0| < ``z0_max_mm`` (z0: the
+  segment extrapolated to r = 0). An edge is true when both hits belong to one particle and are
+  consecutive hits of it (no hit of that particle on a layer in between).
 
 Event layout (one ``dict[str, np.ndarray]`` per event; N hits, P particles, E edges)::
 
@@ -29,9 +31,10 @@ Event layout (one ``dict[str, np.ndarray]`` per event; N hits, P particles, E ed
     particle_q                 int8    (P,)   charge ±1
     particle_nhits             int16   (P,)   hits the particle left (after inefficiency)
     edge_index                 int64   (2, E) [inner hit, outer hit]
-    edge_label                 bool    (E,)   both hits from one particle
-    n_true_segments            int64   ()     same-particle hit pairs on adjacent layers (what a perfect
-                                              graph holds: the denominator of the graph efficiency)
+    edge_label                 bool    (E,)   consecutive hits of one particle
+    n_true_segments            int64   ()     consecutive same-particle hit pairs at most max_layer_gap
+                                              layers apart (what a perfect graph holds: the denominator
+                                              of the graph efficiency)
     event_index                int64   ()     position of the event in the serial data set
 
 Hits are sorted by (layer, φ). `generate_tracking_events` derives each event's random stream from
@@ -55,7 +58,7 @@ __all__ = [
     "helix_radius_mm",
 ]
 
-GENERATOR_VERSION = "tracking-1.0"
+GENERATOR_VERSION = "tracking-1.1"  # 1.1: max_layer_gap (skip edges), consecutive-hit labels
 
 _PIXEL_RADII = (32.0, 72.0, 115.0, 172.0)
 _STRIP_RADII = (260.0, 360.0, 500.0, 660.0, 820.0, 1020.0)
@@ -93,6 +96,7 @@ class TrackingConfig:
     # smearing these keep 99.97% of true segments at the defaults (tests/test_tracking.py checks > 99.5%).
     phi_slope_max: float = 0.0008  # rad/mm
     z0_max_mm: float = 200.0
+    max_layer_gap: int = 1  # 2 lets an edge skip one layer (a missed hit does not split the track)
 
     def __post_init__(self):
         radii, half = np.asarray(self.layer_radii_mm), np.asarray(self.layer_half_length_mm)
@@ -114,10 +118,14 @@ class TrackingConfig:
         for name in ("z0_sigma_mm", "x_over_x0", "sigma_rphi_mm", "sigma_z_mm", "noise_fraction", "pt_power"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0; got {getattr(self, name)}")
-        if self.phi_slope_max * float(np.max(np.diff(radii))) >= np.pi:
+        if not (isinstance(self.max_layer_gap, (int, np.integer)) and 1 <= self.max_layer_gap < len(radii)):
+            raise ValueError(f"max_layer_gap must be an int in [1, {len(radii) - 1}]; "
+                             f"got {self.max_layer_gap!r}")
+        widest_gap = float(np.max(radii[self.max_layer_gap:] - radii[: -self.max_layer_gap]))
+        if self.phi_slope_max * widest_gap >= np.pi:
             raise ValueError("phi_slope_max × largest layer gap must stay below π (a half-turn window)")
 
-    def with_(self, **changes) -> "TrackingConfig":
+    def with_(self, **changes) -> TrackingConfig:
         """A copy with some fields changed, e.g. ``cfg.with_(pileup=50)``."""
         return replace(self, **changes)
 
@@ -186,8 +194,9 @@ def _propagate(rng, cfg: TrackingConfig, pt, eta, phi0, q, z0):
     return cat(out_layer), cat(out_particle), cat(out_phi), cat(out_z)
 
 
-def build_graph(hit_layer, hit_phi, hit_z, radii, phi_slope_max: float, z0_max: float) -> np.ndarray:
-    """Edges between hits on adjacent layers passing the φ-slope and z0 cuts; returns int64 (2, E).
+def build_graph(hit_layer, hit_phi, hit_z, radii, phi_slope_max: float, z0_max: float,
+                max_layer_gap: int = 1) -> np.ndarray:
+    """Edges between hits 1 to `max_layer_gap` layers apart passing the φ-slope and z0 cuts; int64 (2, E).
 
     Hits must be sorted by (layer, φ). For each layer pair the outer hits are searched in a φ window
     ±phi_slope_max·Δr around each inner hit (`np.searchsorted` on a copy extended by ±2π for the wrap),
@@ -196,11 +205,12 @@ def build_graph(hit_layer, hit_phi, hit_z, radii, phi_slope_max: float, z0_max: 
     radii = np.asarray(radii, dtype=np.float64)
     starts = np.searchsorted(hit_layer, np.arange(len(radii) + 1))
     src_all, dst_all = [], []
-    for layer in range(len(radii) - 1):
-        i0, i1, o0, o1 = starts[layer], starts[layer + 1], starts[layer + 1], starts[layer + 2]
+    pairs = [(a, a + g) for a in range(len(radii)) for g in range(1, max_layer_gap + 1) if a + g < len(radii)]
+    for layer, outer in pairs:
+        i0, i1, o0, o1 = starts[layer], starts[layer + 1], starts[outer], starts[outer + 1]
         if i1 == i0 or o1 == o0:
             continue
-        dr = radii[layer + 1] - radii[layer]
+        dr = radii[outer] - radii[layer]
         window = phi_slope_max * dr
         phi_in, phi_out = hit_phi[i0:i1].astype(np.float64), hit_phi[o0:o1].astype(np.float64)
         phi_ext = np.concatenate([phi_out - 2 * np.pi, phi_out, phi_out + 2 * np.pi])  # sorted (φ sorted)
@@ -253,14 +263,19 @@ def generate_tracking_event(cfg: TrackingConfig, seed: int, event_index: int) ->
     phi, z = np.concatenate([phi, noise_phi]), np.concatenate([z, noise_z])
     order = np.lexsort((phi, layer))
     layer, particle, phi, z = layer[order], particle[order], phi[order], z[order]
-    # --- truth bookkeeping: same-particle pairs on adjacent layers (what a perfect graph would hold)
+    # --- truth bookkeeping: consecutive hits of one particle (what a perfect graph would hold)
     true = particle >= 0
-    by_particle = np.lexsort((layer[true], particle[true]))
-    p_sorted, l_sorted = particle[true][by_particle], layer[true][by_particle]
-    n_true_segments = int(np.sum((p_sorted[1:] == p_sorted[:-1]) & (l_sorted[1:] == l_sorted[:-1] + 1)))
+    by_particle = np.flatnonzero(true)[np.lexsort((layer[true], particle[true]))]
+    p_sorted, l_sorted = particle[by_particle], layer[by_particle]
+    consecutive = p_sorted[1:] == p_sorted[:-1]
+    gap = l_sorted[1:] - l_sorted[:-1]
+    n_true_segments = int(np.sum(consecutive & (gap >= 1) & (gap <= cfg.max_layer_gap)))
+    next_layer = np.full(len(layer), -1)  # layer of the same particle's next hit outwards (-1: none)
+    next_layer[by_particle[:-1][consecutive]] = l_sorted[1:][consecutive]
     # --- graph
-    edge_index = build_graph(layer, phi, z, radii, cfg.phi_slope_max, cfg.z0_max_mm)
+    edge_index = build_graph(layer, phi, z, radii, cfg.phi_slope_max, cfg.z0_max_mm, cfg.max_layer_gap)
     src_p, dst_p = particle[edge_index[0]], particle[edge_index[1]]
+    consecutive_hits = next_layer[edge_index[0]] == layer[edge_index[1]]
     return {
         "hit_r": radii[layer].astype(np.float32),
         "hit_phi": phi.astype(np.float32),
@@ -275,7 +290,7 @@ def generate_tracking_event(cfg: TrackingConfig, seed: int, event_index: int) ->
         "particle_q": q.astype(np.int8),
         "particle_nhits": np.bincount(particle[true], minlength=n_part).astype(np.int16),
         "edge_index": edge_index,
-        "edge_label": (src_p == dst_p) & (src_p >= 0),
+        "edge_label": (src_p == dst_p) & (src_p >= 0) & consecutive_hits,
         "n_true_segments": np.array(n_true_segments, dtype=np.int64),
         "event_index": np.array(event_index, dtype=np.int64),
     }

@@ -2,15 +2,29 @@
 
 Physics (see ../shared/notes/physics.md §2; typical values exposed in `WaveformGenConfig`):
 
+- One energy deposit makes both signals. An electron recoil (ER, energy log-uniform in keV) or, a
+  fraction `nr_fraction` of the time, a nuclear recoil (NR, Lindhard-quenched) gives n_q ~ Poisson(L E / W)
+  quanta (W = 13.7 eV); excitons / ions = alpha (~0.2 ER, ~1 NR); a per-event recombination fraction
+  r ~ N(r_mean, sigma_r) of the ions recombines into photons, so n_gamma = n_ex + r n_i and
+  n_e = (1 - r) n_i with n_gamma + n_e = n_q (Doke et al., Jpn. J. Appl. Phys. 41 (2002) 1538; NEST,
+  Szydagis et al., JINST 6 (2011) P10002; Lindhard et al. 1963). Recombination fluctuations
+  anti-correlate S1 and S2 at fixed energy, the combined energy W (S1/g1 + S2/g2) is sharper than either,
+  and NR events sit below the ER band in log(S2/S1) (lower charge-to-light ratio).
 - S1: detected photons ~ Poisson(g1 * N_gamma), g1 ~ 0.1; emission times from the singlet (tau ~ 3 ns)
   and triplet (tau ~ 24 ns) exponentials; each photon a Gaussian single-photoelectron (SPE) pulse
   whose area has a ~30% gain spread. Recorded in a short fine-binned window (`s1_waveform`).
-- S2: n = n0 exp(-t_d / tau_e) electrons survive a drift time t_d (uniform up to ~1 ms; electron
-  lifetime tau_e a few ms); they arrive spread by longitudinal diffusion, sigma_t = sqrt(sigma0^2 +
+- S2: of the n_e electrons a fraction `extraction_efficiency` reaches the gas and n = n_e exp(-t_d /
+  tau_e) of them survive a drift time t_d (uniform up to ~1 ms; electron lifetime tau_e a few ms); they arrive
+  spread by longitudinal diffusion, sigma_t = sqrt(sigma0^2 +
   2 D_L t_d) / v_d (D_L ~ 25 cm^2/s, v_d ~ 1.6 mm/us: ~1 us at mid-drift, so width ~ sqrt(t_d)); each
   electron emits a ~0.8 us box of ~50 photoelectrons in the gas. Counts are drawn per sample
   (Poisson electrons, Poisson photoelectrons, Gaussian gain spread), then baseline noise is added; a
   few random single electrons sit in every window. The S2 window (`waveform`) is what the VAE sees.
+- Timing: the digitiser records frames of `n_samples` aligned to the S1 (time 0), one every
+  `frame_step` of a frame; the S2 window is the frame whose central part [s2_window_lo, s2_window_lo +
+  frame_step) holds the S2 centre. So the S2 sits at sample (t_d - window_start_us) / dt: its place in
+  the window moves with the drift time (a saw-tooth of period frame_step), and drift time =
+  window_start_us + position * dt, as an S1-S2 time difference gives it in a real TPC.
 - Anomalies, a fraction `anomaly_rate` (down to 1%) of events, kinds drawn with `anomaly_weights`:
   1 double_s2 (two scatters closer than ~3 S2 widths: unresolved), 2 gas_s2 (narrow S2 from the gas
   phase: no diffusion, short luminescence), 3 electron_train (a delayed-electron tail after the S2),
@@ -37,6 +51,7 @@ __all__ = [
     "ANOMALY_KINDS",
     "BLOCK",
     "GENERATOR_VERSION",
+    "RECOILS",
     "WaveformGenConfig",
     "generate_waveforms",
     "normalise_waveforms",
@@ -44,9 +59,10 @@ __all__ = [
     "s2_sigma_us",
 ]
 
-GENERATOR_VERSION = "waveforms-1.0"
+GENERATOR_VERSION = "waveforms-1.1"  # 1.1: S1 and S2 from one deposit; S2 place follows drift
 BLOCK = 1024  # events per random stream; part of the generator version
 ANOMALY_KINDS = ("none", "double_s2", "gas_s2", "electron_train", "pileup")
+RECOILS = ("ER", "NR")  # recoil label 0, 1
 
 
 @dataclass(frozen=True)
@@ -55,8 +71,8 @@ class WaveformGenConfig:
 
     n_samples: int = 512  # S2 window
     dt_ns: float = 50.0  # S2 sampling (LZ digitises at 10 ns; coarser binning keeps tiny models fast)
-    s2_position: float = 0.3  # where in the window the S2 centre sits
-    s2_jitter_samples: float = 2.0  # pulse-finder placement jitter (sigma, samples)
+    s2_window_lo: float = 0.15  # the S2 centre lies in [lo, lo + frame_step) of its window
+    frame_step: float = 0.3  # digitiser frames start every frame_step * n_samples samples after the S1
     s1_samples: int = 128
     s1_dt_ns: float = 2.0
     s1_pretrigger_ns: float = 20.0
@@ -65,10 +81,18 @@ class WaveformGenConfig:
     diffusion_cm2_s: float = 25.0  # longitudinal, D_L
     sigma0_mm: float = 0.2
     electron_lifetime_us: float = 5000.0
-    s2_electrons: tuple[float, float] = (300.0, 3000.0)  # n0, log-uniform
+    er_energy_kev: tuple[float, float] = (10.0, 100.0)  # ER deposit, log-uniform
+    nr_energy_kev: tuple[float, float] = (30.0, 300.0)  # NR deposit (keVnr), log-uniform
+    nr_fraction: float = 0.2  # share of nuclear recoils among normal events (neutron-calibration-like)
+    w_ev: float = 13.7  # mean energy per quantum in liquid xenon
+    exciton_ratio: tuple[float, float] = (0.2, 1.0)  # N_ex / N_i for ER, NR
+    recombination: tuple[float, float] = (0.35, 0.3)  # mean recombined fraction r for ER, NR
+    recombination_sigma: float = 0.06  # event-to-event spread of r (the S1-S2 anti-correlation)
+    lindhard_k: float = 0.166
+    extraction_efficiency: float = 0.8
     phe_per_electron: float = 50.0  # single-electron S2 size
     luminescence_us: float = 0.8  # box length of one electron's light
-    s1_photons: tuple[float, float] = (100.0, 3000.0)  # N_gamma, log-uniform
+    s1_photons: tuple[float, float] = (100.0, 3000.0)  # N_gamma of a piled-up S1, log-uniform
     g1: float = 0.1
     singlet_fraction: float = 0.25
     singlet_tau_ns: float = 3.1
@@ -95,12 +119,39 @@ class WaveformGenConfig:
             raise ValueError(f"anomaly_weights must be 4 non-negative numbers, got {self.anomaly_weights}")
         if self.dt_ns <= 0 or self.s1_dt_ns <= 0:
             raise ValueError("sampling intervals must be positive")
+        frame_end = self.s2_window_lo + self.frame_step
+        if not (0 < self.frame_step <= 1 and 0 <= self.s2_window_lo and frame_end <= 1):
+            raise ValueError(f"need 0 < frame_step <= 1 and s2_window_lo + frame_step <= 1, got "
+                             f"{self.frame_step}, {self.s2_window_lo}")
+        if not 0.0 <= self.nr_fraction <= 1.0:
+            raise ValueError(f"nr_fraction must be in [0, 1], got {self.nr_fraction}")
 
 
 def s2_sigma_us(drift_us, cfg: WaveformGenConfig):
     """rms spread of S2 electron arrival times: sqrt(sigma0^2 + 2 D_L t_d) / v_d, in us."""
     d_l = cfg.diffusion_cm2_s * 100.0 * 1e-6  # cm^2/s -> mm^2/us
     return np.sqrt(cfg.sigma0_mm**2 + 2 * d_l * np.asarray(drift_us)) / cfg.drift_velocity_mm_us
+
+
+def lindhard(energy_kev, k: float = 0.166):
+    """Lindhard quenching L(E) of a xenon nuclear recoil: k g / (1 + k g), g = 3 e^0.15 + 0.7 e^0.6 + e,
+    e = 11.5 E[keV] Z^(-7/3) (Lindhard et al. 1963; as in NEST)."""
+    eps = 11.5 * np.asarray(energy_kev, float) * 54.0 ** (-7 / 3)
+    g = 3 * eps**0.15 + 0.7 * eps**0.6 + eps
+    return k * g / (1 + k * g)
+
+
+def quanta(rng, energy_kev, nr, cfg: WaveformGenConfig):
+    """(n_gamma, n_e) per event from one deposit: n_q ~ Poisson(L E / W), ions ~ Binomial(n_q, 1 / (1 +
+    alpha)), a fraction r ~ N(r_mean, sigma_r) of them recombines; n_gamma + n_e = n_q."""
+    quench = np.where(nr, lindhard(energy_kev, cfg.lindhard_k), 1.0)
+    n_q = rng.poisson(quench * energy_kev * 1e3 / cfg.w_ev)
+    alpha = np.where(nr, cfg.exciton_ratio[1], cfg.exciton_ratio[0])
+    n_i = rng.binomial(n_q, 1 / (1 + alpha))
+    r = np.clip(rng.normal(np.where(nr, cfg.recombination[1], cfg.recombination[0]),
+                           cfg.recombination_sigma), 0, 1)
+    n_e = rng.binomial(n_i, 1 - r)
+    return n_q - n_e, n_e
 
 
 def generate_waveforms(
@@ -110,8 +161,10 @@ def generate_waveforms(
 
     Keys (N events): waveform (N, n_samples) float32 S2 window in phe/sample; s1_waveform (N, s1_samples)
     float32; anomaly (N,) int64 0/1; anomaly_kind (N,) int64 into `ANOMALY_KINDS`; drift_time_us (N,);
+    energy_kev (N,) deposit; recoil (N,) 0 ER / 1 NR (`RECOILS`); n_photons, n_electrons (N,) quanta;
     s2_sigma_us (N,) true diffusion spread (0 for gas S2s); s2_electrons (N,) expected electrons after
-    the lifetime loss; s1_phd (N,) detected S1 photons;
+    extraction and the lifetime loss; s1_phd (N,) detected S1 photons; window_start_us (N,) the S2
+    window's start after the S1;
     pileup_phd, pileup_sample (N,): the piled-up S1's photons and time in samples (0 and -1 without);
     s2_center_sample (N,) float; dt_ns (N,) the sampling of `waveform`; event_index (N,).
     """
@@ -130,9 +183,16 @@ def _block(seed: int, block: int, cfg: WaveformGenConfig) -> dict:
     kind = np.where(anomaly, 1 + rng.choice(4, size=n, p=w / w.sum()), 0)
 
     drift = rng.uniform(0, cfg.drift_max_us, n)
-    n_e = _log_uniform(rng, cfg.s2_electrons, n) * np.exp(-drift / cfg.electron_lifetime_us)
+    nr = rng.random(n) < cfg.nr_fraction
+    energy = np.where(nr, _log_uniform(rng, cfg.nr_energy_kev, n), _log_uniform(rng, cfg.er_energy_kev, n))
+    n_gamma, n_elec = quanta(rng, energy, nr, cfg)
+    n_e = n_elec * cfg.extraction_efficiency * np.exp(-drift / cfg.electron_lifetime_us)
     sigma = np.where(kind == 2, 0.0, s2_sigma_us(drift, cfg))
-    center = cfg.s2_position * S + rng.normal(0, cfg.s2_jitter_samples, n)  # in samples
+    # The frame holding the S2 centre in its [lo, lo + step) part: the S2's place follows the drift time.
+    step, lo = cfg.frame_step * S, cfg.s2_window_lo * S
+    t_s2 = drift / dt  # S2 centre in samples after the S1
+    start = np.floor((t_s2 - lo) / step) * step  # < 0: the window opens before the S1 (pretrigger)
+    center = t_s2 - start  # in samples
     edges = (np.arange(S + 1)[None, :] - center[:, None]) * dt  # (n, S+1) us from the S2 centre
 
     # Expected electrons per sample: one S2, or two overlapping ones, plus trains and a flat background.
@@ -165,8 +225,8 @@ def _block(seed: int, block: int, cfg: WaveformGenConfig) -> dict:
     mean_phe[p] += s1_pu[p, None] * np.diff(_s1_cdf(grid * 1e3, cfg), axis=1)
     waveform = _photoelectrons(rng, mean_phe, cfg)
 
-    # The event's own S1, in its fine-binned window.
-    s1_phd = rng.poisson(cfg.g1 * _log_uniform(rng, cfg.s1_photons, n))
+    # The event's own S1 (its photons from the same deposit), in its fine-binned window.
+    s1_phd = rng.binomial(n_gamma, cfg.g1)
     s1 = _s1_waveform(rng, s1_phd, cfg)
     return {
         "waveform": waveform.astype(np.float32),
@@ -174,6 +234,11 @@ def _block(seed: int, block: int, cfg: WaveformGenConfig) -> dict:
         "anomaly": anomaly.astype(np.int64),
         "anomaly_kind": kind.astype(np.int64),
         "drift_time_us": drift.astype(np.float32),
+        "energy_kev": energy.astype(np.float32),
+        "recoil": nr.astype(np.int64),
+        "n_photons": n_gamma.astype(np.int64),
+        "n_electrons": n_elec.astype(np.int64),
+        "window_start_us": (start * dt).astype(np.float32),
         "s2_sigma_us": sigma.astype(np.float32),
         "s2_electrons": n_e.astype(np.float32),
         "s1_phd": s1_phd.astype(np.int64),

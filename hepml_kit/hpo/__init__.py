@@ -18,9 +18,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "SearchSpace": "space", "Float": "space", "Int": "space", "Categorical": "space", "SearchSpaceError": "space",
-    "TestbedObjective": "objective", "TrialRun": "objective", "ObjectiveError": "objective",
-    "TrialDiverged": "objective",
+    "SearchSpace": "space", "Float": "space", "Int": "space", "Categorical": "space",
+    "SearchSpaceError": "space", "TestbedObjective": "objective", "TrialRun": "objective",
+    "ObjectiveError": "objective", "TrialDiverged": "objective",
     "StudySpec": "optuna_backend", "run_study": "optuna_backend", "open_study": "optuna_backend",
     "study_history": "optuna_backend", "StudyMismatch": "optuna_backend", "StudyBusy": "optuna_backend",
     "retry_stale_trials": "optuna_backend",

@@ -43,7 +43,8 @@ class Comparison:
 
     objective: TestbedObjective
     budget_epochs: int
-    histories: dict = field(default_factory=dict)  # method -> DataFrame(trial, epoch, value, compute, best_so_far)
+    # method -> DataFrame(trial, epoch, value, compute, best_so_far)
+    histories: dict = field(default_factory=dict)
 
     @property
     def maximize(self) -> bool:
@@ -55,7 +56,8 @@ class Comparison:
         return float(h["value"].max() if self.maximize else h["value"].min())
 
     def table(self):
-        """One row per method: trials, compute, best metric, compute to reach the grid's best (and its fraction
+        """One row per method: trials, compute, best metric, compute to reach the grid's best (and its
+        fraction
         of the grid's compute)."""
         import pandas as pd
 
@@ -63,7 +65,8 @@ class Comparison:
         for method, h in self.histories.items():
             spent = h[h["compute"] <= self.budget_epochs]  # every method judged within the same budget
             best = spent["value"].max() if self.maximize else spent["value"].min()
-            need = compute_to_reach(spent, self.grid_best, self.maximize) if "grid" in self.histories else math.nan
+            need = (compute_to_reach(spent, self.grid_best, self.maximize) if "grid" in self.histories
+                    else math.nan)
             rows.append({"method": method, "trials": spent["trial"].nunique(), "compute": int(len(spent)),
                          f"best_{self.objective.metric}": float(best), "compute_to_grid_best": need,
                          "fraction_of_grid_compute": need / self.budget_epochs})
@@ -87,7 +90,8 @@ class Comparison:
                 if not all(d._contains(d.to_internal_repr(params[k])) for k, d in dists.items()):
                     continue  # PBT perturbs the learning rate by x0.8 / x1.2 and may leave the range
                 study.add_trial(optuna.trial.create_trial(params=params, distributions=dists,
-                                                          value=float(last["value"]), user_attrs={"method": method}))
+                                                          value=float(last["value"]),
+                                                          user_attrs={"method": method}))
         return study
 
     def plot(self, ax=None):
@@ -108,13 +112,15 @@ class Comparison:
 
 
 def run_optuna_method(method: str, objective: TestbedObjective, space: SearchSpace, budget_epochs: int,
-                      seed: int = 0, min_epochs: int = 1, reduction_factor: int = 3, n_startup_trials: int = 5):
+                      seed: int = 0, min_epochs: int = 1, reduction_factor: int = 3,
+                      n_startup_trials: int = 5):
     """One Optuna method of `METHODS`, trials one after the other in this process; returns its history."""
     from hepml_kit.hpo.optuna_backend import StudySpec, run_study, study_history
 
     _, sampler, pruner = METHODS[method]
-    spec = StudySpec(method, space, objective, sampler=sampler, pruner=pruner, seed=seed, min_epochs=min_epochs,
-                     reduction_factor=reduction_factor, n_startup_trials=n_startup_trials)
+    spec = StudySpec(method, space, objective, sampler=sampler, pruner=pruner, seed=seed,
+                     min_epochs=min_epochs, reduction_factor=reduction_factor,
+                     n_startup_trials=n_startup_trials)
     study = run_study(spec, budget_epochs=budget_epochs)
     return study_history(study)
 

@@ -13,9 +13,9 @@
   validation metric, asks the pruner, and broadcasts the decision, so all ranks stop together.
 - Resume (`run_study` on a storage file that already holds the study) guarantees: finished trials are kept
   and count towards the budget; trials left RUNNING by a process that is gone (killed, node lost) are marked
-  FAIL and re-queued with the same parameters (up to 3 times) (Optuna's `RetryHeartbeatStaleTrialCallback`); and the
-  sampler continues instead of replaying: its seed is derived from (seed, worker, trials already in the
-  study), so the random draws of random search, of TPE/CMA-ES start-up and of the grid order differ from
+  FAIL and re-queued with the same parameters (up to 3 times) (Optuna's `RetryHeartbeatStaleTrialCallback`);
+  and the sampler continues instead of replaying: its seed is derived from (seed, worker, trials already in
+  the study), so the random draws of random search, of TPE/CMA-ES start-up and of the grid order differ from
   those of the earlier run. Model-based samplers (TPE, CMA-ES) rebuild their model from the stored trials.
   Not guaranteed: the same sequence of trials as an uninterrupted run (a resumed study draws from a
   different, equally valid random stream); runs on other hosts cannot be checked for being over.
@@ -94,7 +94,8 @@ class StudySpec:
             raise TypeError(f"space must be a SearchSpace (SearchSpace.from_dict for the dict form), "
                             f"got {type(self.space).__name__}")
         if not 1 <= self.min_epochs <= self.objective.epochs:
-            raise ValueError(f"min_epochs must be in [1, epochs={self.objective.epochs}], got {self.min_epochs}")
+            raise ValueError(f"min_epochs must be in [1, epochs={self.objective.epochs}], got "
+                             f"{self.min_epochs}")
 
     def signature(self) -> dict:
         """What must match for a stored study to be continued by this spec."""
@@ -117,14 +118,16 @@ def sampler_seed(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> in
 
 
 def make_sampler(spec: StudySpec, worker: int = 0, trials_before: int = 0) -> optuna.samplers.BaseSampler:
-    """The sampler of `spec` for `worker`, seeded by `sampler_seed` (`trials_before`: trials already stored)."""
+    """The sampler of `spec` for `worker`, seeded by `sampler_seed` (`trials_before`: trials already
+    stored)."""
     seed = sampler_seed(spec, worker, trials_before)
     if spec.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if spec.sampler == "grid":
         return optuna.samplers.GridSampler(spec.space.grid(), seed=seed)
     if spec.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials, constant_liar=True)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
+                                          constant_liar=True)
     with warnings.catch_warnings():  # categorical parameters fall back to random sampling, said once here
         warnings.simplefilter("ignore")
         return optuna.samplers.CmaEsSampler(seed=seed, n_startup_trials=spec.n_startup_trials,
@@ -136,10 +139,12 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_epochs,
                                                       reduction_factor=spec.reduction_factor)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs, max_resource=spec.objective.epochs,
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_epochs,
+                                              max_resource=spec.objective.epochs,
                                               reduction_factor=spec.reduction_factor)
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials, n_warmup_steps=spec.min_epochs)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
+                                           n_warmup_steps=spec.min_epochs)
     return optuna.pruners.NopPruner()
 
 
@@ -184,8 +189,9 @@ def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage
         raise StudyMismatch(f"cannot read studies from {spec.storage}: {type(e).__name__}: {e}") from e
     others = [n for n in names if n != spec.name]
     if others:
-        raise StudyMismatch(f"{spec.storage} holds study {others[0]!r}, not {spec.name!r}: give this study its own "
-                            f"storage file (or name it {others[0]!r} to continue that one)")
+        raise StudyMismatch(f"{spec.storage} holds study {others[0]!r}, not {spec.name!r}: "
+                            "give this study its own storage file (or name it "
+                            f"{others[0]!r} to continue that one)")
     if spec.name not in names:
         study = optuna.create_study(direction=spec.objective.direction, study_name=spec.name, storage=storage,
                                     sampler=make_sampler(spec, worker), pruner=make_pruner(spec))
@@ -197,7 +203,8 @@ def open_study(spec: StudySpec, worker: int = 0, *, resume: bool = True, storage
                               sampler=make_sampler(spec, worker, stored_trials))
     stored = study.user_attrs.get("hepml_kit")
     if stored is None:
-        raise StudyMismatch(f"study {spec.name!r} in {spec.storage} was not made by hepml_kit.hpo; use a new file")
+        raise StudyMismatch(f"study {spec.name!r} in {spec.storage} was not made by "
+                            "hepml_kit.hpo; use a new file")
     diff = [k for k, v in spec.signature().items() if stored.get(k) != v]
     if diff:
         lines = [f"  {k}: stored {stored.get(k)} / now {spec.signature()[k]}" for k in diff]
@@ -226,8 +233,9 @@ def retry_stale_trials(study: optuna.Study, max_retry: int = 3) -> list[int]:
         busy = (pid is None and live_workers) or (host == here and pid not in (None, me) and _alive(pid))
         if busy:
             who = pid if pid is not None else live_workers[0]
-            raise StudyBusy(f"trial {t.number} of study {study.study_name!r} is still being run by pid {who} on "
-                            f"{here}; wait for it or stop that process before resuming")
+            raise StudyBusy(f"trial {t.number} of study {study.study_name!r} is still "
+                            f"being run by pid {who} on {here}; wait for it or stop "
+                            "that process before resuming")
         stale.append(t)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -330,7 +338,8 @@ def trial_loop(spec: StudySpec, n_trials=None, budget_epochs=None, *, study=None
 
     try:
         if not _study_done(study, spec, n_trials, budget_epochs):
-            study.optimize(objective, callbacks=[stop_when_done], catch=(TrialDiverged,), gc_after_trial=False)
+            study.optimize(objective, callbacks=[stop_when_done], catch=(TrialDiverged,),
+                           gc_after_trial=False)
     finally:
         if group is not None:
             dist.broadcast_object_list([None], src=leader, group=group)
@@ -347,7 +356,8 @@ def _optimize_on_rank(spec: StudySpec, n_trials, budget_epochs, ranks_per_trial:
     groups = [dist.new_group(list(range(s, s + ranks_per_trial))) for s in range(0, world, ranks_per_trial)]
     index = rank // ranks_per_trial
     group = groups[index] if ranks_per_trial > 1 else None
-    return trial_loop(spec, n_trials, budget_epochs, group=group, leader=index * ranks_per_trial, worker=index)
+    return trial_loop(spec, n_trials, budget_epochs, group=group,
+                      leader=index * ranks_per_trial, worker=index)
 
 
 def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: int | None = None, workers=None,
@@ -357,8 +367,9 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: in
     Args:
         workers: a started `hepml_kit.Workers` pool for parallel trials (needs a storage file), or ``None`` to
             run trials one after the other in this process.
-        ranks_per_trial: ranks per trial; 2 makes each trial a 2-rank DDP job (``workers.n`` must be a multiple).
-        resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`). A study found in the
+        ranks_per_trial: ranks per trial; 2 makes each trial a 2-rank DDP job (``workers.n`` must be a
+        multiple). resume: retry trials left RUNNING by a dead process (see `retry_stale_trials`). A study
+        found in the
             storage is always continued (see the module docstring for what that guarantees).
     Returns:
         the `optuna.Study` (reloaded from storage after parallel runs, with ``params_by_rank``: the parameters
@@ -372,7 +383,8 @@ def run_study(spec: StudySpec, *, n_trials: int | None = None, budget_epochs: in
         raise ValueError("a trial of several ranks needs workers: run_study(..., workers=hk.Workers(n=2))")
     if workers is not None:
         if spec.storage is None:
-            raise ValueError("parallel trials share the study through a storage file: set StudySpec(storage=...)")
+            raise ValueError("parallel trials share the study through a storage file: "
+                             "set StudySpec(storage=...)")
         if ranks_per_trial < 1 or workers.n % ranks_per_trial:
             raise ValueError(f"workers.n={workers.n} is not a multiple of ranks_per_trial={ranks_per_trial}")
     study = open_study(spec, resume=resume)  # validation and resume happen here, before any trial

@@ -35,7 +35,8 @@ from ray.tune import Callback, Stopper
 from hepml_kit.hpo.objective import TestbedObjective, TrialDiverged
 from hepml_kit.hpo.space import SearchSpace
 
-__all__ = ["EpochRecorder", "RAY_SCHEDULERS", "RAY_SEARCHERS", "TrialEpochBudget", "ray_history", "ray_session", "run_tune"]
+__all__ = ["EpochRecorder", "RAY_SCHEDULERS", "RAY_SEARCHERS", "TrialEpochBudget", "ray_history",
+           "ray_session", "run_tune"]
 
 RAY_SCHEDULERS = ("fifo", "asha", "pbt")
 RAY_SEARCHERS = ("random", "grid", "tpe")
@@ -50,7 +51,8 @@ def ray_session(num_cpus: int | None = None):
         yield
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON loggers per trial
+    # no TensorBoard/CSV/JSON loggers per trial
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait: try once more
         try:
             ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
@@ -127,11 +129,11 @@ class _Recorded:
     objective: TestbedObjective
 
 
-def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str = "asha", search: str = "random",
-             num_samples: int | None = None, budget_epochs: int | None = None, max_concurrent: int | None = None,
-             min_epochs: int = 1, reduction_factor: int = 3, perturbation_interval: int = 2,
-             mutable: list[str] | None = None, seed: int = 0, storage_path: str | None = None,
-             name: str = "tune") -> _Recorded:
+def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str = "asha",
+             search: str = "random", num_samples: int | None = None, budget_epochs: int | None = None,
+             max_concurrent: int | None = None, min_epochs: int = 1, reduction_factor: int = 3,
+             perturbation_interval: int = 2, mutable: list[str] | None = None, seed: int = 0,
+             storage_path: str | None = None, name: str = "tune") -> _Recorded:
     """Run a Ray Tune experiment over `space` on `objective` (inside a `ray_session`).
 
     Args:
@@ -153,10 +155,12 @@ def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str 
     if search not in RAY_SEARCHERS:
         raise ValueError(f"search must be one of {RAY_SEARCHERS}, got {search!r}")
     if scheduler == "pbt" and search != "random":
-        raise ValueError("PBT samples its initial population at random: use search='random' with scheduler='pbt'")
+        raise ValueError("PBT samples its initial population at random: use "
+                         "search='random' with scheduler='pbt'")
     objective.check(space)  # unknown hyperparameters or metric: refused before Ray starts anything
     if num_samples is None and budget_epochs is None and search != "grid":
-        raise ValueError("give num_samples or budget_epochs (trial-epochs) so the experiment knows when to stop")
+        raise ValueError("give num_samples or budget_epochs (trial-epochs) so the "
+                         "experiment knows when to stop")
     if not ray.is_initialized():
         raise RuntimeError("start Ray first: `with ray_session(num_cpus=2): run_tune(...)`")
 
@@ -212,7 +216,8 @@ def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str 
         tune_config=tune.TuneConfig(metric=metric, mode=mode, scheduler=sched, search_alg=searcher,
                                     num_samples=num_samples, max_concurrent_trials=max_concurrent,
                                     reuse_actors=True),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, stop=budget, verbose=0, callbacks=[recorder],
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, stop=budget, verbose=0,
+                                  callbacks=[recorder],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=4)),
     )
     results = tuner.fit()

@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["Categorical", "Float", "Int", "SearchSpace", "SearchSpaceError"]
 
@@ -84,7 +85,10 @@ class Int:
         out += _range_problems(name, self.low, self.high, self.log, self.step, self.points)
         if self.log and self.step != 1:
             out.append(f"{name}: a log-spaced Int must have step 1 (Optuna and Ray both require it)")
-        on_step = lambda v: isinstance(v, int) and self.low <= v <= self.high and (v - self.low) % self.step == 0
+
+        def on_step(v):
+            return isinstance(v, int) and self.low <= v <= self.high and (v - self.low) % self.step == 0
+
         out += _grid_problems(name, self.grid, on_step)
         return out
 
@@ -132,7 +136,8 @@ Param = Float | Int | Categorical
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A named set of hyperparameters, validated on construction (`SearchSpaceError` if empty or inconsistent)."""
+    """A named set of hyperparameters, validated on construction (`SearchSpaceError` if empty or
+    inconsistent)."""
 
     params: Mapping[str, Param] = field(default_factory=dict)
 
@@ -153,7 +158,7 @@ class SearchSpace:
 
     # --- construction -------------------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, spec: Mapping[str, Any]) -> "SearchSpace":
+    def from_dict(cls, spec: Mapping[str, Any]) -> SearchSpace:
         """Build from the plain form: a list is categorical; a dict ``{low, high[, log, step, grid, points]}``
         is `Int` when both bounds are integers, else `Float`; a Float/Int/Categorical passes through."""
         if not isinstance(spec, Mapping):
@@ -177,7 +182,8 @@ class SearchSpace:
                 is_int = all(isinstance(kw[k], int) and not isinstance(kw[k], bool) for k in ("low", "high"))
                 params[name] = Int(**kw) if is_int else Float(**kw)
             else:
-                raise SearchSpaceError(f"{name}: give a list (categorical) or a dict with low/high, got {v!r}")
+                raise SearchSpaceError(f"{name}: give a list (categorical) or a dict "
+                                       f"with low/high, got {v!r}")
         return cls(params)
 
     # --- views ---------------------------------------------------------------------------------------
@@ -208,7 +214,7 @@ class SearchSpace:
     def grid_size(self) -> int:
         return math.prod(len(v) for v in self.grid().values())
 
-    def subset(self, names) -> "SearchSpace":
+    def subset(self, names) -> SearchSpace:
         missing = [n for n in names if n not in self.params]
         if missing:
             raise SearchSpaceError(f"not in the search space: {missing}; it has {self.names}")
@@ -228,7 +234,8 @@ class SearchSpace:
         return out
 
     def optuna_distributions(self) -> dict:
-        """`optuna.distributions` for each hyperparameter (also what `ray.tune.search.optuna.OptunaSearch` takes)."""
+        """`optuna.distributions` for each hyperparameter (also what `ray.tune.search.optuna.OptunaSearch`
+        takes)."""
         from optuna import distributions as d
 
         out = {}
@@ -243,7 +250,8 @@ class SearchSpace:
 
     # --- Ray Tune ------------------------------------------------------------------------------------
     def ray_param_space(self, grid: bool = False) -> dict:
-        """Ray Tune domains (`tune.loguniform`, `tune.randint`, ...); with ``grid=True`` `tune.grid_search` lists."""
+        """Ray Tune domains (`tune.loguniform`, `tune.randint`, ...); with ``grid=True`` `tune.grid_search`
+        lists."""
         from ray import tune
 
         if grid:
@@ -281,7 +289,8 @@ def _range_problems(name, low, high, log, step, points) -> list[str]:
     if step is not None and (not step > 0 or (high - low) < step):
         out.append(f"{name}: step {step} must be > 0 and fit in [{low}, {high}]")
     if not (isinstance(points, int) and points >= 1):
-        out.append(f"{name}: points (grid values when no grid is given) must be an integer >= 1, got {points!r}")
+        out.append(f"{name}: points (grid values when no grid is given) must be an "
+                   f"integer >= 1, got {points!r}")
     return out
 
 

@@ -50,9 +50,13 @@ def _callables_in(values: tuple) -> list:
 class _Pickler(cloudpickle.Pickler):
     """cloudpickle, plus: modules of a ModuleType subclass (torch's config modules, e.g.
     ``torch.distributed.config``, which cloudpickle finds when a function uses both ``dist`` and a name
-    ``config``) travel by name like ordinary modules instead of failing to pickle."""
+    ``config``) travel by name like ordinary modules instead of failing to pickle; open files are refused
+    (cloudpickle would send a copy of a read-mode file's contents, and writes on a rank would go nowhere)."""
 
     def reducer_override(self, obj):
+        if isinstance(obj, io.IOBase) and not isinstance(obj, (io.BytesIO, io.StringIO)):
+            raise TypeError(f"it refers to an open file ({getattr(obj, 'name', type(obj).__name__)!r}); pass "
+                            "the path and open it inside the function")
         if isinstance(obj, types.ModuleType) and type(obj) is not types.ModuleType:
             name = getattr(obj, "__name__", None)
             if name and sys.modules.get(name) is obj:

@@ -23,7 +23,8 @@ class body and hands it to `LazyClass`, which does the naming and the ``__getatt
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn

@@ -16,13 +16,25 @@ tutorials' 64^3 crops (116,977,029).
 The down and up blocks are `nn.ModuleList`s (`UNet3D.down`, `UNet3D.up`) so a pipeline strategy can split
 them by level; the skips pair ``down[i]`` with ``up[levels - 1 - i]``.
 
-Metrics: the ratio of predicted to true gas-density power spectrum P(k), averaged over boxes, and voxel L1.
-Threshold (tiny): max |P_pred / P_true - 1| <= 0.2 over the trained k range, k from the fundamental mode of
-a training crop (2 pi / crop length: larger scales were never seen in training) up to half the Nyquist
-frequency (above it the stride-2 lattice aliases and the CIC window and filtering leave little signal).
-20% is the issue's bar: an untrained net is off by O(1) (its tanh output has no density contrast), and a
-net that has only learnt the mean fails it; matching P(k) to 20% means it reproduces the clustering
-amplitude across scales, which is what Ly-alpha forest statistics depend on.
+Metrics (on whole held-out boxes, over the trained k range: from the fundamental mode of a training crop,
+2 pi / crop length, since larger scales were never seen, up to half the Nyquist frequency, above which the
+stride-2 lattice aliases and the CIC window and filtering leave little signal): the ratio of predicted to
+true gas-density power spectrum P(k); the cross-correlation coefficient r(k) = P_pred,true / sqrt(P_pred
+P_true) of predicted and true overdensity, which tests the phases (P(k) alone is blind to them: a field with
+the right amplitudes and random phases has r ~ 0); the gas-velocity P(k) (x + y + z); voxel L1.
+Threshold (tiny): max |P_pred / P_true - 1| <= 0.2 and min r(k) >= 0.9 for the gas density, and gas-velocity
+max |P_pred / P_true - 1| <= 0.25. Emulators of hydrodynamics are judged by these statistics: Harrington et
+al. compare the predicted fields' power spectra and the Ly-alpha flux statistics that follow from them, and
+r(k) is the standard test of phases for such field-to-field maps (e.g. the N-body emulator of He et al.,
+PNAS 116 (2019) 13825, uses transfer function and r(k)). r >= 0.9 means at most 1 - r^2 ~ 19% of the
+predicted power is uncorrelated with the truth on any resolved scale; a 30% error in the velocity power
+(the issue's example) fails the velocity band. An untrained net, or one trained on shuffled (input, target)
+pairs, fails all three (tests/test_physics_cosmo_unet.py).
+Measured (bench/physics_bars.py, seeds 1000-1008, 2026-12-06): met on 4 of 5 seeds. Density P(k) max
+deviation 0.02-0.08, r_min 0.975-0.988; velocity P(k) max deviation 0.17-0.29 (mean 0.22), the limiting
+figure (seed 1006 missed at 0.29); velocity r_min 0.76-0.82 (reported, not part of the bar: the velocity
+phases decorrelate at the top of the trained k range). The tiny net's velocity channel needs work to hold
+the 25% band on 9 of 10 seeds.
 """
 
 from __future__ import annotations
@@ -35,7 +47,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hepml_kit.data.cosmology import CosmologyConfig, generate_cosmology, power_spectrum
+from hepml_kit.data.cosmology import CosmologyConfig, cross_power_spectrum, generate_cosmology, power_spectrum
 from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
@@ -274,38 +286,119 @@ def pk_ratio(pred: np.ndarray, true: np.ndarray, box: float) -> tuple[np.ndarray
     return k, np.mean(pp, 0) / np.maximum(np.mean(pt, 0), 1e-30)
 
 
-def metrics(model: nn.Module, data: dict) -> dict:
-    """Power-spectrum ratios and voxel L1 on whole boxes.
-
-    ``pk_ratio_max_dev``: max |P_pred / P_true - 1| of the gas overdensity over the trained k range
-    [2 pi / (crop cell), k_max_nyquist_fraction x k_Nyquist]; also for the temperature (``_temperature``)
-    and the gas velocity (``_velocity``, x component); ``voxel_l1`` (network units, all channels) and
-    ``density_l1_rel`` (mean |rho_pred - rho_true| / mean rho)."""
+def spectra(model: nn.Module, data: dict) -> dict:
+    """The spectra behind `metrics` and the plots, averaged over boxes: ``k``, ``trained`` (mask of the
+    trained k range), gas-density ``p_true``, ``p_pred``, ``r`` (cross-correlation of predicted and true
+    overdensity), the same ``_temperature``, and the gas-velocity spectra summed over x, y, z
+    (``pv_true``, ``pv_pred``, ``rv``)."""
     cfg = data["cfg"]
     pred = predict(model, data["x"]).numpy()
     y = data["y"].numpy()
     d = cfg.data
     k_lo = 2 * math.pi / (cfg.crop * d.cell_size)
     k_hi = cfg.k_max_nyquist_fraction * math.pi / d.cell_size
-    rho_p, rho_t = np.exp(cfg.density_log_scale * pred[:, 0]), np.exp(cfg.density_log_scale * y[:, 0])
-    t_p, t_t = np.exp(cfg.temperature_log_scale * pred[:, 1]), np.exp(cfg.temperature_log_scale * y[:, 1])
+    fields = {
+        "": (np.exp(cfg.density_log_scale * pred[:, 0]), np.exp(cfg.density_log_scale * y[:, 0])),
+        "_temperature": (np.exp(cfg.temperature_log_scale * pred[:, 1]),
+                         np.exp(cfg.temperature_log_scale * y[:, 1])),
+    }
+    out = {"pred": pred, "y": y}
+    for name, (a_all, b_all) in fields.items():
+        pab, paa, pbb = 0.0, 0.0, 0.0
+        for a, b in zip(a_all, b_all):
+            da, db = a / a.mean() - 1, b / b.mean() - 1
+            k, c, _ = cross_power_spectrum(da, db, d.box_size)
+            paa, pbb, pab = (paa + power_spectrum(da, d.box_size)[1], pbb + power_spectrum(db, d.box_size)[1],
+                             pab + c)
+        out[f"p_pred{name}"], out[f"p_true{name}"] = paa / len(a_all), pbb / len(a_all)
+        out[f"r{name}"] = pab / np.sqrt(np.maximum(paa * pbb, 1e-60))
+    pv_p = pv_t = pv_c = 0.0
+    for i in range(len(pred)):
+        for c in range(2, 5):
+            k, cr, _ = cross_power_spectrum(pred[i, c], y[i, c], d.box_size)
+            pv_p = pv_p + power_spectrum(pred[i, c], d.box_size)[1]
+            pv_t = pv_t + power_spectrum(y[i, c], d.box_size)[1]
+            pv_c = pv_c + cr
+    out.update(k=k, trained=(k >= k_lo * 0.999) & (k <= k_hi * 1.001), k_lo=k_lo, k_hi=k_hi,
+               pv_pred=pv_p / len(pred), pv_true=pv_t / len(pred),
+               rv=pv_c / np.sqrt(np.maximum(pv_p * pv_t, 1e-60)))
+    return out
+
+
+def metrics(model: nn.Module, data: dict) -> dict:
+    """Power spectra, cross-correlations and voxel L1 on whole boxes, over the trained k range
+    [2 pi / (crop cell), k_max_nyquist_fraction x k_Nyquist]:
+
+    ``pk_ratio_max_dev``: max |P_pred / P_true - 1| of the gas overdensity (also ``_temperature``);
+    ``r_min``: min r(k) of predicted and true gas overdensity (the phases; also ``r_min_temperature``);
+    ``pk_ratio_max_dev_velocity``: max |P_pred / P_true - 1| of the gas velocity (x + y + z) and
+    ``r_min_velocity``; ``voxel_l1`` (network units, all channels) and ``density_l1_rel``
+    (mean |rho_pred - rho_true| / mean rho)."""
+    cfg = data["cfg"]
+    s = spectra(model, data)
+    sel = s["trained"]
     out = {}
-    for name, (a, b) in {"": (rho_p, rho_t), "_temperature": (t_p, t_t)}.items():
-        k, r = pk_ratio(a, b, d.box_size)
-        sel = (k >= k_lo * 0.999) & (k <= k_hi * 1.001)
-        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(r[sel] - 1)))
-    pv = [power_spectrum(p, d.box_size)[1] for p in pred[:, 2]]
-    tv = [power_spectrum(t, d.box_size)[1] for t in y[:, 2]]
-    out["pk_ratio_max_dev_velocity"] = float(np.max(np.abs((np.mean(pv, 0) / np.mean(tv, 0))[sel] - 1)))
-    out["pk_k_min"], out["pk_k_max"], out["pk_bins"] = float(k_lo), float(k_hi), int(sel.sum())
+    for name in ("", "_temperature"):
+        out[f"pk_ratio_max_dev{name}"] = float(np.max(np.abs(s[f"p_pred{name}"][sel]
+                                                             / s[f"p_true{name}"][sel] - 1)))
+        out[f"r_min{name}"] = float(np.min(s[f"r{name}"][sel]))
+    out["pk_ratio_max_dev_velocity"] = float(np.max(np.abs(s["pv_pred"][sel] / s["pv_true"][sel] - 1)))
+    out["r_min_velocity"] = float(np.min(s["rv"][sel]))
+    out["pk_k_min"], out["pk_k_max"], out["pk_bins"] = float(s["k_lo"]), float(s["k_hi"]), int(sel.sum())
+    pred, y = s["pred"], s["y"]
+    rho_p, rho_t = np.exp(cfg.density_log_scale * pred[:, 0]), np.exp(cfg.density_log_scale * y[:, 0])
     out["voxel_l1"] = float(np.abs(pred - y).mean())
     out["density_l1_rel"] = float(np.abs(rho_p - rho_t).mean() / rho_t.mean())
     return out
 
 
+BARS = {"pk_ratio_max_dev": 0.2, "r_min": 0.9, "pk_ratio_max_dev_velocity": 0.25}
+
+
 def threshold(m: dict) -> bool:
-    """Tiny-preset bar: gas-density P(k) within 20% over the trained k range (see module docstring)."""
-    return m["pk_ratio_max_dev"] <= 0.2
+    """Tiny-preset bar (module docstring): on the trained k range, gas-density P(k) within 20%, its
+    cross-correlation r(k) >= 0.9, and gas-velocity P(k) within 25%."""
+    return bool(m["pk_ratio_max_dev"] <= BARS["pk_ratio_max_dev"] and m["r_min"] >= BARS["r_min"]
+                and m["pk_ratio_max_dev_velocity"] <= BARS["pk_ratio_max_dev_velocity"])
+
+
+def plots(model: nn.Module, data: dict, outdir) -> list:
+    """P(k) of predicted and true gas density and velocity with their ratio, and r(k), over the test boxes;
+    the trained k range is shaded. Returns the written PNG paths."""
+    import matplotlib.pyplot as plt
+
+    from hepml_kit.plots import save, style
+
+    s = spectra(model, data)
+    k, lo, hi = s["k"], s["k_lo"], s["k_hi"]
+    paths = []
+    with style():
+        fig, (ax, ax_r) = plt.subplots(2, 1, sharex=True, figsize=(7, 7),
+                                       gridspec_kw={"height_ratios": [3, 1]})
+        for key, label, colour in (("", "gas density", "C0"), ("v", "gas velocity", "C1")):
+            true, pred = (s["p_true"], s["p_pred"]) if key == "" else (s["pv_true"], s["pv_pred"])
+            ax.loglog(k, true, color=colour, label=f"{label}, hydro (truth)")
+            ax.loglog(k, pred, color=colour, ls="--", label=f"{label}, U-Net")
+            ax_r.semilogx(k, pred / true, color=colour)
+        for a in (ax, ax_r):
+            a.axvspan(lo, hi, color="grey", alpha=0.12, lw=0)
+        ax_r.axhspan(1 - BARS["pk_ratio_max_dev"], 1 + BARS["pk_ratio_max_dev"],
+                     color="green", alpha=0.1, lw=0)
+        ax.set_ylabel(r"$P(k)$ [(Mpc/h)$^3$; (km/s)$^2$ (Mpc/h)$^3$]")
+        ax_r.set(xlabel=r"$k$ [h/Mpc]", ylabel="U-Net / truth", ylim=(0.5, 1.5))
+        ax.legend()
+        paths.append(save(fig, outdir, "cosmo_unet_power_spectra"))
+        fig, ax = plt.subplots(figsize=(7, 5))
+        ax.semilogx(k, s["r"], label="gas density")
+        ax.semilogx(k, s["r_temperature"], label="temperature")
+        ax.semilogx(k, s["rv"], label="gas velocity")
+        ax.axvspan(lo, hi, color="grey", alpha=0.12, lw=0, label="trained k range")
+        ax.axhline(BARS["r_min"], color="k", ls=":", label=f"bar (gas density): r = {BARS['r_min']}")
+        ax.set(xlabel=r"$k$ [h/Mpc]", ylabel="r(k), U-Net x truth",
+               ylim=(0, 1.05))
+        ax.legend()
+        paths.append(save(fig, outdir, "cosmo_unet_cross_correlation"))
+    return paths
 
 
 def gpu_check(device: str = "cuda", presets=("small", "full"), steps: int = 20, batch_size: int = 64,
@@ -378,5 +471,6 @@ TESTBED = Testbed(
     make_optimizer=make_optimizer,
     flops_per_sample=flops_per_sample,
     lightning=lightning,
+    plots=plots,
     extra={"parameter_count": parameter_count},
 )

@@ -1,11 +1,13 @@
 """GN2-style jet flavour tagger: a transformer over a jet's tracks.
 
-Follows ATLAS's GN2 (ATL-PHYS-PUB-2022-027, "Graph Neural Network Jet Flavour Tagging with the ATLAS
-Detector", and its transformer successor in the `salt` framework, github.com/umami-hep/salt):
+Follows ATLAS's GN2 (ATLAS, "Transforming jet flavour tagging at ATLAS", arXiv:2505.19689, trained with
+the `salt` framework, github.com/umami-hep/salt), the transformer successor of GN1 (ATL-PHYS-PUB-2022-027,
+"Graph Neural Network Jet Flavour Tagging with the ATLAS Detector"):
 a per-track initialiser MLP (21 -> 256 -> 256), a 4-layer pre-norm transformer encoder (embedding
 256, 8 heads, feed-forward 512), attention pooling over tracks, a jet flavour head (b / c / light,
-cross-entropy) and an auxiliary track-origin head (7 classes, loss weight 0.5). The `full` preset has
-2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left out here.
+cross-entropy) and an auxiliary track-origin head (GN2's 8 classes, FromTau included; loss weight 0.5).
+The `full` preset has 2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left
+out here (the generator's ``track_vertex`` labels are there for it).
 
 Attention is written out (no nn.MultiheadAttention) so tensor and pipeline parallelism can take it
 apart: each `EncoderLayer` has `norm1`, `attn` (Linear `q_proj`, `k_proj`, `v_proj`, `out_proj`,
@@ -15,14 +17,22 @@ still works), `norm2` and `mlp` (Linear `fc1`, `fc2`); the layers are `model.enc
 (TorchScript and torch.export work, as tested; for serving). `mask` is True for real tracks, False
 for padding.
 
-Metric: light- and c-jet rejection (1 / mistag rate) at 70% b-jet efficiency with
-D_b = ln(p_b / (f_c p_c + (1 - f_c) p_light)), f_c = 0.018, beside the same figures for a cut-based
-track-counting tagger on the same jets (the 2nd-largest signed d0 significance, the classic IP
-baseline). Threshold (tiny preset): light rejection >= 3 x the baseline's. The baseline reaches ~10
-on these jets; a network that only re-learnt the d0 significances would tie it, so 3x shows that it
-combines the tracks (multiplicity, z0, hits, vertex consistency) as GN2 does, which is why GN2 beats
-IP taggers by large factors. The tiny preset reaches 30-60x on ~6,700 test light jets (a rejection of
-~400 is then known to ~20%), so the bar holds for any seed with a wide margin.
+Metric: the b-jet efficiency against light- and c-jet rejection (1 / mistag rate) curves
+(`rejection_curves`, sklearn's roc_curve; `plots` draws them) with D_b = ln(p_b / (f_c p_c + (1 - f_c)
+p_light)), f_c = 0.018, and their values at the 70% b-efficiency working point, beside the same figures for
+a cut-based track-counting tagger (the 2nd-largest signed d0 significance, the classic IP baseline).
+Threshold (tiny preset, absolute, `BARS`): light rejection >= 100 and c rejection >= 4 at 70%
+b-efficiency. Why: GN2 is validated on ATLAS ttbar jets by exactly these curves, quoting light and c
+rejection at the 70% working point (arXiv:2505.19689; light rejections in the hundreds, c rejections of
+order ten); the tiny preset's own jets are easier in some ways (an ideal detector) and harder in others
+(16k training jets, 4 epochs, a 47k-parameter model, where GN2 trains on ~10^8 jets), so the bar sits at
+the published order of magnitude for light jets and below it for c-jets. Track counting reaches only ~7
+and ~3 here, and a tagger trained on shuffled labels ~1 (tests/test_physics_jet_transformer.py): the bar
+says the network combines the tracks as GN2 does. Measured over fresh seeds with ``hepml-kit validate
+jet_transformer --seed S`` (dev VM, 2026-12-06, seeds 300-309): light rejection 290-946 (mean 515,
+sd 234), c rejection 4.9-6.1 (mean 5.4, sd 0.4), track counting 6.5-7.9 and 3.0-3.2; 10 of 10 seeds meet
+the bar. The light rejection on ~6,700 test light
+jets is known to ~10-20% at 300 (a few dozen mistagged jets).
 """
 
 from __future__ import annotations
@@ -34,8 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hepml_kit.data.jets import FLAVOURS, GENERATOR_VERSION, TRACK_FEATURES, TRACK_ORIGINS, JetGenConfig
-from hepml_kit.data.jets import generate_jets, normalise_tracks
+from hepml_kit.data.jets import (
+    FLAVOURS,
+    GENERATOR_VERSION,
+    TRACK_FEATURES,
+    TRACK_ORIGINS,
+    JetGenConfig,
+    generate_jets,
+    normalise_tracks,
+)
 from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
 
@@ -57,6 +74,7 @@ __all__ = [
     "samples_in",
     "loss",
     "metrics",
+    "plots",
     "predict",
     "rejection_at",
     "threshold",
@@ -297,8 +315,7 @@ def predict(model: nn.Module, data: dict, batch_size: int = 1024) -> tuple[np.nd
 def metrics(model: nn.Module, data: dict) -> dict:
     """Light/c rejection at 70% b-efficiency (D_b, f_c = 0.018) for the model and the baseline."""
     probs, origin_pred = predict(model, data)
-    p_b, p_c, p_u = (probs[:, i].astype(np.float64) for i in range(3))
-    d_b = np.log((p_b + 1e-12) / (F_C * p_c + (1 - F_C) * p_u + 1e-12))
+    d_b = discriminant(probs)
     flavour = data["flavour"]
     light, c = rejection_at(d_b, flavour)
     base_light, base_c = rejection_at(baseline_discriminant(data), flavour)
@@ -315,8 +332,61 @@ def metrics(model: nn.Module, data: dict) -> dict:
     }
 
 
+# Absolute bars at the 70% b-efficiency working point (tiny preset; see the module docstring).
+BARS = {"light_rejection": 100.0, "c_rejection": 4.0}
+
+
 def threshold(m: dict) -> bool:
-    return m["light_rejection"] >= 3.0 * m["baseline_light_rejection"]
+    """Light- and c-jet rejection at 70% b-efficiency both at or above `BARS`."""
+    return all(m[name] >= bar for name, bar in BARS.items())
+
+
+def rejection_curves(disc: np.ndarray, flavour: np.ndarray) -> dict:
+    """b-jet efficiency against light- and c-jet rejection (sklearn's roc_curve, b-jets as signal).
+
+    Returns {"light": (b_eff, rejection), "c": (b_eff, rejection)}, rejection = 1 / mistag rate, for the
+    cuts where any background jet passes."""
+    from sklearn.metrics import roc_curve
+
+    out = {}
+    for f, name in ((2, "light"), (1, "c")):
+        sel = (flavour == 0) | (flavour == f)
+        mistag, b_eff, _ = roc_curve(flavour[sel] == 0, disc[sel])
+        keep = mistag > 0
+        out[name] = (b_eff[keep], 1.0 / mistag[keep])
+    return out
+
+
+def discriminant(probs: np.ndarray) -> np.ndarray:
+    """D_b = ln(p_b / (f_c p_c + (1 - f_c) p_light)) from flavour probabilities (N, 3)."""
+    p_b, p_c, p_u = (probs[:, i].astype(np.float64) for i in range(3))
+    return np.log((p_b + 1e-12) / (F_C * p_c + (1 - F_C) * p_u + 1e-12))
+
+
+def plots(model: nn.Module, data: dict, outdir) -> list:
+    """b-jet efficiency vs light- and c-jet rejection, GN2-style tagger against track counting."""
+    import matplotlib.pyplot as plt
+
+    from hepml_kit.plots import save, style
+
+    probs, _ = predict(model, data)
+    flavour = data["flavour"]
+    curves = {"tagger (D_b)": rejection_curves(discriminant(probs), flavour),
+              "track counting": rejection_curves(baseline_discriminant(data), flavour)}
+    with style():
+        fig, ax = plt.subplots()
+        for tagger, ls in zip(curves, ("-", "--")):
+            for name, colour in (("light", "C0"), ("c", "C1")):
+                b_eff, rej = curves[tagger][name]
+                ax.plot(b_eff, rej, ls=ls, c=colour, label=f"{name}-jet rejection, {tagger}")
+        ax.axvline(B_EFFICIENCY, ls=":", c="grey", label=f"{B_EFFICIENCY:.0%} working point")
+        ax.set_yscale("log")
+        ax.set_xlim(0.5, 1.0)
+        ax.set_xlabel("b-jet efficiency")
+        ax.set_ylabel("background rejection")
+        ax.legend()
+        path = save(fig, outdir, "jet_transformer_rejection")
+    return [path]
 
 
 # ---- Lightning ------------------------------------------------------------------------------------
@@ -364,6 +434,7 @@ TESTBED = Testbed(
     loss=loss,
     flops_per_sample=flops_per_sample,
     lightning=lightning,
+    plots=plots,
     extra={"generator_version": GENERATOR_VERSION, "example_inputs": example_inputs,
            "inputs": ("tracks", "mask"), "outputs": ("flavour_logits", "origin_logits")},
 )  # fmt: skip

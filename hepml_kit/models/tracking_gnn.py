@@ -26,14 +26,18 @@ Memory (measured on one H200, bf16 autocast, one training step of ``full`` on on
 pileup 200 (31k hits, 0.29 M edges) 3.6 GiB with checkpointing / 10 GiB without; pileup 400 (1.2 M
 edges) 14 / 39 GiB; pileup 800 (4.5 M edges) 52 GiB / out of memory: the graph must be partitioned.
 
-Physics bar of the tiny preset (`threshold`): edge ROC AUC ≥ 0.95. Why this bar: the graph cuts already
-remove everything a single segment's direction can reject, so what is left must be separated by the
-consistency of neighbouring segments, i.e. by message passing; DeZoort et al. reach AUC > 0.99 with
-6.4k parameters on TrackML at pT > 1 GeV, and the tiny preset (6 epochs on 160 graphs of ~540 edges)
-reaches 0.993-0.997 here over 17 seeds, so 0.95 leaves margin for any seed, while an untrained network
-(AUC ≈ 0.5) or one that only learned the per-edge geometry (``baseline_auc`` in `metrics`, a quadratic
-logistic regression on one edge's features, 0.78-0.82) fails it. Track efficiency (0.92-0.99) and fake
-rate (≤ 2%) are reported beside it.
+Physics bar of the tiny preset (`threshold`, `BARS`): edge ROC AUC >= 0.99, track efficiency >= 0.90 and
+track fake rate <= 5% at the edge cut 0.5. Why: the tiny graph (pile-up 5, edges that may skip one layer so
+that a missed hit does not split a track) holds only ~34% true edges, and a per-edge classifier without
+message passing (``baseline_auc``, a quadratic logistic regression on one edge's features) reaches ~0.92,
+so what the bar asks for beyond the graph cuts must come from the consistency of neighbouring segments
+(shortcut edges that jump a hit the track has are false, and only the neighbours show it). DeZoort et al.
+reach edge AUC > 0.99 with 6.4k parameters on TrackML at pT > 1 GeV, and Exa.TrkX / GNN4ITk report
+track efficiencies above 90% at pT > 1 GeV with fake rates of a few per cent; an untrained network or one
+trained on shuffled labels (AUC ~0.5, tests/test_physics_tracking_gnn.py) fails. Measured over fresh
+seeds with ``hepml-kit validate tracking_gnn --seed S`` (dev VM, 2026-12-06, seeds 401-410): edge AUC
+0.9974-0.9986 (mean 0.9979), track efficiency 0.917-0.968 (mean 0.946), fake rate 0.4-2.0% (mean 0.9%),
+baseline AUC 0.918-0.930, graph purity 0.33; 10 of 10 seeds meet the bar.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ __all__ = [
     "merge_graphs",
     "metrics",
     "node_features",
+    "plots",
     "predict",
     "roc_auc",
     "samples_in",
@@ -97,10 +102,10 @@ class Config:
     name: str = "custom"
 
     @classmethod
-    def preset(cls, name: str) -> "Config":
+    def preset(cls, name: str) -> Config:
         if name == "tiny":  # a handful of vertices: ~10^3 edges, trains in seconds on a CPU core
-            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=4), graph_nodes=596,
-                       graph_edges=538, name=name)
+            return cls(hidden=32, n_iterations=3, data=TrackingConfig(pileup=5, max_layer_gap=2),
+                       graph_nodes=770, graph_edges=1_710, name=name)
         if name == "small":
             return cls(hidden=64, n_iterations=4, pos_weight=2.0, data=TrackingConfig(pileup=40),
                        graph_nodes=6_210, graph_edges=15_700, name=name)
@@ -109,7 +114,7 @@ class Config:
                        data=TrackingConfig(pileup=200), name=name)
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
 
-    def with_(self, **changes) -> "Config":
+    def with_(self, **changes) -> Config:
         return replace(self, **changes)
 
 
@@ -306,19 +311,25 @@ def predict(model: nn.Module, data: list[dict], graphs_per_batch: int = 16) -> l
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """ROC AUC as the Mann-Whitney U statistic (ties count one half)."""
-    from scipy.stats import rankdata
+    """ROC AUC (sklearn's roc_auc_score; ties count one half); nan without both classes."""
+    from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels, dtype=bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
+    if labels.all() or not labels.any():
         return float("nan")
-    ranks = rankdata(scores)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(labels, scores))
 
 
 def _tracks(event: dict, kept: np.ndarray, min_hits: int = 3, pt_min: float = 1.0):
     """Connected components of kept edges as tracks -> (n_tracks, n_fake, n_found, n_reconstructable)."""
+    n_tracks, n_fake, found = _found_particles(event, kept, min_hits)
+    wanted = (event["particle_pt"] > pt_min) & (event["particle_nhits"] >= min_hits)
+    return n_tracks, n_fake, int((found & wanted).sum()), int(wanted.sum())
+
+
+def _found_particles(event: dict, kept: np.ndarray, min_hits: int = 3):
+    """(n_tracks, n_fake, found (P,) bool): each particle that is the >= 50% majority of a >= min_hits
+    connected component of kept edges is found."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -332,10 +343,9 @@ def _tracks(event: dict, kept: np.ndarray, min_hits: int = 3, pt_min: float = 1.
     first = order[np.r_[True, pairs[0, order][1:] != pairs[0, order][:-1]]] if len(order) else order
     major, major_count, tr = pairs[1, first], counts[first], pairs[0, first]
     matched = (major >= 0) & (major_count >= 0.5 * size[tr])
-    wanted = (event["particle_pt"] > pt_min) & (event["particle_nhits"] >= min_hits)
-    found = np.zeros(len(wanted), dtype=bool)
+    found = np.zeros(len(event["particle_pt"]), dtype=bool)
     found[major[matched]] = True
-    return len(tr), int((~matched).sum()), int((found & wanted).sum()), int(wanted.sum())
+    return len(tr), int((~matched).sum()), found
 
 
 def metrics(model: nn.Module, data: list[dict], cut: float = 0.5) -> dict[str, float]:
@@ -379,9 +389,59 @@ def _baseline_auc(data: list[dict]) -> float:
     return roc_auc(y.numpy() > 0.5, (feats @ w).numpy())
 
 
+# Tiny-preset physics bars (justified in the module docstring).
+BARS = {"edge_auc": 0.99, "track_efficiency": 0.90}
+MAX_FAKE_RATE = 0.05
+
+
 def threshold(m: dict) -> bool:
-    """Tiny-preset physics bar (justified in the module docstring): edge AUC ≥ 0.95."""
-    return bool(m["edge_auc"] >= 0.95)
+    """Edge AUC and track efficiency at or above `BARS`, track fake rate at most `MAX_FAKE_RATE`."""
+    return bool(all(m[k] >= bar for k, bar in BARS.items()) and m["track_fake_rate"] <= MAX_FAKE_RATE)
+
+
+def plots(model: nn.Module, data: list[dict], outdir, cut: float = 0.5) -> list:
+    """Edge ROC curve (GNN against the per-edge baseline's AUC) and track efficiency vs particle pT."""
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    from hepml_kit.plots import save, style
+
+    scores = predict(model, data)
+    labels = np.concatenate([np.asarray(ev["edge_label"], dtype=bool) for ev in data])
+    s = np.concatenate(scores)
+    pt, nhits, found = [], [], []
+    for ev, sc in zip(data, scores):
+        pt.append(ev["particle_pt"]), nhits.append(ev["particle_nhits"])
+        found.append(_found_particles(ev, sc > cut)[2])
+    pt, nhits, found = np.concatenate(pt), np.concatenate(nhits), np.concatenate(found)
+    paths = []
+    with style():
+        fig, ax = plt.subplots()
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, label=f"interaction network, AUC {roc_auc(labels, s):.4f}")
+        ax.plot([0, 1], [0, 1], ls=":", c="grey")
+        ax.set_xscale("log")
+        ax.set_xlim(1e-4, 1)
+        ax.set_xlabel("false edges kept (fraction)")
+        ax.set_ylabel("true edges kept (edge efficiency)")
+        ax.legend(loc="lower right", title=f"graph purity {labels.mean():.2f}")
+        paths.append(save(fig, outdir, "tracking_gnn_edge_roc"))
+        fig, ax = plt.subplots()
+        edges = np.geomspace(max(float(pt.min()), 0.1), float(pt.max()) * 1.001, 12)
+        sel = nhits >= 3
+        idx = np.digitize(pt[sel], edges) - 1
+        eff = [found[sel][idx == i].mean() if (idx == i).any() else np.nan for i in range(len(edges) - 1)]
+        n = np.array([(idx == i).sum() for i in range(len(edges) - 1)])
+        err = np.sqrt(np.array(eff) * (1 - np.array(eff)) / np.maximum(n, 1))
+        ax.errorbar(np.sqrt(edges[1:] * edges[:-1]), eff, yerr=err, fmt="o", label="particles with >= 3 hits")
+        ax.axhline(BARS["track_efficiency"], ls="--", c="grey", label="bar (pT > 1 GeV)")
+        ax.set_xscale("log")
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("particle pT [GeV]")
+        ax.set_ylabel("track efficiency")
+        ax.legend(loc="lower right")
+        paths.append(save(fig, outdir, "tracking_gnn_efficiency_vs_pt"))
+    return paths
 
 
 def samples_in(batch: dict) -> int:
@@ -407,7 +467,8 @@ def edges_in(batch: dict) -> int:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 160, "epochs": 6, "batch_size": 4, "lr": 3e-3},
+    # 1.9x the edges of tracking-1.0's 160 x 538
+    "tiny": {"events": 96, "epochs": 6, "batch_size": 4, "lr": 3e-3},
     "small": {"events": 1000, "epochs": 20, "batch_size": 4, "lr": 1e-3},
     "full": {"events": 7800, "epochs": 30, "batch_size": 1, "lr": 1e-3},  # GNN4ITk: 7800 training events
 }
@@ -428,5 +489,6 @@ TESTBED = Testbed(
     loss=loss,
     flops_per_sample=flops_per_sample,
     lightning=lightning,
+    plots=plots,
     extra={"edges_in": edges_in, "presets": PRESETS},
 )

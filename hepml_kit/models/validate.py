@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -150,9 +150,11 @@ def gpu_data_check(model: str = "jet_transformer", preset: str = "small", events
             ds = ShardDataset(root, batch_size=int(d["batch_size"]), shuffle=True, rank=0, world_size=1)
             loader = ds.loader(num_workers=w, pin_memory=dev.type == "cuda", persistent_workers=w > 0)
             prof = StepProfiler(unit=tb.unit, device=dev, warmup_steps=5)
-            batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader, 100)), steps + 5)
+            batches = itertools.islice(itertools.chain.from_iterable(itertools.repeat(loader, 100)),
+                                       steps + 5)
             for batch in prof.iterate(batches, samples=tb.samples_in):
-                with prof.phase("forward"), torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+                with prof.phase("forward"), torch.autocast(dev.type, torch.bfloat16,
+                                                           enabled=dev.type == "cuda"):
                     value = tb.step(net, to_device(batch, dev), opt)
             if not math.isfinite(value):
                 raise RuntimeError(f"{tb.name} {preset}: loss {value} with {w} workers")

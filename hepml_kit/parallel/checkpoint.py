@@ -150,11 +150,13 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _commit(partial: Path, path: Path) -> None:
-    """Rank 0: rename the complete `partial` into place; the old checkpoint goes only once the new is there."""
+    """Rank 0: rename the complete `partial` into place; the old checkpoint goes only once the new is
+    there."""
     previous = _previous(path)
     if path.exists():
         if any(path.iterdir()):
-            shutil.rmtree(previous, ignore_errors=True)  # `path` is complete, so an older previous is not needed
+            # `path` is complete, so an older previous is not needed
+            shutil.rmtree(previous, ignore_errors=True)
             os.rename(path, previous)
         else:
             path.rmdir()
@@ -206,14 +208,16 @@ def _write_manifest(folder: Path, files: dict[str, dict]) -> None:
 def _read_manifest(folder: Path) -> dict[str, dict]:
     file = folder / MANIFEST
     if not file.exists():
-        raise CheckpointError(f"{folder} has no {MANIFEST} (saved without checksums or by an older hepml_kit): "
-                              f"its files cannot be checked; load(..., verify=False) reads it unchecked")
+        raise CheckpointError(f"{folder} has no {MANIFEST} (saved without checksums or "
+                              "by an older hepml_kit): its files cannot be checked; load(..., "
+                              "verify=False) reads it unchecked")
     try:
         doc = json.loads(file.read_bytes())
         files = doc["files"]
         ok = doc["format"] == _FORMAT and doc["files_sha256"] == _list_digest(files)
     except (ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{file} is damaged (not a checkpoint manifest: {type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{file} is damaged (not a checkpoint manifest: "
+                              f"{type(e).__name__}: {e})") from e
     if not ok:
         raise CheckpointError(f"{file} is damaged (its own checksum does not match its contents)")
     return files
@@ -319,7 +323,8 @@ def save(path: str | os.PathLike, model: nn.Module, optimizer: torch.optim.Optim
     problem, files = None, {}
     if checksums:
         try:
-            files = _describe_files(partial, [p.name for p in partial.iterdir() if p.name.startswith(f"__{rank}_")])
+            files = _describe_files(partial,
+                                    [p.name for p in partial.iterdir() if p.name.startswith(f"__{rank}_")])
         except OSError as e:
             problem = f"cannot read back checkpoint file {e.filename}: {e}"
     if distributed:  # also the barrier after which rank 0 may rename: every rank has written its files

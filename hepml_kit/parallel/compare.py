@@ -26,7 +26,8 @@ import textwrap
 import time
 import tokenize
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist

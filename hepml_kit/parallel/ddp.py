@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -327,7 +327,7 @@ def measure_gradient_sync(
     for name, fn in [("no_sync", backward), ("per_tensor", per_tensor), ("one_flat", one_flat)]:
         fn()  # warm-up
         sync()
-        result[name] = {"seconds": _timed(lambda: (fn(), sync()), repeats), "collectives": 0.0}
+        result[name] = {"seconds": _timed(lambda fn=fn: (fn(), sync()), repeats), "collectives": 0.0}
     result["per_tensor"]["collectives"] = float(len(params))
     result["one_flat"]["collectives"] = 1.0
     bucketed = DataParallelBucket(model, bucket_cap_mb=bucket_cap_mb)

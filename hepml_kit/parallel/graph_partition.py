@@ -74,7 +74,8 @@ def _cut_edges(part: torch.Tensor, edge_index: torch.Tensor) -> int:
     return int((part[edge_index[0]] != part[edge_index[1]]).sum())
 
 
-def balanced_phi_partition(phi: torch.Tensor, edge_index: torch.Tensor, n_parts: int, rotations: int = 16) -> torch.Tensor:
+def balanced_phi_partition(phi: torch.Tensor, edge_index: torch.Tensor, n_parts: int,
+                           rotations: int = 16) -> torch.Tensor:
     """(N,) rank per node: φ wedges with equal work (1 + degree per node), rotated to cut fewest edges.
 
     For each of `rotations` starting angles the wedge boundaries sit at the quantiles of the cumulative
@@ -117,7 +118,7 @@ class HaloPlan:
     send_index: list[torch.Tensor]
     recv_counts: list[int]
 
-    def to(self, device) -> "HaloPlan":
+    def to(self, device) -> HaloPlan:
         return HaloPlan([s.to(device) for s in self.send_index], list(self.recv_counts))
 
 
@@ -160,11 +161,11 @@ class GraphPartition:
     def n_owned_edges(self) -> int:
         return len(self.owned_edges)
 
-    def to(self, device) -> "GraphPartition":
+    def to(self, device) -> GraphPartition:
         move = lambda t: t.to(device)  # noqa: E731
         return GraphPartition(
-            self.rank, self.world_size, move(self.x), move(self.edge_attr), move(self.y), move(self.edge_index),
-            self.nodes.to(device), self.edges.to(device), self.n_edges_total,
+            self.rank, self.world_size, move(self.x), move(self.edge_attr), move(self.y),
+            move(self.edge_index), self.nodes.to(device), self.edges.to(device), self.n_edges_total,
             self.owned_nodes, self.halo_nodes, self.owned_edges, self.halo_edges,
         )
 
@@ -196,7 +197,8 @@ def _plan(owner: torch.Tensor, halos: list[torch.Tensor], owned_local: torch.Ten
     """Exchange plan for `rank`: `owner` (items,) -> rank; `halos[q]` sorted halo ids of rank q;
     `owned_local` (items,) -> local index of the item on its owner."""
     world = len(halos)
-    send = [owned_local[halos[q][owner[halos[q]] == rank]] if q != rank else owned_local[:0] for q in range(world)]
+    send = [owned_local[halos[q][owner[halos[q]] == rank]] if q != rank else owned_local[:0]
+            for q in range(world)]
     recv = [int((owner[halos[rank]] == q).sum()) for q in range(world)]
     return HaloPlan(send, recv)
 
@@ -218,7 +220,8 @@ def partition_graph(graph: dict, part: torch.Tensor, rank: int, world_size: int)
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside world_size {world}")
     if n and (int(part.min()) < 0 or int(part.max()) >= world):
-        raise ValueError(f"part holds ranks outside [0, {world}): min {int(part.min())}, max {int(part.max())}")
+        raise ValueError(f"part holds ranks outside [0, {world}): min "
+                         f"{int(part.min())}, max {int(part.max())}")
     sets = [_local_sets(part, edge_index, q) for q in range(world)]
     owned_nodes, halo_nodes, owned_edges, halo_edges = sets[rank]
     edge_owner = part[edge_index[1]]
@@ -281,7 +284,8 @@ class HaloExchange(torch.autograd.Function):
         send = torch.cat(plan.send_index)  # (S,) local row ids, grouped by destination rank
         send_counts = [len(s) for s in plan.send_index]
         ctx.save_for_backward(send)
-        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = len(owned), send_counts, plan.recv_counts, group
+        ctx.n_owned, ctx.send_counts, ctx.recv_counts, ctx.group = (len(owned), send_counts,
+                                                                    plan.recv_counts, group)
         halo = owned.new_empty((sum(plan.recv_counts), *owned.shape[1:]))  # (N_halo, H)
         dist.all_to_all_single(halo, owned[send].contiguous(), plan.recv_counts, send_counts, group=group)
         return halo
@@ -290,7 +294,8 @@ class HaloExchange(torch.autograd.Function):
     def backward(ctx, grad_halo):
         (send,) = ctx.saved_tensors
         back = grad_halo.new_empty((len(send), *grad_halo.shape[1:]))  # (S, H): grads of the rows I sent
-        dist.all_to_all_single(back, grad_halo.contiguous(), ctx.send_counts, ctx.recv_counts, group=ctx.group)
+        dist.all_to_all_single(back, grad_halo.contiguous(), ctx.send_counts,
+                               ctx.recv_counts, group=ctx.group)
         grad_owned = grad_halo.new_zeros((ctx.n_owned, *grad_halo.shape[1:])).index_add_(0, send, back)
         return grad_owned, None, None
 
@@ -323,7 +328,8 @@ def partitioned_forward(model: nn.Module, part: GraphPartition, group=None) -> t
         if getattr(model, "checkpointing", False) and model.training:
             from torch.utils.checkpoint import checkpoint
 
-            nodes_local, edges_local = checkpoint(layer, nodes_local, edges_local, part.edge_index, use_reentrant=False)
+            nodes_local, edges_local = checkpoint(layer, nodes_local, edges_local, part.edge_index,
+                                                  use_reentrant=False)
         else:
             nodes_local, edges_local = layer(nodes_local, edges_local, part.edge_index)
         h_nodes, h_edges = nodes_local[:n_nodes], edges_local[:n_edges]
@@ -335,7 +341,8 @@ def partitioned_loss(model: nn.Module, part: GraphPartition, group=None) -> torc
     (BCE with ``model.pos_weight``, mean over all edges of the graph)."""
     logits = partitioned_forward(model, part, group)
     pos_weight = torch.tensor(getattr(model, "pos_weight", 1.0), device=logits.device, dtype=logits.dtype)
-    total = F.binary_cross_entropy_with_logits(logits, part.y.to(logits.dtype), pos_weight=pos_weight, reduction="sum")
+    total = F.binary_cross_entropy_with_logits(logits, part.y.to(logits.dtype),
+                                               pos_weight=pos_weight, reduction="sum")
     return total / part.n_edges_total
 
 

@@ -59,7 +59,8 @@ class ProcessGroups:
         if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
             raise ValueError(f"dp, pp, tp must be positive integers, got {sizes}")
         if dp * pp * tp != world:
-            raise ValueError(f"dp × pp × tp = {dp} × {pp} × {tp} = {dp * pp * tp} must equal the world size {world}")
+            raise ValueError(f"dp × pp × tp = {dp} × {pp} × {tp} = {dp * pp * tp} must "
+                             f"equal the world size {world}")
         self.sizes = sizes
         self.rank = dist.get_rank()
         self.grid = torch.arange(world).view(dp, pp, tp)
@@ -163,9 +164,9 @@ class DataPipelineParallel:
 # ----------------------------------------------------------------------------------------------------
 
 
-def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: float, n_layers: int, local_batch: int,
-                   *, tp: int = 1, pp: int = 1, micro_batches: int = 1, nodes: list[int] | None = None,
-                   machine=None, efficiency_of_split: float = 1.0):
+def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: float, n_layers: int,
+                   local_batch: int, *, tp: int = 1, pp: int = 1, micro_batches: int = 1,
+                   nodes: list[int] | None = None, machine=None, efficiency_of_split: float = 1.0):
     """PROJECTED step time and efficiency of a dp × pp × tp layout on a multi-node allocation (DataFrame).
 
     One model replica is ``tp × pp`` GPUs of one node (``tp × pp`` must divide the GPUs per node); the
@@ -193,7 +194,8 @@ def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: f
         raise ValueError(f"tp × pp = {tp} × {pp} must divide the {g} GPUs of a node")
     if pp > n_layers:
         raise ValueError(f"cannot cut {n_layers} layers into {pp} stages")
-    if not step_compute_s > 0 or not grad_bytes > 0 or activation_bytes < 0 or local_batch < 1 or micro_batches < 1:
+    if (not step_compute_s > 0 or not grad_bytes > 0 or activation_bytes < 0 or local_batch < 1
+            or micro_batches < 1):
         raise ValueError("step_compute_s and grad_bytes must be positive; activation_bytes >= 0; "
                          "local_batch and micro_batches >= 1")
     nodes = list(nodes) if nodes is not None else [1, 2, 4, 8, 16, 32, 64, 128]
@@ -209,11 +211,12 @@ def project_hybrid(step_compute_s: float, grad_bytes: float, activation_bytes: f
     rows = []
     for n in nodes:
         dp = n * g // model_gpus
-        dp_comm = sum(allreduce_time(b, n, dp_machine) for b in ddp_buckets(grad_bytes / model_gpus)) if dp > 1 else 0.0
+        dp_comm = (sum(allreduce_time(b, n, dp_machine) for b in ddp_buckets(grad_bytes / model_gpus))
+                   if dp > 1 else 0.0)
         step = compute + tp_comm + pp_comm + dp_comm
         rows.append({"nodes": n, "gpus": n * g, "dp": dp, "pp": pp, "tp": tp, "projected_bubble": bubble,
-                     "projected_compute_s": compute, "projected_tp_comm_s": tp_comm, "projected_dp_comm_s": dp_comm,
-                     "projected_step_s": step,
+                     "projected_compute_s": compute, "projected_tp_comm_s": tp_comm,
+                     "projected_dp_comm_s": dp_comm, "projected_step_s": step,
                      "projected_efficiency": step_compute_s / (model_gpus * step),
                      "projected_samples_per_s": dp * local_batch / step})
     df = pd.DataFrame(rows)

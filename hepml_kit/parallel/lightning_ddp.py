@@ -139,6 +139,10 @@ def fit_lightning(
         raise ValueError(f"global_batch={global_batch} must be divisible by devices={devices} >= 1")
     if strategy is None:
         strategy = default_strategy() if devices > 1 else "auto"
+    if strategy in ("ddp_notebook", "ddp_fork"):  # a CUDA context in the kernel breaks every forked rank
+        from hepml_kit.launch.fork_guard import check_no_cuda_before_fork
+
+        check_no_cuda_before_fork(f"Lightning's strategy={strategy!r}")
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="hepml-lightning-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     results = out_dir / "rank0.json"

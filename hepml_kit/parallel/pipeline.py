@@ -25,9 +25,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.distributed as dist
@@ -59,7 +58,8 @@ def bubble_fraction(n_stages: int, n_microbatches: int) -> float:
 def split_layers(n_layers: int, n_stages: int) -> list[range]:
     """Contiguous, as-even-as-possible layer ranges per stage (earlier stages get the extra layers)."""
     if n_stages < 1 or n_layers < n_stages:
-        raise ValueError(f"cannot cut {n_layers} layers into {n_stages} stages (need at least one layer each)")
+        raise ValueError(f"cannot cut {n_layers} layers into {n_stages} stages (need "
+                         "at least one layer each)")
     base, extra = divmod(n_layers, n_stages)
     bounds = [0]
     for s in range(n_stages):
@@ -251,7 +251,8 @@ class PipelineParallel:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
         if n_microbatches < 1:
             raise ValueError(f"n_microbatches must be >= 1, got {n_microbatches}")
-        self.group, self.recipe, self.n_microbatches, self.schedule_name = group, recipe, n_microbatches, schedule
+        self.group, self.recipe, self.n_microbatches, self.schedule_name = (group, recipe,
+                                                                            n_microbatches, schedule)
         self.stage_index, self.n_stages = dist.get_rank(group), dist.get_world_size(group)
         n_layers = len(model.get_submodule(recipe.stack))
         self.layers = split_layers(n_layers, self.n_stages)[self.stage_index]
@@ -275,7 +276,8 @@ class PipelineParallel:
         pipeline); gradients accumulate in ``module``'s parameters. Returns the mean micro-batch loss."""
         batch_size = len(next(v for v in batch.values() if torch.is_tensor(v)))
         if batch_size % self.n_microbatches:
-            raise ValueError(f"batch of {batch_size} does not split into {self.n_microbatches} equal micro-batches")
+            raise ValueError(f"batch of {batch_size} does not split into "
+                             f"{self.n_microbatches} equal micro-batches")
         self._batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         if self.timer:
             self.timer.reset()
@@ -287,15 +289,16 @@ class PipelineParallel:
             self._run_schedule(batch_size, losses)
         self.last_step_seconds = time.perf_counter() - t0
         mean = torch.stack(losses).mean().detach() if losses else torch.zeros((), device=self.device)
-        src = dist.get_global_rank(self.group, self.n_stages - 1) if self.group is not None else self.n_stages - 1
+        src = (dist.get_global_rank(self.group, self.n_stages - 1) if self.group is not None
+               else self.n_stages - 1)
         dist.broadcast(mean, src=src, group=self.group)  # every rank reports the same loss
         self._batch = None
         return float(mean)
 
     def _run_schedule(self, batch_size: int, losses: list) -> None:
         if self.is_first and self.is_last:
-            self.schedule.step(*self.recipe.inputs(self._batch), target=torch.arange(batch_size, device=self.device),
-                               losses=losses)
+            self.schedule.step(*self.recipe.inputs(self._batch),
+                               target=torch.arange(batch_size, device=self.device), losses=losses)
         elif self.is_first:
             self.schedule.step(*self.recipe.inputs(self._batch))
         elif self.is_last:

@@ -80,25 +80,27 @@ def _collective_seconds(prof) -> float:
 
 
 def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "tiny", steps: int = 4,
-                 global_batch: int = 32, lr: float = 0.05, seed: int = 0, micro_batches: int = 1, shards: int = 1,
-                 dims: dict | None = None, num_layers: int | None = None, config_overrides: dict | None = None,
-                 optimizer: str = "sgd",
+                 global_batch: int = 32, lr: float = 0.05, seed: int = 0,
+                 micro_batches: int = 1, shards: int = 1, dims: dict | None = None,
+                 num_layers: int | None = None, config_overrides: dict | None = None, optimizer: str = "sgd",
                  return_params: bool = True, return_grads: bool = False, timing_steps: int = 2,
-                 checkpoint_dir: str | None = None, stop_after: int | None = None, resume: bool = False) -> dict:
+                 checkpoint_dir: str | None = None, stop_after: int | None = None,
+                 resume: bool = False) -> dict:
     """Train `steps` steps of a testbed under one model-parallel `strategy` on this rank; call on every rank.
 
     Strategies: ``"single"`` (one process: the reference; with `shards` and `micro_batches` it accumulates
     the loss over the same pieces the parallel run splits the batch into), ``"tensor"`` (DTensor TP over
     all ranks), ``"megatron"`` (the hand-written TP), ``"gpipe"``/``"1f1b"`` (pipeline over all ranks,
     `micro_batches` micro-batches; ``"gpipe_by_hand"``/``"1f1b_by_hand"``: the same schedules written over
-    send/recv, `hepml_kit.parallel.pipeline_schedules`), ``"graph"`` (tracking GNN, graph partitioned over all ranks),
-    ``"fsdp_tp"`` (``dims={"dp": 2, "tp": 2}``), ``"dp_pp"`` (``dims={"dp": 2, "pp": 2}``).
+    send/recv, `hepml_kit.parallel.pipeline_schedules`), ``"graph"`` (tracking GNN, graph partitioned over all
+    ranks), ``"fsdp_tp"`` (``dims={"dp": 2, "tp": 2}``), ``"dp_pp"`` (``dims={"dp": 2, "pp": 2}``).
 
-    `num_layers` sets the depth (``num_layers`` or ``n_iterations`` of the preset's config), `config_overrides`
-    any other config fields (e.g. ``{"embed_dim": 128}``). `optimizer` is ``"sgd"`` (momentum 0.9; the default, for equality tests: Adam divides by √v and turns
-    the rounding noise of an exactly-zero gradient, such as an attention key bias, into full-size steps) or
-    ``"adamw"``. Checkpointing: `stop_after` saves to `checkpoint_dir` after that many steps and stops;
-    `resume` loads it first (`hepml_kit.parallel.checkpoint`, any number of ranks the strategy allows).
+    `num_layers` sets the depth (``num_layers`` or ``n_iterations`` of the preset's config),
+    `config_overrides` any other config fields (e.g. ``{"embed_dim": 128}``). `optimizer` is ``"sgd"``
+    (momentum 0.9; the default, for equality tests: Adam divides by √v and turns the rounding noise of an
+    exactly-zero gradient, such as an attention key bias, into full-size steps) or ``"adamw"``. Checkpointing:
+    `stop_after` saves to `checkpoint_dir` after that many steps and stops; `resume` loads it first
+    (`hepml_kit.parallel.checkpoint`, any number of ranks the strategy allows).
 
     Returns a dict shaped like `hepml_kit.parallel.compare.train_strategy`'s (so `compare.table` tabulates
     it): ``losses``, ``profile`` (`StepProfiler` summary over ranks), ``samples_per_s`` (global),
@@ -117,10 +119,11 @@ def run_strategy(strategy: str, testbed: str | None = None, *, preset: str = "ti
 def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     """`run_strategy` for a `RunSpec` (what `hepml_kit.parallel.driver.train` calls)."""
     from hepml_kit.models import to_device
-    from hepml_kit.parallel import checkpoint, graph_partition as gp
-    from hepml_kit.parallel.hybrid import DataPipelineParallel, ProcessGroups, shard_fsdp_tp
+    from hepml_kit.parallel import checkpoint
+    from hepml_kit.parallel import graph_partition as gp
     from hepml_kit.parallel.ddp import shard_batch
     from hepml_kit.parallel.fsdp import model_state_bytes
+    from hepml_kit.parallel.hybrid import DataPipelineParallel, ProcessGroups, shard_fsdp_tp
     from hepml_kit.profile import StepProfiler
 
     steps, global_batch, lr, seed = spec.steps, spec.global_batch, spec.lr, spec.seed
@@ -139,7 +142,8 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
         raise ValueError("stop_after and resume need a checkpoint_dir")
     distributed = dist.is_available() and dist.is_initialized()
     if strategy != "single" and not distributed:
-        raise RuntimeError(f"strategy {strategy!r} needs torch.distributed: run it with hk.launch / Workers.run")
+        raise RuntimeError(f"strategy {strategy!r} needs torch.distributed: run it "
+                           "with hk.launch / Workers.run")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     if strategy == "single" and world > 1:
         raise ValueError("strategy 'single' is the one-process reference: run it without launch")
@@ -168,8 +172,9 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     tp_plan = tb.extra.get("tensor_parallel")  # the model file's plan (None: the default block names)
 
     if strategy in ("tensor", "megatron"):
-        from hepml_kit.parallel.tensor import apply_tensor_parallel, megatron_parallelize
         from torch.distributed.device_mesh import init_device_mesh
+
+        from hepml_kit.parallel.tensor import apply_tensor_parallel, megatron_parallelize
 
         if strategy == "tensor":
             apply_tensor_parallel(model, init_device_mesh(device.type, (world,)), tp_plan)
@@ -190,8 +195,10 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     elif strategy == "fsdp_tp":
         groups = ProcessGroups(**dims, device=device.type)
         shard_fsdp_tp(model, groups, plan=tp_plan)
-        # FSDP2 warns that the root returns a view (in-place ops on it would skip its hook; the loss makes none:
-        # the equality tests prove the gradients), and DTensor logs that gathering a 2-D parameter takes two steps
+        # FSDP2 warns that the root returns a view (in-place ops on it would skip its hook; the loss
+        # makes none: the equality tests prove the gradients), and DTensor logs that gathering a 2-D
+        # parameter
+        # takes two steps
         warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
         logging.getLogger("torch.distributed.tensor._redistribute").setLevel(logging.ERROR)
     elif strategy == "dp_pp":
@@ -280,7 +287,8 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
         with _quiet_stderr():  # kineto prints a line to stderr when it starts and stops
             p.start()
         t0 = time.perf_counter()
-        for k in range(spec.timing_steps):  # extra forward/backward passes, no optimizer step: parameters unchanged
+        # extra forward/backward passes, no optimizer step: parameters unchanged
+        for k in range(spec.timing_steps):
             forward_backward(start + k % max(end - start, 1))
         if device.type == "cuda":
             torch.cuda.synchronize()

@@ -95,7 +95,7 @@ def precision_of(dtype: torch.dtype | str | None, device_type: str) -> str:
 _TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_flops(device: str = "cpu", precision: str = "fp32", n: int = 768, repeats: int = 6,
                          threads: int | None = None) -> float:
     """Best-of-`repeats` FLOP/s of an n×n×n matrix product on `device` (cached per process).

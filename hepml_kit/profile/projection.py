@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Machine", "PERLMUTTER", "allreduce_time", "ddp_buckets", "project_scaling"]
+__all__ = ["Machine", "PERLMUTTER", "POLARIS", "MACHINES", "allreduce_time", "ddp_buckets", "project_scaling"]
 
 US = 1e-6
 MiB = 2**20
@@ -86,6 +86,22 @@ PERLMUTTER = Machine(
     sources="NERSC Perlmutter docs (node, NICs); NVIDIA A100 datasheet (NVLink 3); "
     "NCCL tuning.cc (latencies)",
 )
+
+POLARIS = Machine(
+    name="Polaris node (4x A100, NVLink 3, 2x Slingshot-11)",
+    gpu="A100-40GB",
+    gpus_per_node=4,
+    intra_bus_bw=235e9,  # the same A100 SXM4 NVLink 3 as Perlmutter (see above)
+    # ALCF Polaris machine overview: 2 HPE Slingshot-11 (Cassini) NICs per node, 200 Gb/s (25 GB/s) each:
+    # half of Perlmutter's injection bandwidth per node.
+    nics_per_node=2,
+    nic_bw=25e9,
+    ring_latency=(8.4 * US, 3.4 * US, 9.6 * US),  # NCCL's tables, as for Perlmutter (same GPU, same network)
+    tree_latency=(0.0, 28 * US, 50 * US),
+    sources="ALCF Polaris docs (node: 4x A100 SXM4 40 GB, 2x Slingshot-11 NICs); NVIDIA A100 datasheet; "
+    "NCCL tuning.cc (latencies)",
+)
+MACHINES = {"perlmutter": PERLMUTTER, "polaris": POLARIS}
 
 
 def ddp_buckets(grad_bytes: float, bucket_bytes: float = 25 * MiB,

@@ -40,7 +40,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 

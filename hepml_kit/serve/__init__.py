@@ -6,8 +6,10 @@
                    Triton sees them
 * `encoding.py`  — how variable-size jets and graphs travel in fixed-shape requests
 * `testbeds.py`  — the served models: a small MLP, the jet flavour tagger, the tracking GNN
-* `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2 server
-* `loadtest.py`  — latency percentiles and throughput vs concurrency and batch size; in-process baseline; plots
+* `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2
+server
+* `loadtest.py`  — latency percentiles and throughput vs concurrency and batch size; in-process baseline;
+plots
 * `export.py`    — the production path: a Triton model repository (TorchScript + config.pbtxt)
 
 Importing this package needs neither PyTriton nor tritonclient (they are imported when used). Datatype names

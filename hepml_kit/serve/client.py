@@ -63,7 +63,7 @@ class ServiceClient:
             self._client = self._module.InferenceServerClient(url)
         self._timeout_s = timeout_s
 
-    # --- health -------------------------------------------------------------------------------------------------
+    # --- health ---------------------------------------------------------------------------------------------
     def is_ready(self, models: list[str] = ()) -> bool:
         """Server live and ready, and every named model ready (False, not an error, while it is starting)."""
         try:
@@ -95,7 +95,7 @@ class ServiceClient:
         except Exception as err:  # noqa: BLE001 - refusals and network errors alike become ServiceError
             raise self._error(err, model) from None
 
-    # --- inference ---------------------------------------------------------------------------------------------
+    # --- inference ------------------------------------------------------------------------------------------
     def prepare(self, inputs: dict[str, np.ndarray]) -> list:
         """Serialise a request once (tritonclient `InferInput`s), to send it many times with `send`."""
         request = []
@@ -118,7 +118,8 @@ class ServiceClient:
     def infer(
         self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None, version: str = ""
     ) -> dict[str, np.ndarray]:
-        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`) outputs."""
+        """Run `model` on one request (arrays with the batch axis first); returns all (or `outputs`)
+        outputs."""
         result = self.send(model, self.prepare(inputs), outputs, version)
         response = result.get_response(as_json=True) if self.protocol == "grpc" else result.get_response()
         return {o["name"]: result.as_numpy(o["name"]) for o in response["outputs"]}
@@ -132,7 +133,7 @@ class ServiceClient:
             f"{self.protocol} request to model {model!r} failed ({status}): {message}", str(status)
         )
 
-    # --- lifecycle ---------------------------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------------------------
     def close(self) -> None:
         self._client.close()
 

@@ -3,8 +3,8 @@ stack requests from different clients into one model execution.
 
 Triton's dynamic batcher stacks requests along a new leading batch axis and only merges requests whose other
 dimensions agree (ragged batching is not available through the Python backend that PyTriton uses). So a jet
-with 7 tracks and a jet with 23 tracks, or two events with different numbers of hits and edges, are *padded to a
-fixed capacity* and travel with their true sizes. The encoding is the same for PyTriton and for the exported
+with 7 tracks and a jet with 23 tracks, or two events with different numbers of hits and edges, are *padded to
+a fixed capacity* and travel with their true sizes. The encoding is the same for PyTriton and for the exported
 TorchScript model repository (`export.py`), so one client talks to both.
 
 Jets (GN2-style flavour tagger, `jet_transformer`)::
@@ -70,7 +70,8 @@ def triton_datatype(dtype) -> str:
 
 
 def numpy_dtype(datatype: str) -> np.dtype:
-    """The numpy dtype of a KServe v2 datatype (tritonclient's ``triton_to_np_dtype``): ``"FP32" -> float32``."""
+    """The numpy dtype of a KServe v2 datatype (tritonclient's ``triton_to_np_dtype``): ``"FP32" ->
+    float32``."""
     from tritonclient.utils import triton_to_np_dtype
 
     dtype = triton_to_np_dtype(datatype)
@@ -94,7 +95,8 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class JetEncoding:
-    """Jets with different track counts, padded to `max_tracks` with a validity mask (see module docstring)."""
+    """Jets with different track counts, padded to `max_tracks` with a validity mask (see module
+    docstring)."""
 
     max_tracks: int
     track_features: int

@@ -2,7 +2,8 @@
 sees it.
 
 Why: Triton's HTTP front-end allocates an input's buffer from the shape a JSON request *declares*, so one
-request with shape ``[2**40, 16]`` makes ``tritonserver`` abort (``std::bad_alloc``) and every later client gets
+request with shape ``[2**40, 16]`` makes ``tritonserver`` abort (``std::bad_alloc``) and every later client
+gets
 "connection refused". A declared batch of ``2**40`` also wraps to 0 in Triton's 32-bit batch size and slips
 past its own ``max_batch_size`` check. So `RequestGuard` listens on the public HTTP port, reads each inference
 request's header (the JSON part; binary tensor data follows it, KServe v2 binary-data extension) and refuses,
@@ -82,12 +83,14 @@ class ModelLimits:
             name = tensor.get("name")
             if name not in self.inputs:
                 raise RequestRefused(
-                    f"unexpected inference input {name!r} for model {self.name!r}; it takes {list(self.inputs)}"
+                    f"unexpected inference input {name!r} for model {self.name!r}; it "
+                    f"takes {list(self.inputs)}"
                 )
             datatype, dims = self.inputs[name]
             if tensor.get("datatype") != datatype:
                 raise RequestRefused(
-                    f"input {name!r} of model {self.name!r} has datatype {tensor.get('datatype')}, expected {datatype}"
+                    f"input {name!r} of model {self.name!r} has datatype "
+                    f"{tensor.get('datatype')}, expected {datatype}"
                 )
             shape = tensor.get("shape")
             expected = [-1, *dims]
@@ -98,7 +101,8 @@ class ModelLimits:
                 or any(want not in (-1, got) for want, got in zip(expected, shape))
             ):
                 raise RequestRefused(
-                    f"unexpected shape for input {name!r} for model {self.name!r}. Expected {expected}, got {shape}"
+                    f"unexpected shape for input {name!r} for model {self.name!r}. "
+                    f"Expected {expected}, got {shape}"
                 )
             if not 1 <= shape[0] <= self.max_batch_size:
                 raise RequestRefused(
@@ -120,15 +124,16 @@ class ModelLimits:
                 )
             if "binary_data_size" in parameters and parameters["binary_data_size"] != nbytes:
                 raise RequestRefused(
-                    f"input {name!r} of model {self.name!r}: binary_data_size {parameters['binary_data_size']} "
-                    f"does not match shape {shape} ({nbytes} bytes)"
+                    f"input {name!r} of model {self.name!r}: binary_data_size "
+                    f"{parameters['binary_data_size']} does not match shape {shape} ({nbytes} bytes)"
                 )
         if body_bytes > _JSON_BLOWUP * self.max_request_bytes + _HEADER_LIMIT:
             raise RequestRefused(f"model {self.name!r}: request body of {body_bytes} bytes is too large", 413)
 
 
 class RequestGuard:
-    """Listen on ``host:port``, check inference requests against `limits`, pass the rest to Triton's HTTP port.
+    """Listen on ``host:port``, check inference requests against `limits`, pass the rest to Triton's HTTP
+    port.
 
     Args:
         limits: `ModelLimits` per served model name.

@@ -1,8 +1,8 @@
 """A real NVIDIA Triton Inference Server in front of PyTorch models, started from a notebook with PyTriton.
 
 PyTriton (`nvidia-pytriton`) ships the Triton server binary; our inference function runs in this Python
-process and Triton's Python-backend stub forwards each (dynamically batched) execution to it. Clients speak the
-KServe v2 protocol over HTTP or gRPC (`client.py`), exactly as to the Triton container (`export.py`).
+process and Triton's Python-backend stub forwards each (dynamically batched) execution to it. Clients speak
+the KServe v2 protocol over HTTP or gRPC (`client.py`), exactly as to the Triton container (`export.py`).
 
 What this module adds to PyTriton, for teaching and for tests:
 
@@ -124,7 +124,8 @@ class ServedModel:
         self.module = self.module.to(self.device).eval()
 
     def with_batching(self, batching: Batching, name: str | None = None) -> ServedModel:
-        """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name + "_b1")``."""
+        """The same module under another schedule, e.g. ``m.with_batching(Batching(dynamic=False), m.name +
+        "_b1")``."""
         return replace(self, batching=batching, name=name or self.name)
 
     @torch.inference_mode()
@@ -140,7 +141,8 @@ class ServedModel:
 
 def model_limits(model: ServedModel, max_request_bytes: int = 64 << 20) -> ModelLimits:
     """What the guard lets through to `model`: its inputs' datatypes and per-sample shapes, its
-    `max_batch_size`, and a request size of at most a full batch (`max_request_bytes` if a dimension is free)."""
+    `max_batch_size`, and a request size of at most a full batch (`max_request_bytes` if a dimension is
+    free)."""
     full_batch = 0
     for s in model.inputs:
         per_sample = int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
@@ -417,7 +419,7 @@ class InferenceServer:
     def url(self, protocol: str = "http") -> str:
         return {"http": self.http_url, "grpc": self.grpc_url}[protocol]
 
-    # --- lifecycle -------------------------------------------------------------------------------------------
+    # --- lifecycle ------------------------------------------------------------------------------------------
     def start(self) -> InferenceServer:
         """Start Triton (behind the guard), bind the models, return once the server and every model are ready;
         then watch it (`status`)."""
@@ -509,7 +511,7 @@ class InferenceServer:
         """None while Triton serves; otherwise why not (the guard answers 503 with this)."""
         return None if self._state == "running" else f"the Triton server is {self.status}"
 
-    # --- liveness --------------------------------------------------------------------------------------------
+    # --- liveness -------------------------------------------------------------------------------------------
     @property
     def status(self) -> str:
         """What the server is doing now, checked, not assumed: ``running``, ``starting``, ``stopped``,
@@ -524,7 +526,8 @@ class InferenceServer:
         return _answers_live(self.host, self._triton_http_port)
 
     def _watch(self) -> None:
-        """Watchdog thread: notice a dead or unresponsive Triton, say why, restart it up to `max_restarts` times."""
+        """Watchdog thread: notice a dead or unresponsive Triton, say why, restart it up to `max_restarts`
+        times."""
         failures = 0
         while not self._stopping.wait(_WATCH_PERIOD_S):
             try:
@@ -578,7 +581,8 @@ class InferenceServer:
         return f"tritonserver exited ({how}) without a word in its log or output"
 
     def _discard_triton(self) -> None:
-        """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its folder."""
+        """Forget a dead Triton: stop PyTriton's side, kill what is left of its processes, delete its
+        folder."""
         triton, self._triton = self._triton, None
         if triton is not None:
             self._pids |= {p.pid for p in self.processes()}
@@ -645,7 +649,7 @@ class InferenceServer:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    # --- introspection ---------------------------------------------------------------------------------------
+    # --- introspection --------------------------------------------------------------------------------------
     def stats(self, model: str) -> dict:
         """Executions, requests and samples the model has run since start (or `reset_stats`)."""
         return self._stats[model].snapshot()
@@ -661,7 +665,8 @@ class InferenceServer:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def __repr__(self) -> str:
-        return f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc {self.grpc_url}; {self.status})"
+        return (f"InferenceServer({', '.join(self.models)}; http {self.http_url}, grpc "
+                f"{self.grpc_url}; {self.status})")
 
 
 _FOLDER_PREFIX = "hepml-serve-"

@@ -56,27 +56,33 @@ def run_curriculum(folder: Path = Path("curriculum"), out: Path = Path("build"),
         log(f"[{i}/{len(lessons)}] {nb.stem} ...")
         t0 = time.perf_counter()
         try:
-            pm.execute_notebook(str(nb), str(out / "executed" / nb.name), parameters={"SCALE": scale, **(parameters or {})},
-                                cwd=str(folder), execution_timeout=int(timeout), progress_bar=False, log_output=False)
+            pm.execute_notebook(str(nb), str(out / "executed" / nb.name),
+                                parameters={"SCALE": scale, **(parameters or {})}, cwd=str(folder),
+                                execution_timeout=int(timeout), progress_bar=False, log_output=False)
             ok, error = True, ""
         except Exception as e:  # papermill's execution error names the failing cell
-            ok, error = False, f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            ok, error = (False,
+                         f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
         finally:
             os.environ.pop(RECORD_ENV, None)
-        records = [json.loads(line) for line in record_file.read_text().splitlines()] if record_file.exists() else []
+        records = [json.loads(line)
+                   for line in record_file.read_text().splitlines()] if record_file.exists() else []
         results.append(LessonResult(nb.stem, ok, time.perf_counter() - t0, error, records))
-        log(f"    {'ok' if ok else 'FAILED'} in {results[-1].seconds:.0f} s" + (f": {error}" if error else ""))
+        log(f"    {'ok' if ok else 'FAILED'} in {results[-1].seconds:.0f} s"
+            + (f": {error}" if error else ""))
     write_summary(results, out / "summary.md", scale)
     return results
 
 
 def write_summary(results: list[LessonResult], path: Path, scale: str) -> None:
-    lines = [f"# Curriculum run ({scale} scale, {time.strftime('%Y-%m-%d %H:%M')}, {os.uname().nodename})", "",
+    lines = [f"# Curriculum run ({scale} scale, {time.strftime('%Y-%m-%d %H:%M')}, "
+             f"{os.uname().nodename})", "",
              "| lesson | status | time (s) | key numbers |", "|---|---|---|---|"]
     for r in results:
         nums = "; ".join(
             f"{x['name']} = {x['value']:.4g}{(' ' + x['unit']) if x.get('unit') else ''}"
-            + (f" (goal {x['goal']}: {'PASS' if x['passed'] else 'FAIL'})" if x.get("passed") is not None else "")
+            + (f" (goal {x['goal']}: {'PASS' if x['passed'] else 'FAIL'})"
+               if x.get("passed") is not None else "")
             for x in r.records
         )
         status = "ok" if r.ok else f"FAILED: {r.error}"
@@ -84,7 +90,8 @@ def write_summary(results: list[LessonResult], path: Path, scale: str) -> None:
     failed = [r.name for r in results if not r.ok]
     claims = [(r.name, x["name"]) for r in results for x in r.records if x.get("passed") is False]
     lines += ["", f"{len(results) - len(failed)}/{len(results)} lessons ran; "
-              f"{sum(1 for r in results for x in r.records if x.get('passed'))} claims met, {len(claims)} not met."]
+              f"{sum(1 for r in results for x in r.records if x.get('passed'))} claims "
+              f"met, {len(claims)} not met."]
     if claims:
         lines.append("Claims not met at this scale: " + ", ".join(f"{a}: {b}" for a, b in claims))
     path.write_text("\n".join(lines) + "\n")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import nbformat
 
-__all__ = ["ExerciseError", "build", "check", "exercise_from_solution", "strip_outputs", "notebooks_with_outputs"]
+__all__ = ["ExerciseError", "build", "check", "exercise_from_solution", "strip_outputs",
+           "notebooks_with_outputs"]
 
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION\b.*$")
 END = re.compile(r"^[ \t]*# END SOLUTION\b.*$")
@@ -84,7 +85,8 @@ def exercise_from_solution(path: Path):
 
 
 def _expected(solutions: Path) -> dict[str, str]:
-    return {p.name: nbformat.writes(exercise_from_solution(p)) + "\n" for p in sorted(solutions.glob("*.ipynb"))}
+    return {p.name: nbformat.writes(exercise_from_solution(p)) + "\n"
+            for p in sorted(solutions.glob("*.ipynb"))}
 
 
 def build(solutions: Path = Path("solutions"), exercises: Path = Path("exercises")) -> list[Path]:
@@ -113,7 +115,8 @@ def check(solutions: Path = Path("solutions"), exercises: Path = Path("exercises
             problems.append(f"{target} is missing")
         elif target.read_text() != text:
             problems.append(f"{target} differs from what solutions/{name} generates")
-    problems += [f"{p} has no solution in {solutions}/" for p in sorted(exercises.glob("*.ipynb")) if p.name not in expected]
+    problems += [f"{p} has no solution in {solutions}/" for p in sorted(exercises.glob("*.ipynb"))
+                 if p.name not in expected]
     return problems
 
 
@@ -155,7 +158,8 @@ def run_cli(action: str, check_only: bool = False) -> int:
                 print("exercises/ is out of date: run `hepml-kit exercises build`")
             if problems or outputs:
                 return 1
-            print(f"exercises in sync with solutions ({len(list(Path('solutions').glob('*.ipynb')))} notebooks), no outputs")
+            print(f"exercises in sync with solutions ({len(list(Path('solutions').glob('*.ipynb')))} "
+                  "notebooks), no outputs")
             return 0
         written = build()
         print("\n".join(f"wrote {p}" for p in written) or "exercises already up to date")

@@ -6,13 +6,15 @@ Taught nowhere; used by every lesson (see curriculum/README.md for the conventio
 from __future__ import annotations
 
 import atexit
+import difflib
 import json
 import os
 import shutil
 import tempfile
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 SCALES = ("tiny", "small", "full")
 RECORD_ENV = "HEPML_KIT_RECORD"  # set by `hepml-kit curriculum run`: where `record` appends JSON lines
@@ -70,7 +72,8 @@ def number(lo: float | None = None, hi: float | None = None) -> Param:
 
 
 def boolean() -> Param:
-    return Param("True or False", lambda v: None if isinstance(v, bool) else f"must be True or False, got {v!r}")
+    return Param("True or False",
+                 lambda v: None if isinstance(v, bool) else f"must be True or False, got {v!r}")
 
 
 def text() -> Param:
@@ -89,13 +92,23 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
     """Check a lesson's parameters before any heavy work.
 
     Every UPPER_CASE name in `namespace` (the notebook's ``globals()``) must be declared in `rules`, so a
-    misspelt ``papermill -p NPROC 4`` (which papermill only warns about) stops here with a clear message.
+    misspelt ``papermill -p NPROC 4`` (which papermill only warns about) stops here with a clear message;
+    so does a name that differs from a declared one only in case (``-p seed 7``: "did you mean SEED?").
     Returns the validated parameters as a dict.
     """
     errors = []
+    folded = {r.lower(): r for r in rules}
     for name, value in namespace.items():
-        if _is_parameter_like(name, value) and name not in rules:
-            errors.append(f"{name}: not a parameter of this lesson (declared: {', '.join(sorted(rules))})")
+        if name in rules:
+            continue
+        # `-p seed 7` under papermill injects a lower-case name: caught when it folds onto a declared one
+        if (_is_parameter_like(name, value)
+                or name.lower() in folded and _is_parameter_like(name.upper(), value)):
+            close = (folded.get(name.lower())
+                     or next(iter(difflib.get_close_matches(name.upper(), rules, 1, 0.75)), None))
+            hint = f"; did you mean {close}?" if close else ""
+            errors.append(f"{name}: not a parameter of this lesson{hint} (declared: "
+                          f"{', '.join(sorted(rules))})")
     values = {}
     for name, rule in rules.items():
         if name not in namespace:
@@ -135,10 +148,12 @@ def record(name: str, value: float, *, unit: str = "", goal: str | None = None, 
             number is shown and recorded, the goal is not judged (and the output says so).
     """
     value = float(value)  # numpy scalars and 0-d tensors too
-    differ = {k: _PARAMETERS[k] for k, v in (assumes or {}).items() if k in _PARAMETERS and _PARAMETERS[k] != v}
+    differ = {k: _PARAMETERS[k] for k, v in (assumes
+                                             or {}).items() if k in _PARAMETERS and _PARAMETERS[k] != v}
     if differ:
-        print(f"({name}: the goal {goal} is claimed for {', '.join(f'{k}={v!r}' for k, v in assumes.items())}; "
-              f"not judged at {', '.join(f'{k}={v!r}' for k, v in differ.items())})")
+        print(f"({name}: the goal {goal} is claimed for "
+              f"{', '.join(f'{k}={v!r}' for k, v in assumes.items())}; not judged at "
+              f"{', '.join(f'{k}={v!r}' for k, v in differ.items())})")
         goal, passed = None, None
     if passed is None and goal is not None:
         passed = _meets(value, goal)
@@ -148,7 +163,8 @@ def record(name: str, value: float, *, unit: str = "", goal: str | None = None, 
     path = os.environ.get(RECORD_ENV)
     if path:
         with open(path, "a") as f:
-            f.write(json.dumps({"name": name, "value": float(value), "unit": unit, "goal": goal, "passed": passed}) + "\n")
+            f.write(json.dumps({"name": name, "value": float(value), "unit": unit, "goal": goal,
+                                "passed": passed}) + "\n")
 
 
 def _meets(value: float, goal: str) -> bool:

@@ -11,13 +11,18 @@ CONF=$DIR/slurm.conf
 
 log() { echo "[slurm-cluster] $*" >&2; }
 
+# slurm-wlm-torque: Torque-style qsub/qstat over Slurm (the PBS path's tests submit through it);
+# openmpi-bin: a real mpiexec for the PBS rank-mapping test.
+PACKAGES="slurmctld slurmd slurm-client munge slurm-wlm-torque openmpi-bin"
+
 install_packages() {
-  command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null && return 0
-  [[ $(id -u) == 0 ]] || { log "slurm-wlm is not installed and we are not root: apt-get install slurmctld slurmd slurm-client munge"; exit 3; }
-  log "installing slurmctld slurmd slurm-client munge (Debian)"
+  command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && command -v sbatch >/dev/null \
+    && command -v qsub >/dev/null && command -v mpiexec >/dev/null && return 0
+  [[ $(id -u) == 0 ]] || { log "slurm-wlm is not installed and we are not root: apt-get install $PACKAGES"; exit 3; }
+  log "installing $PACKAGES (Debian)"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null || true
-  apt-get install -y -qq --no-install-recommends slurmctld slurmd slurm-client munge >/dev/null
+  apt-get install -y -qq --no-install-recommends $PACKAGES >/dev/null
 }
 
 pid_alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }

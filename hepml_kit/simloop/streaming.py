@@ -1,0 +1,250 @@
+"""Fresh Monte Carlo streamed to every training rank: generator workers, a bounded queue, no disk.
+
+    stream = MonteCarloStream("jet_transformer", "tiny", seed=0, rank=r, world_size=w, batch_size=128)
+    for step, batch in enumerate(stream_batches(stream, workers=2, steps=1000)):
+        loss = testbed.step(model, batch, opt)          # batch["event_index"]: the events' global indices
+
+**Which events.** The kit's generators make event i from ``(seed, i)`` alone (`hepml_kit.data._seeding`),
+so the stream is an endless data set cut into chunks of ``batch_size`` events: step s of rank r is chunk
+``g = s * world_size + r``, the events ``[g * B, (g + 1) * B)`` made by
+``generate(cfg, G * B, seed, rank=g, world_size=G)`` (G = 2^40 chunks). A batch is therefore a pure function
+of (seed, rank, step): the same with 1 or 8 workers, on any machine; ranks never share an event; and the
+first ``S * world_size * B`` events streamed are exactly ``generate(cfg, S * world_size * B, seed)``, the
+events `hepml_kit.data.shards.write_shards` stores on disk for the same seed (tests check all three). (The
+tracking generator deals events to ranks round-robin instead, so its chunk g holds events g, g + G, ...:
+still disjoint and reproducible, but not the first events of the serial set.)
+
+**Which engine, by measurement** (dev VM, 2 shared cores, Dec 2026): plain forked worker processes, one
+bounded ``multiprocessing`` queue each. Starting 2 of them and getting the first batch takes well under a
+second, against ~20 s for ``ray.init`` and ~7 s for 2 ipyparallel engines (shared/notes/tooling.md); per batch
+all three pickle the same bytes, and the steady state is set by the generator, not the transport
+(``bench/streaming.py``). torch DataLoader workers over an IterableDataset were tried first and dropped:
+their SIGCHLD handler raises a dead worker's error inside whatever the trainer is running (not where the
+batches are read), so a death could not be caught and replaced, and their batches travel as shared-memory
+file descriptors that a killed worker leaves dangling. What local processes cannot do is run on *other
+nodes* (CPU nodes simulating for GPU nodes): for that the same `MonteCarloStream.chunk` runs unchanged in
+Ray actors or the kit's ipyparallel engines, because a chunk depends only on (seed, rank, step).
+
+**Failures.** A worker that dies is reported with the step the stream had reached; `stream_batches` then
+restarts the workers from that step (``restarts`` times: the batches are the ones the dead worker would
+have made, so the run continues exactly), or raises `StreamError`. Every wait is bounded by ``timeout_s``:
+a stuck generator is an error, never a hang.
+
+Taught in curriculum/12_simulation_in_the_loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import signal
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["CHUNKS", "MonteCarloStream", "StreamError", "chunk_of", "event_fingerprints", "stream_batches"]
+
+CHUNKS = 2**40  # chunks of the endless stream: G in generate(cfg, G * B, seed, rank=g, world_size=G)
+
+
+class StreamError(RuntimeError):
+    """The stream of fresh Monte Carlo cannot go on: a worker died (restarts used up) or timed out."""
+
+
+def chunk_of(step: int, rank: int, world_size: int) -> int:
+    """Global chunk index of `rank`'s batch at `step`: steps interleave the ranks, so chunks are disjoint."""
+    return step * world_size + rank
+
+
+@dataclass
+class MonteCarloStream:
+    """`rank`'s endless stream of fresh batches of testbed `model`, one generated chunk per step.
+
+    Iterating it makes the steps from `start_step` up to `steps` (None: endless) in this process;
+    `stream_batches` spreads them over worker processes.
+
+    Args:
+        model: testbed name (``hepml_kit.models.get``).
+        preset: ``tiny | small | full``, the config of the model and of its generator.
+        seed, rank, world_size: which events (see the module docstring).
+        batch_size: events per batch (per step per rank).
+        steps: how many steps the stream lasts (None: endless).
+        start_step: the first step (restarting after a failure, or resuming a run).
+        kill_at_step: fault injection for tests and the lesson: the worker making this step dies with
+            SIGKILL before handing it over, as an out-of-memory kill would.
+    """
+
+    model: str
+    preset: str = "tiny"
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+    batch_size: int = 64
+    steps: int | None = None
+    start_step: int = 0
+    kill_at_step: int | None = None
+
+    def __post_init__(self):
+        from hepml_kit import models
+
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={self.rank}, "
+                             f"world_size={self.world_size}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.steps is not None and self.steps < 0 or self.start_step < 0:
+            raise ValueError(f"steps and start_step must be >= 0, got {self.steps}, {self.start_step}")
+        if int(self.seed) != self.seed or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        self.testbed = models.get(self.model)
+        self.cfg = self.testbed.config(self.preset)
+
+    def chunk(self, step: int) -> dict[str, Any]:
+        """The batch of `step`: a pure function of (seed, rank, step); adds ``event_index`` (B,) int64."""
+        g = chunk_of(step, self.rank, self.world_size)
+        data = self.testbed.generate(self.cfg, CHUNKS * self.batch_size, self.seed, rank=g, world_size=CHUNKS)
+        batch = next(iter(self.testbed.batches(data, self.batch_size)))
+        batch["event_index"] = _global_indices(data, g, self.batch_size)
+        batch["step"] = torch.tensor(step)
+        return batch
+
+    def my_steps(self, worker: int = 0, workers: int = 1) -> range:
+        stop = self.steps if self.steps is not None else 2**62
+        return range(self.start_step + worker, stop, workers)
+
+    def __iter__(self) -> Iterator[dict]:
+        for step in self.my_steps():
+            yield self.chunk(step)
+
+
+def stream_batches(stream: MonteCarloStream, workers: int = 2, *, prefetch: int = 2, timeout_s: float = 60.0,
+                   restarts: int = 0, log=print) -> Iterator[dict]:
+    """The batches of `stream` in step order, made by `workers` processes through bounded queues.
+
+    Worker k makes steps k, k + W, ... and puts each into its own queue of `prefetch` slots, so at most
+    ``workers * prefetch`` batches wait (back-pressure: a worker blocks once its slots are full, and the
+    generators never run ahead of the trainer by more). ``workers=0`` makes the batches in the calling
+    process. A worker that dies or stays silent for `timeout_s` is reported through `log` and replaced while
+    `restarts` remain: all workers restart at the first step not yet delivered, which yields exactly the
+    batches the failed one owed. Otherwise `StreamError` says what happened and how to resume. An exception
+    raised by the generator itself is a bug, not a failure to retry: it is re-raised as `StreamError` with
+    the worker's traceback.
+    """
+    if workers < 0 or prefetch < 1 or timeout_s <= 0:
+        raise ValueError("need workers >= 0, prefetch >= 1, timeout_s > 0; got "
+                         f"{workers}, {prefetch}, {timeout_s}")
+    if workers == 0:
+        yield from stream
+        return
+    next_step, attempt = stream.start_step, 0
+    while stream.steps is None or next_step < stream.steps:
+        part = stream if attempt == 0 else dataclasses.replace(stream, start_step=next_step,
+                                                               kill_at_step=None)
+        pool = _WorkerPool(part, workers, prefetch)
+        try:
+            for step in part.my_steps():
+                kind, payload = pool.get(step, timeout_s)
+                if kind == "error":
+                    raise StreamError(f"the generator raised at step {step} of rank {stream.rank} "
+                                      f"({stream.model}):\n{payload}")
+                if kind == "failed":
+                    raise _WorkerFailed(payload)
+                next_step = step + 1
+                yield pickle.loads(payload)
+            return
+        except _WorkerFailed as e:
+            what = str(e)
+            if attempt >= restarts:
+                raise StreamError(f"generator worker failure at step {next_step} of rank {stream.rank} "
+                                  f"({stream.model}, seed {stream.seed}): {what}. The "
+                                  "batches are a pure function of (seed, rank, step): rerun with "
+                                  f"start_step={next_step} to go on exactly where it stopped.") from None
+            attempt += 1
+            if log:
+                log(f"[stream rank {stream.rank}] {what} at step {next_step}; "
+                    f"restarting {workers} workers from step {next_step} (restart {attempt} of {restarts})")
+        finally:
+            pool.close()
+
+
+class _WorkerFailed(Exception):
+    pass
+
+
+class _WorkerPool:
+    """`workers` forked processes, worker k making steps start + k, start + k + W, ... into queue k."""
+
+    def __init__(self, stream: MonteCarloStream, workers: int, prefetch: int):
+        ctx = mp.get_context("fork")  # the stream object is inherited, not pickled
+        self.start, self.workers = stream.start_step, workers
+        self.queues = [ctx.Queue(maxsize=prefetch) for _ in range(workers)]
+        self.procs = [ctx.Process(target=_work, args=(stream, k, workers, q), daemon=True,
+                                  name=f"mc-stream-r{stream.rank}-w{k}") for k, q in enumerate(self.queues)]
+        for p in self.procs:
+            p.start()
+
+    def get(self, step: int, timeout_s: float) -> tuple[str, Any]:
+        k = (step - self.start) % self.workers
+        q, p, deadline = self.queues[k], self.procs[k], time.monotonic() + timeout_s
+        while True:
+            try:
+                kind, got_step, payload = q.get(timeout=0.1)
+            except queue.Empty:
+                if not p.is_alive():
+                    return "failed", f"generator worker {k} (pid {p.pid}) died (exit code {p.exitcode})"
+                if time.monotonic() > deadline:
+                    return ("failed",
+                            f"no batch from generator worker {k} (pid {p.pid}) within "
+                            f"timeout_s={timeout_s:g} s")
+                continue
+            assert got_step == step, f"worker {k} sent step {got_step}, expected {step}"
+            return kind, payload
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.is_alive():
+                p.kill()
+        for p, q in zip(self.procs, self.queues):
+            p.join(timeout=5)
+            q.cancel_join_thread()
+            q.close()
+
+
+def _work(stream: MonteCarloStream, worker: int, workers: int, q) -> None:
+    torch.set_num_threads(1)  # one core per generator worker
+    step = None
+    try:
+        for step in stream.my_steps(worker, workers):
+            batch = pickle.dumps(stream.chunk(step), protocol=pickle.HIGHEST_PROTOCOL)  # bytes: no shared fds
+            if step == stream.kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+            q.put(("batch", step, batch))
+    except BaseException:  # noqa: BLE001 - any failure in the worker goes to the trainer, with its traceback
+        q.put(("error", step, traceback.format_exc()))
+
+
+def _global_indices(data, g: int, batch_size: int) -> torch.Tensor:
+    """The global indices of a chunk's events: as the generator reports them (tracking deals events to
+    ranks round-robin: chunk g holds g, g + G, ...), else the contiguous ``[g * B, (g + 1) * B)``."""
+    if isinstance(data, list) and data and "event_index" in data[0]:
+        return torch.tensor([int(e["event_index"]) for e in data], dtype=torch.int64)
+    if isinstance(data, dict) and "index" in data:
+        return torch.as_tensor(np.asarray(data["index"]), dtype=torch.int64)
+    return torch.arange(g * batch_size, (g + 1) * batch_size, dtype=torch.int64)
+
+
+def event_fingerprints(batch: dict) -> np.ndarray:
+    """One 64-bit hash per event of a batch (over every per-event tensor), to find duplicated events."""
+    n = len(batch["event_index"])
+    rows = [v.reshape(n, -1).numpy().view(np.uint8).reshape(n, -1) for k, v in batch.items()
+            if torch.is_tensor(v) and v.ndim >= 1 and len(v) == n and k != "event_index"]
+    data = np.concatenate(rows, axis=1) if rows else np.zeros((n, 0), np.uint8)
+    return np.array([hash(r.tobytes()) for r in data], dtype=np.int64)

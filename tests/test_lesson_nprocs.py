@@ -1,7 +1,7 @@
-"""Each lesson with ranks accepts exactly the NPROCS values it runs, refusing the others in its validation cell
-(the one calling ``lesson.validate_parameters``) with the reason (issue 19, item 1, lessons 02, 04, 05 and their
-exercises). The cells run as papermill runs them: the parameters cell, the injected values, then validation;
-that every accepted value trains is checked by running the lessons (at NPROCS=4 under papermill).
+"""Each lesson with ranks accepts exactly the NPROCS values it runs, refusing the others in its validation
+cell (the one calling ``lesson.validate_parameters``) with the reason (issue 19, item 1, lessons 02, 04, 05
+and their exercises). The cells run as papermill runs them: the parameters cell, the injected values, then
+validation; that every accepted value trains is checked by running the lessons (at NPROCS=4 under papermill).
 """
 
 import json
@@ -26,7 +26,8 @@ def _validate(notebook: str, **injected):
 
 
 CASES = {  # notebook: (accepted NPROCS, (refused NPROCS, a phrase of the reason))
-    "curriculum/02_data_parallel.ipynb": ((1, 2, 3, 4, 64), ((0, "at least one jet"), (65, "at least one jet"))),
+    "curriculum/02_data_parallel.ipynb": ((1, 2, 3, 4, 64),
+                                          ((0, "at least one jet"), (65, "at least one jet"))),
     "solutions/02_data_parallel.ipynb": ((1, 2, 3, 4, 32), ((33, "global batch of 32"),)),
     "curriculum/04_model_parallel.ipynb": ((2, 4), ((3, "4 attention heads"), (8, "micro-batches"))),
     "solutions/04_model_parallel.ipynb": ((2, 4), ((3, "4 attention heads"),)),

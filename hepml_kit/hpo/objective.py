@@ -27,7 +27,8 @@ from typing import Any
 
 import torch
 
-from hepml_kit.models import get as get_testbed, to_device
+from hepml_kit.models import get as get_testbed
+from hepml_kit.models import to_device
 from hepml_kit.parallel.driver import Loop, RunSpec
 from hepml_kit.parallel.spec import default_device
 
@@ -135,7 +136,7 @@ class TestbedObjective:
             raise ObjectiveError(f"{self.model} does not report a metric {self.metric!r}; "
                                  f"it reports: {', '.join(reported)}")
 
-    def start(self, params: dict, group=None) -> "TrialRun":
+    def start(self, params: dict, group=None) -> TrialRun:
         """A fresh trial with `params` (on this rank's share of the data if `group` has several ranks)."""
         return TrialRun(self, params, group=group)
 
@@ -206,9 +207,9 @@ class TrialRun:
         self.rank = dist.get_rank(group) if group is not None else 0
         # the one driver's loop: the same initial weights on every rank and for every trial (the seed),
         # DDP over `group` when it has several ranks, the testbed's own optimizer
-        spec = RunSpec(tb.name, preset=objective.preset, global_batch=self.batch_size * self.world, lr=self.lr,
-                       seed=objective.seed, device=str(self.device), config=self.cfg, optimizer="testbed",
-                       data="given", warmup_steps=0)
+        spec = RunSpec(tb.name, preset=objective.preset, global_batch=self.batch_size * self.world,
+                       lr=self.lr, seed=objective.seed, device=str(self.device), config=self.cfg,
+                       optimizer="testbed", data="given", warmup_steps=0)
         self.loop = Loop(spec, ddp=group is not None, group=group, cfg=self.cfg)
         self.model, self.trained, self.optimizer = self.loop.model, self.loop.trained, self.loop.optimizer
         self._fresh_lrs = [[g["lr"] for g in o.param_groups] for o in self._optimizers()]

@@ -175,7 +175,8 @@ def _train_plain(spec: RunSpec, strategy: str, data: Any, batches: Iterable[dict
     loop = Loop(spec, ddp=ddp, cfg=cfg)
     fps = flops_per_sample or (tb.flops_per_sample(cfg) if tb.flops_per_sample else None)
     prof = StepProfiler(samples_per_step=tb.samples_in, flops_per_sample=fps, unit=tb.unit, device=device,
-                        dtype=torch.bfloat16 if options.bf16 else torch.float32, warmup_steps=spec.warmup_steps)
+                        dtype=torch.bfloat16 if options.bf16 else torch.float32,
+                        warmup_steps=spec.warmup_steps)
     if loop.trained is not loop.model and options.comm_hook:
         prof.attach_ddp(loop.trained)
     if batches is not None:

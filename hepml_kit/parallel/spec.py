@@ -138,10 +138,13 @@ class RunSpec:
         if self.data not in DATA_MODES:
             raise ValueError(f"RunSpec.data must be one of {', '.join(DATA_MODES)}, got {self.data!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"RunSpec.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(f"RunSpec.optimizer must be one of {', '.join(OPTIMIZERS)}, "
+                             f"got {self.optimizer!r}")
         if not isinstance(self.step_options, StepOptions):
-            raise TypeError(f"RunSpec.step_options must be a StepOptions, got {type(self.step_options).__name__}")
-        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            kind = type(self.step_options).__name__
+            raise TypeError(f"RunSpec.step_options must be a StepOptions, got {kind}")
+        warmup = self.warmup_steps
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"RunSpec.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
 
     def replace(self, **changes: Any) -> RunSpec:

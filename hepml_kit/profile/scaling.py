@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["plot_scaling", "progress_mode", "scaling_study", "train_testbed_ddp"]
 
@@ -202,7 +202,8 @@ def train_testbed_ddp(batch_size: int, model: str = "jet_transformer", preset: s
     Each rank generates its own share of fresh data (``batch_size`` samples per step), wraps the model in
     DistributedDataParallel when there is more than one rank, and times data / forward / backward /
     optimizer, with the exposed all-reduce split out by the comm hook (`StepProfiler.attach_ddp`): the
-    driver's plain loop (`hepml_kit.parallel.driver.train` with ``RunSpec(data="per_rank")``, strategy ``"ddp"``).
+    driver's plain loop (`hepml_kit.parallel.driver.train` with ``RunSpec(data="per_rank")``, strategy
+    ``"ddp"``).
     """
     import torch.distributed as dist
 

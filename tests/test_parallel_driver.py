@@ -150,3 +150,134 @@ def test_models_carry_their_parallel_plans_and_parallel_stays_generic():
         pipeline.recipe_for("tracking_gnn")
     sources = [p.read_text() for p in (Path(tensor.__file__).parent).glob("*.py")]
     assert not any("encoder.layers\"" in s or "flavour_head" in s or "origin_head" in s for s in sources)
+
+
+# --- the ladder, the scaling study and the HPO trials train through the driver's plain loop (issue 13) ---
+# Each reference below is the loop the caller had before it moved into `driver.Loop`, kept verbatim in
+# substance: the same seeds, order of construction, data and steps must give the same losses, bitwise.
+
+def _old_ladder_losses(tb, cfg, data, rung, batch_size, steps, warmup_steps, seed=0, lr=1e-3):
+    from hepml_kit.parallel.streams import batch_stream
+
+    torch.manual_seed(seed)
+    model = tb.build(cfg)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True if rung.fused_optimizer else None)
+    stream = batch_stream(tb, data, batch_size, torch.device("cpu"), seed, workers=rung.workers)
+    losses = []
+    for i, batch in enumerate(stream):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=rung.bf16):
+            loss = tb.loss(model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+        if i + 1 >= warmup_steps + steps:
+            break
+    stream.close()
+    return losses
+
+
+def test_ladder_rungs_train_through_the_driver_with_the_same_losses():
+    from hepml_kit.parallel.driver import StepOptions
+    from hepml_kit.profile.ladder import run_rung, standard_ladder
+
+    tb = get("jet_transformer")
+    cfg = tb.config("tiny")
+    data = tb.generate(cfg, 64, seed=0)
+    base, loader, bf16 = standard_ladder(workers=1, compile=False)[:3]
+    for rung in (base, loader, bf16):
+        old = _old_ladder_losses(tb, cfg, data, rung, batch_size=16, steps=3, warmup_steps=1)
+        spec = RunSpec(tb, steps=3, global_batch=16, config=cfg, optimizer="adamw", data="given",
+                       step_options=rung.step_options(), warmup_steps=1, device="cpu")
+        new = train(spec, "single", data=data)
+        assert new["losses"] == old, rung.name
+        assert run_rung(tb, cfg, data, rung, batch_size=16, steps=3, warmup_steps=1,
+                        device="cpu")["final_loss"] == old[-1]
+    with pytest.raises(ValueError, match="activation_memory_budget needs compile=True"):
+        StepOptions(activation_memory_budget=0.5)
+    with pytest.raises(ValueError, match="give data= .* or batches="):
+        train(RunSpec(tb, data="given"), "single")
+    with pytest.raises(ValueError, match="plain loop: strategy must be one of single, ddp"):
+        train(RunSpec(tb, data="given"), "fsdp", data=data)
+    with pytest.raises(ValueError, match="RunSpec.data must be one of shared, per_rank, given"):
+        RunSpec(data="mine")
+
+
+def _old_scaling_losses(batch_size, steps=3, warmup_steps=1, seed=0, lr=1e-3):
+    from hepml_kit.models import to_device
+
+    tb = get("jet_transformer")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    cfg = tb.config("tiny")
+    data = tb.generate(cfg, batch_size * (steps + warmup_steps) * world, seed, rank=rank, world_size=world)
+    torch.manual_seed(seed)
+    net = tb.build(cfg)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr)
+    losses = []
+    for batch in tb.batches(data, batch_size, shuffle=True, seed=seed):
+        loss = tb.loss(net, to_device(batch, "cpu"))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    return losses
+
+
+def _scaling_old_and_new(batch_size):
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    spec = RunSpec("jet_transformer", steps=3, warmup_steps=1, global_batch=batch_size * world,
+                   optimizer="adamw", data="per_rank", device="cpu")
+    new = train(spec, "ddp")
+    return _old_scaling_losses(batch_size), new["losses"], new["profile"]["world_size"]
+
+
+def test_scaling_study_rank_function_trains_through_the_driver_with_the_same_losses(pool):
+    old, new, world = _scaling_old_and_new(16)  # one process
+    assert new == old and world == 1
+    for old, new, world in pool.run(_scaling_old_and_new, 8):  # two DDP ranks, each its own data
+        assert new == old and world == 2
+
+
+def test_hpo_trial_trains_through_the_driver_with_the_same_losses():
+    from hepml_kit.hpo.objective import TestbedObjective, _data
+    from hepml_kit.models import to_device
+
+    objective = TestbedObjective("waveform_vae", "auc", events=128, val_events=64, epochs=2, batch_size=32)
+    trial = objective.start({"lr": 2e-3})
+    assert trial.device == torch.device("cpu") and trial.loop.spec.optimizer == "testbed"
+    got = [trial.train_epoch()["train_loss"] for _ in range(2)]
+
+    tb = objective.testbed  # the trial loop before the driver: testbed optimizer, Testbed.step per batch
+    cfg = objective.base_config()
+    torch.manual_seed(objective.seed)
+    model = tb.build(cfg)
+    opt = tb.optimizer(model, cfg, 2e-3)
+    data = _data(objective, cfg, "train", 0, 1)
+    want = []
+    for epoch in range(2):
+        model.train()
+        losses = [tb.step(model, to_device(b, "cpu"), opt)
+                  for b in tb.batches(data, 32, shuffle=True, seed=objective.seed + epoch)]
+        want.append(sum(losses) / len(losses))
+        model.eval()
+        with torch.no_grad():
+            tb.metrics(model, _data(objective, cfg, "val", 0, 1))
+    assert got == want
+
+
+def test_models_fit_is_the_drivers_plain_loop_by_epochs():
+    """`models._testbed.fit` (below the driver in the import graph) takes exactly the driver loop's steps."""
+    from hepml_kit.models._testbed import fit
+    from hepml_kit.parallel.driver import Loop
+
+    tb = get("jet_transformer")
+    cfg = tb.config("tiny")
+    data = tb.generate(cfg, 64, seed=3)
+    _, history = fit(tb, cfg, data, epochs=2, batch_size=16, lr=2e-3, seed=3, log=None)
+    loop = Loop(RunSpec(tb, config=cfg, lr=2e-3, seed=3, optimizer="testbed", data="given", device="cpu"))
+    per_epoch = [loop.run(tb.batches(data, 16, shuffle=True, seed=3 + epoch)) for epoch in range(2)]
+    assert history == [sum(losses) / len(losses) for losses in per_epoch]

@@ -17,6 +17,7 @@ import hepml_kit as hk
 from hepml_kit.profile import (
     DEVICE_PEAKS,
     StepProfiler,
+    climb,
     combine_rank_summaries,
     count_samples,
     device_peak,
@@ -329,3 +330,24 @@ def test_gpu_check_script_cpu_smoke_survives_failing_checks(tmp_path, monkeypatc
     assert "checks_failed=3" in out.splitlines()[-1] and out.splitlines()[-1].startswith("RESULT")
     report = next(tmp_path.glob("gpu_check_*_cpu-smoke.md")).read_text()
     assert "ZeroDivisionError" in report and "| profiler | ok |" in report
+
+
+def test_climb_repeats_alternate_rungs_and_report_median_and_spread():
+    from hepml_kit import models
+
+    tb = models.get("jet_transformer")
+    cfg = tb.config("tiny")
+    data = tb.generate(cfg, 32, seed=0)
+    rungs = standard_ladder(workers=1, compile=False)[::3]  # fp32 baseline, + fused AdamW
+    lines = []
+    df = climb(tb, cfg, data, rungs, batch_size=16, steps=1, warmup_steps=1, repeats=3, log=lines.append)
+    assert [line.split(": ")[0] for line in lines] == [f"[ladder] round {r}/3" for r in (1, 1, 2, 2, 3, 3)]
+    assert [line.split(": ")[1] for line in lines] == [r.name for r in rungs] * 3  # rounds alternate rungs
+    assert list(df["rung"]) == [r.name for r in rungs] and (df["repeats"] == 3).all()
+    for col in ("samples_per_s", "speedup"):
+        assert (df[f"{col}_min"] <= df[col]).all() and (df[col] <= df[f"{col}_max"]).all()
+    assert df["speedup"].iloc[0] == 1.0
+    single = climb(tb, cfg, data, rungs[:1], batch_size=16, steps=1, warmup_steps=1, log=None)
+    assert "samples_per_s_min" not in single and list(single["speedup"]) == [1.0]
+    with pytest.raises(ValueError, match="repeats must be a positive integer"):
+        climb(tb, cfg, data, rungs, batch_size=16, steps=1, repeats=0)

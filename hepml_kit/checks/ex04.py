@@ -12,16 +12,17 @@ from hepml_kit.checks import CheckFailed, passed, run_on_ranks
 __all__ = ["HINTS", "ex04_bubble", "ex04_halo", "ex04_row_parallel"]
 
 HINTS = {
-    "ex04_row_parallel": "Each rank holds a slice of the input features and the matching columns of the weight, "
-    "so x_shard @ w_shard.T is only a partial sum of the output. dist.all_reduce (a sum, in place) completes it "
-    "on every rank. Add the bias once, after the all-reduce. A plain dist.all_reduce is exactly Megatron's g: "
-    "it does not take part in autograd, so the gradient passes through unchanged (identity backward).",
-    "ex04_bubble": "With p equal stages and m micro-batches, one step lasts m + p - 1 micro-batch slots per stage, "
-    "and a stage computes during m of them. The idle share of the step is what is left.",
-    "ex04_halo": "Find the edges with at least one end owned by `rank` (owner[src] == rank or owner[dst] == rank), "
-    "collect both ends of those edges, and keep the nodes that are not owned by `rank`. Edges are directed "
-    "(inner hit -> outer hit), but a node's update sums over incoming AND outgoing edges. Return them sorted, "
-    "without duplicates (torch.unique sorts).",
+    "ex04_row_parallel": "Each rank holds a slice of the input features and the matching columns of the "
+    "weight, so x_shard @ w_shard.T is only a partial sum of the output. dist.all_reduce (a sum, in place) "
+    "completes it on every rank. Add the bias once, after the all-reduce. A plain dist.all_reduce is "
+    "exactly Megatron's g: it does not take part in autograd, so the gradient passes through unchanged "
+    "(identity backward).",
+    "ex04_bubble": "With p equal stages and m micro-batches, one step lasts m + p - 1 micro-batch slots "
+    "per stage, and a stage computes during m of them. The idle share of the step is what is left.",
+    "ex04_halo": "Find the edges with at least one end owned by `rank` (owner[src] == rank or owner[dst] "
+    "== rank), collect both ends of those edges, and keep the nodes that are not owned by `rank`. Edges "
+    "are directed (inner hit -> outer hit), but a node's update sums over incoming AND outgoing edges. "
+    "Return them sorted, without duplicates (torch.unique sorts).",
 }
 
 
@@ -66,24 +67,27 @@ def ex04_row_parallel(fn, nprocs: int = 2, workers=None) -> None:
             raise CheckFailed(f"rank {rank}: {r['error']}")
         y, full, bias = r["y"], r["full"], r["bias"]
         if y.shape != full.shape:
-            raise CheckFailed(f"rank {rank}: output shape {tuple(y.shape)}, expected the full layer's {tuple(full.shape)}")
+            raise CheckFailed(f"rank {rank}: output shape {tuple(y.shape)}, expected the full layer's "
+                              f"{tuple(full.shape)}")
         if torch.allclose(y, r["partial"] + bias) or torch.allclose(y, r["partial"]):
-            raise CheckFailed(f"rank {rank} returned only its partial product: the other ranks' shares are missing. "
-                              "Sum the partial outputs over the ranks (dist.all_reduce) before returning.")
+            raise CheckFailed(f"rank {rank} returned only its partial product: the other ranks' shares are "
+                              "missing. Sum the partial outputs over the ranks (dist.all_reduce) before "
+                              "returning.")
         if torch.allclose(y, full + (n - 1) * bias):
-            raise CheckFailed(f"the bias was added {n} times: every rank added it before the all-reduce summed "
-                              "them. Add the bias once, after the all-reduce.")
+            raise CheckFailed(f"the bias was added {n} times: every rank added it before the all-reduce "
+                              "summed them. Add the bias once, after the all-reduce.")
         if torch.allclose(y, (full - bias) / n + bias) or torch.allclose(y, full / n):
-            raise CheckFailed("the output is the mean of the partial products, not their sum: all_reduce with "
-                              "the default SUM, and do not divide by the world size")
+            raise CheckFailed("the output is the mean of the partial products, not their sum: all_reduce "
+                              "with the default SUM, and do not divide by the world size")
         if not torch.allclose(y, full):
             raise CheckFailed(f"rank {rank}: the output differs from the full layer's by "
                               f"{(y - full).abs().max().item():.3g}")
         if r["x_grad"] is not None and not torch.allclose(r["x_grad"], r["x_grad_want"]):
             factor = (r["x_grad"] / r["x_grad_want"]).mean().item()
-            raise CheckFailed(f"rank {rank}: the input gradient is {factor:.3g}x Megatron's. A differentiable "
-                              "all-reduce (torch.distributed.nn) also sums the gradients in backward; Megatron's g "
-                              "passes them through unchanged. Use the plain dist.all_reduce on the product.")
+            raise CheckFailed(f"rank {rank}: the input gradient is {factor:.3g}x Megatron's. A "
+                              "differentiable all-reduce (torch.distributed.nn) also sums the gradients in "
+                              "backward; Megatron's g passes them through unchanged. Use the plain "
+                              "dist.all_reduce on the product.")
     passed("ex04_row_parallel", f"all {n} ranks hold the full output of the split layer")
 
 
@@ -101,11 +105,12 @@ def ex04_bubble(fn) -> None:
         if abs(got - want) < 1e-9:
             continue
         if abs(got - (p - 1) / m) < 1e-9:
-            raise CheckFailed(f"for p={p}, m={m} you gave (p-1)/m = {got:.4g}: that is the bubble *time* relative to "
-                              "the useful compute time (Megatron-LM's ratio), not the share of the whole step. "
-                              "Divide the idle slots by all m + p - 1 slots.")
+            raise CheckFailed(f"for p={p}, m={m} you gave (p-1)/m = {got:.4g}: that is the bubble *time* "
+                              "relative to the useful compute time (Megatron-LM's ratio), not the share of "
+                              "the whole step. Divide the idle slots by all m + p - 1 slots.")
         if abs(got - (1 - want)) < 1e-9:
-            raise CheckFailed(f"for p={p}, m={m} you gave the busy share {got:.4g}; the question asks for the idle one")
+            raise CheckFailed(f"for p={p}, m={m} you gave the busy share {got:.4g}; the question asks for "
+                              "the idle one")
         raise CheckFailed(f"for p={p} stages and m={m} micro-batches: got {got:.4g}, expected {want:.4g}")
     passed("ex04_bubble", "(p - 1) / (m + p - 1)")
 
@@ -125,7 +130,8 @@ def _halo_reference(owner, edge_index, rank):
 
 
 def ex04_halo(fn) -> None:
-    """`fn(owner (N,), edge_index (2, E), rank) -> sorted global ids` of the nodes `rank` needs but does not own."""
+    """`fn(owner (N,), edge_index (2, E), rank) -> sorted global ids` of the nodes `rank` needs but does not
+    own."""
     import torch
 
     # 8 nodes on 2 ranks; directed edges inner -> outer, some crossing the cut in each direction
@@ -142,14 +148,15 @@ def ex04_halo(fn) -> None:
             raise CheckFailed(f"rank {rank}: the right nodes {sorted(want.tolist())} but in another order or "
                               "repeated; return them sorted, once each")
         if set(want.tolist()) < set(got.tolist()) and any(owner[got] == rank):
-            raise CheckFailed(f"rank {rank}: your halo contains nodes this rank owns ({got[owner[got] == rank].tolist()}); "
-                              "the halo is only what must come from the other ranks")
+            raise CheckFailed(f"rank {rank}: your halo contains nodes this rank owns "
+                              f"({got[owner[got] == rank].tolist()}); the halo is only what must come from "
+                              "the other ranks")
         src, dst = edge_index
         only_out = torch.unique(dst[(owner[src] == rank) & (owner[dst] != rank)])
         only_in = torch.unique(src[(owner[dst] == rank) & (owner[src] != rank)])
         if torch.equal(got, only_out) or torch.equal(got, only_in):
             which = "outgoing" if torch.equal(got, only_out) else "incoming"
-            raise CheckFailed(f"rank {rank}: you followed only {which} edges ({got.tolist()}); a node's update sums "
-                              f"over incoming and outgoing edges, so the halo is {want.tolist()}")
+            raise CheckFailed(f"rank {rank}: you followed only {which} edges ({got.tolist()}); a node's "
+                              f"update sums over incoming and outgoing edges, so the halo is {want.tolist()}")
         raise CheckFailed(f"rank {rank}: got halo {got.tolist()}, expected {want.tolist()}")
     passed("ex04_halo", "each rank knows which neighbours it must receive")

@@ -11,11 +11,12 @@ from hepml_kit.checks import CheckFailed, passed
 __all__ = ["HINTS", "ex05_groups", "ex05_local_batch"]
 
 HINTS = {
-    "ex05_groups": "grid = torch.arange(world).view(dp, pp, tp); find the rank's coordinates (d, p, t) with "
-    "(grid == rank).nonzero(). Its tp group varies the last index: grid[d, p, :]; its pp group the middle one: "
-    "grid[d, :, t]; its dp group the first one: grid[:, p, t]. Return lists of ints (.tolist()).",
-    "ex05_local_batch": "The tensor-parallel ranks of one replica split the *model*, so they must all see the same "
-    "samples; the replicas (dp) split the *data*. Shard by the data-parallel coordinate only: "
+    "ex05_groups": "grid = torch.arange(world).view(dp, pp, tp); find the rank's coordinates (d, p, t) "
+    "with (grid == rank).nonzero(). Its tp group varies the last index: grid[d, p, :]; its pp group the "
+    "middle one: grid[d, :, t]; its dp group the first one: grid[:, p, t]. Return lists of ints "
+    "(.tolist()).",
+    "ex05_local_batch": "The tensor-parallel ranks of one replica split the *model*, so they must all see "
+    "the same samples; the replicas (dp) split the *data*. Shard by the data-parallel coordinate only: "
     "v[dp_rank::dp] for every tensor, whatever tp_rank is.",
 }
 
@@ -41,12 +42,13 @@ def ex05_groups(fn) -> None:
             if got == want:
                 continue
             if got["tp"] == want["dp"] and got["dp"] == want["tp"] and want["dp"] != want["tp"]:
-                raise CheckFailed(f"rank {rank} of dp={dp} × pp={pp} × tp={tp}: your dp and tp groups are swapped. "
-                                  "tp is the fastest-varying axis: neighbouring ranks (the GPUs of one node, on "
-                                  "NVLink) form a tp group, because tensor parallelism communicates every layer.")
+                raise CheckFailed(f"rank {rank} of dp={dp} × pp={pp} × tp={tp}: your dp and tp groups are "
+                                  "swapped. tp is the fastest-varying axis: neighbouring ranks (the GPUs "
+                                  "of one node, on NVLink) form a tp group, because tensor parallelism "
+                                  "communicates every layer.")
             if rank not in got["dp"] or rank not in got["pp"] or rank not in got["tp"]:
-                raise CheckFailed(f"rank {rank} of dp={dp} × pp={pp} × tp={tp}: a rank belongs to each of its own "
-                                  f"groups; got {got}")
+                raise CheckFailed(f"rank {rank} of dp={dp} × pp={pp} × tp={tp}: a rank belongs to each of "
+                                  f"its own groups; got {got}")
             for dim in ("dp", "pp", "tp"):
                 if got[dim] != want[dim]:
                     raise CheckFailed(f"rank {rank} of dp={dp} × pp={pp} × tp={tp}: {dim} group {got[dim]}, "
@@ -69,12 +71,12 @@ def ex05_local_batch(fn) -> None:
             want = list(range(d, 12, dp))
             rank = d * tp + t
             if x == list(range(rank, 12, dp * tp)):
-                raise CheckFailed(f"rank (dp {d}, tp {t}) got samples {x}: you sharded by the global rank, so the two "
-                                  "tensor-parallel halves of one replica see different jets and combine garbage. "
-                                  "Shard by the data-parallel coordinate only.")
+                raise CheckFailed(f"rank (dp {d}, tp {t}) got samples {x}: you sharded by the global rank, "
+                                  "so the two tensor-parallel halves of one replica see different jets and "
+                                  "combine garbage. Shard by the data-parallel coordinate only.")
             if x == list(range(t, 12, tp)) and t != d:
-                raise CheckFailed(f"rank (dp {d}, tp {t}) got samples {x}: sharded by the tensor-parallel coordinate; "
-                                  "the tp ranks must share one batch, the dp replicas split it")
+                raise CheckFailed(f"rank (dp {d}, tp {t}) got samples {x}: sharded by the tensor-parallel "
+                                  "coordinate; the tp ranks must share one batch, the dp replicas split it")
             if x != want:
                 raise CheckFailed(f"rank (dp {d}, tp {t}): got samples {x}, expected {want}")
             if torch.as_tensor(got["y"]).tolist() != [10 * i for i in want]:

@@ -8,7 +8,9 @@ halving, Hyperband, ASHA) and population-based training act on. Hyperparameters 
 model's config dataclass plus the training settings ``lr`` and ``batch_size``.
 
 A trial may itself be data-parallel: give `TrialRun` a ``torch.distributed`` process group and each rank
-trains on its share of the events with the model wrapped in `DistributedDataParallel`.
+trains on its share of the events with the model wrapped in `DistributedDataParallel`. A trial trains
+through the kit's one driver: its model, optimizer and steps are a `hepml_kit.parallel.driver.Loop`
+built from a `RunSpec`, kept across epochs.
 
 Everything that can be wrong is checked by `check(space)` before any trial starts: unknown
 hyperparameter names, a metric the model doesn't report, a direction that is neither min nor max.
@@ -25,7 +27,10 @@ from typing import Any
 
 import torch
 
-from hepml_kit.models import get as get_testbed, to_device
+from hepml_kit.models import get as get_testbed
+from hepml_kit.models import to_device
+from hepml_kit.parallel.driver import Loop, RunSpec
+from hepml_kit.parallel.spec import default_device
 
 __all__ = ["ObjectiveError", "TestbedObjective", "TrialDiverged", "TrialRun", "TRAINING_SETTINGS"]
 
@@ -54,7 +59,8 @@ class TestbedObjective:
         lr / batch_size: defaults for trials whose search space does not set them (default: the preset's).
         fixed: config fields or training settings fixed for every trial, e.g. ``{"latent": 8}``.
         seed: one seed for data and weight initialisation, so two trials differ only by their hyperparameters.
-        device: ``"auto"`` (the rank's GPU when there is one), ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (`hepml_kit.parallel.spec.default_device`: the rank's GPU when there is one and
+            the process group, if any, is nccl), ``"cpu"`` or ``"cuda"``.
     """
 
     __test__ = False  # not a pytest class, despite the name
@@ -130,7 +136,7 @@ class TestbedObjective:
             raise ObjectiveError(f"{self.model} does not report a metric {self.metric!r}; "
                                  f"it reports: {', '.join(reported)}")
 
-    def start(self, params: dict, group=None) -> "TrialRun":
+    def start(self, params: dict, group=None) -> TrialRun:
         """A fresh trial with `params` (on this rank's share of the data if `group` has several ranks)."""
         return TrialRun(self, params, group=group)
 
@@ -172,7 +178,9 @@ def _data(obj: TestbedObjective, cfg, split: str, rank: int, world: int):
 
 
 def _resolve_device(device: str) -> torch.device:
-    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+    if device == "auto":
+        return default_device()  # the kit's one device rule
+    if device == "cpu":
         return torch.device("cpu")
     return torch.device("cuda", torch.cuda.current_device())
 
@@ -197,15 +205,13 @@ class TrialRun:
         self.group = group
         self.world = dist.get_world_size(group) if group is not None else 1
         self.rank = dist.get_rank(group) if group is not None else 0
-        torch.manual_seed(objective.seed)  # same initial weights on every rank and for every trial
-        self.model = tb.build(self.cfg).to(self.device)
-        self.trained = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.trained = DDP(self.model, device_ids=ids, process_group=group)
-        self.optimizer = tb.optimizer(self.model, self.cfg, self.lr)
+        # the one driver's loop: the same initial weights on every rank and for every trial (the seed),
+        # DDP over `group` when it has several ranks, the testbed's own optimizer
+        spec = RunSpec(tb.name, preset=objective.preset, global_batch=self.batch_size * self.world,
+                       lr=self.lr, seed=objective.seed, device=str(self.device), config=self.cfg,
+                       optimizer="testbed", data="given", warmup_steps=0)
+        self.loop = Loop(spec, ddp=group is not None, group=group, cfg=self.cfg)
+        self.model, self.trained, self.optimizer = self.loop.model, self.loop.trained, self.loop.optimizer
         self._fresh_lrs = [[g["lr"] for g in o.param_groups] for o in self._optimizers()]
         self.train_data = _data(objective, base, "train", self.rank, self.world)
         self.epoch = 0
@@ -222,7 +228,7 @@ class TrialRun:
         batches = list(tb.batches(self.train_data, self.batch_size, shuffle=True,
                                   seed=self.objective.seed + self.epoch))
         n = self._common_batch_count(len(batches))  # DDP ranks must take the same number of steps
-        losses = [tb.step(self.trained, to_device(b, self.device), self.optimizer) for b in batches[:n]]
+        losses = self.loop.run(to_device(b, self.device) for b in batches[:n])
         mean_loss = sum(losses) / max(len(losses), 1)
         self.epoch += 1
         if not math.isfinite(mean_loss):

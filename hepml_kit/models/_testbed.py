@@ -101,7 +101,11 @@ def fit(
     on_epoch: Callable[[int, float], None] | None = None,
     log: Callable[[str], None] | None = print,
 ) -> tuple[nn.Module, list[float]]:
-    """Plain single-process training loop; returns the model and the mean loss per epoch."""
+    """Plain single-process training loop; returns the model and the mean loss per epoch.
+
+    The same steps as the kit's one driver loop (`hepml_kit.parallel.driver.Loop` with the testbed's own
+    optimizer; a test holds them equal); it stays here because the driver builds on this module.
+    """
     torch.manual_seed(seed)
     model = testbed.build(cfg).to(device)
     opt = testbed.optimizer(model, cfg, lr)

@@ -15,24 +15,19 @@ The rungs, cumulative (PyTorch performance tuning guide, pytorch.org/tutorials/r
    "PyTorch 2", ASPLOS). The first steps compile: they are warm-up, left out of the figures.
 
 A testbed's `Testbed` interface is all a rung needs (build, batches, loss, samples_in, flops_per_sample);
-pre-made device batches (``batches=[...]``) skip the data pipeline, e.g. for a synthetic graph.
+pre-made device batches (``batches=[...]``) skip the data pipeline, e.g. for a synthetic graph. A rung is
+a `RunSpec` with the rung's `StepOptions`, trained by the one driver (`hepml_kit.parallel.driver.train`,
+its plain loop); ``repeats`` in `climb` runs the rungs in alternating rounds and reports medians and spread.
 
 Taught in curriculum/01_single_device; run at the `full` presets by bench/gpu_check.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import gc
-import itertools
 from dataclasses import dataclass
-from typing import Any, Iterator
 
-import numpy as np
 import torch
-
-from hepml_kit.profile.step import StepProfiler
 
 __all__ = ["Rung", "climb", "run_rung", "standard_ladder"]
 
@@ -52,6 +47,14 @@ class Rung:
     # cheap element-wise work to fit (torch._functorch.config.activation_memory_budget, PyTorch >= 2.4)
     activation_memory_budget: float | None = None
 
+    def step_options(self):
+        """This rung's per-step settings for the driver (`hepml_kit.parallel.spec.StepOptions`)."""
+        from hepml_kit.parallel.spec import StepOptions
+
+        return StepOptions(workers=self.workers, pin_memory=self.pin_memory, bf16=self.bf16,
+                           fused_optimizer=self.fused_optimizer, compile=self.compile,
+                           activation_memory_budget=self.activation_memory_budget)
+
 
 def standard_ladder(workers: int = 2, compile: bool = True) -> list[Rung]:
     """The five cumulative rungs of the module docstring (without torch.compile if ``compile=False``)."""
@@ -65,62 +68,6 @@ def standard_ladder(workers: int = 2, compile: bool = True) -> list[Rung]:
     return rungs
 
 
-def _take(data: Any, idx: np.ndarray) -> Any:
-    """The samples `idx` of a testbed's data: a dict of per-sample arrays or a list of events."""
-    if isinstance(data, dict):
-        n = _length(data)
-        return {k: (v[idx] if hasattr(v, "__len__") and not isinstance(v, str) and len(v) == n else v)
-                for k, v in data.items()}
-    if isinstance(data, list):
-        return [data[int(i)] for i in idx]
-    raise TypeError(f"cannot split data of type {type(data).__name__}: give batches= instead")
-
-
-def _length(data: Any) -> int:
-    if isinstance(data, dict):
-        return max(len(v) for v in data.values() if hasattr(v, "__len__") and not isinstance(v, str))
-    return len(data)
-
-
-class _BatchSlices(torch.utils.data.Dataset):
-    """Batch i = ``testbed.batches`` over the i-th slice of a shuffled index: workers build whole batches."""
-
-    def __init__(self, testbed, data, batch_size: int, seed: int):
-        self.testbed, self.data, self.batch_size = testbed, data, batch_size
-        self.order = np.random.default_rng(seed).permutation(_length(data))
-
-    def __len__(self) -> int:
-        return len(self.order) // self.batch_size  # full batches only: fixed shapes for torch.compile
-
-    def __getitem__(self, i: int) -> dict:
-        idx = np.sort(self.order[i * self.batch_size : (i + 1) * self.batch_size])
-        return next(iter(self.testbed.batches(_take(self.data, idx), self.batch_size)))
-
-
-def _to_device(batch: dict, device: torch.device, non_blocking: bool) -> dict:
-    return {k: v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def _batch_stream(testbed, data, batches, rung: Rung, batch_size: int, device: torch.device,
-                  seed: int) -> Iterator:
-    if batches is not None:  # pre-made batches, cycled
-        yield from itertools.cycle(batches)
-        return
-    dataset = _BatchSlices(testbed, data, batch_size, seed)
-    if len(dataset) == 0:
-        raise ValueError(f"{_length(data)} samples make no full batch of {batch_size}")
-    pin = rung.pin_memory and device.type == "cuda"
-    if rung.workers == 0:
-        for epoch in itertools.count():
-            for i in range(len(dataset)):
-                yield _to_device(dataset[i], device, non_blocking=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=True, num_workers=rung.workers,
-                                         pin_memory=pin, persistent_workers=True, prefetch_factor=4)
-    while True:
-        for batch in loader:
-            yield _to_device(batch, device, non_blocking=pin)
-
-
 def run_rung(testbed, cfg, data=None, rung: Rung = Rung("fp32 baseline"), *, batch_size: int = 32,
              steps: int = 10, warmup_steps: int = 2, device: str | torch.device | None = None,
              lr: float = 1e-3, seed: int = 0, batches: list[dict] | None = None,
@@ -130,73 +77,64 @@ def run_rung(testbed, cfg, data=None, rung: Rung = Rung("fp32 baseline"), *, bat
     `batches` (already on the device) replaces ``data``/``batch_size``; `flops_per_sample` overrides the
     testbed's (e.g. for a graph of another size).
     """
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from hepml_kit.parallel.driver import RunSpec, train  # the one driver (it imports profile.step)
+
     if data is None and batches is None:
         raise ValueError("give data= (from testbed.generate) or batches=")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if rung.checkpointing is not None and hasattr(cfg, "checkpointing"):
         cfg = dataclasses.replace(cfg, checkpointing=rung.checkpointing)
-    torch.manual_seed(seed)
-    model = testbed.build(cfg).to(device)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, fused=True if rung.fused_optimizer else None)
-    if rung.compile:
-        torch._dynamo.reset()  # compile afresh: a cached graph would ignore this rung's settings
-    run_model = torch.compile(model) if rung.compile else model
-    fps = flops_per_sample or (testbed.flops_per_sample(cfg) if testbed.flops_per_sample else None)
-    prof = StepProfiler(samples_per_step=testbed.samples_in, flops_per_sample=fps, unit=testbed.unit,
-                        device=device, dtype=torch.bfloat16 if rung.bf16 else torch.float32,
-                        warmup_steps=warmup_steps)
-    stream = _batch_stream(testbed, data, batches, rung, batch_size, device, seed)
-    budget = contextlib.nullcontext()
-    if rung.activation_memory_budget is not None:
-        if not rung.compile:
-            raise ValueError("activation_memory_budget needs compile=True")
-        import torch._functorch.config as functorch_config
-
-        budget = functorch_config.patch(activation_memory_budget=rung.activation_memory_budget)
-    try:
-        with budget:  # read when the first step compiles
-            for i, batch in enumerate(prof.iterate(stream)):
-                autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=rung.bf16)
-                with prof.phase("forward"), autocast:
-                    loss = testbed.loss(run_model, batch)
-                with prof.phase("backward"):
-                    loss.backward()
-                with prof.phase("optimizer"):
-                    opt.step()
-                    opt.zero_grad(set_to_none=True)
-                if i + 1 >= warmup_steps + steps:
-                    break
-        summary = prof.summary(gather=False)
-    finally:
-        stream.close()  # stops loader workers
-        del model, run_model, opt
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    spec = RunSpec(testbed, steps=steps, global_batch=batch_size, lr=lr, seed=seed, config=cfg,
+                   device=str(device) if device is not None else None, optimizer="adamw", data="given",
+                   step_options=rung.step_options(), warmup_steps=warmup_steps)
+    result = train(spec, "single", data=data if batches is None else None, batches=batches,
+                   flops_per_sample=flops_per_sample)
+    summary = result["profile"]
     summary["rung"] = rung.name
-    summary["final_loss"] = float(loss.detach())
+    summary["final_loss"] = result["final_loss"]
     return summary
 
 
-def climb(testbed, cfg, data=None, rungs: list[Rung] | None = None, *, log=print, **kwargs):
+def climb(testbed, cfg, data=None, rungs: list[Rung] | None = None, *, repeats: int = 1, log=print, **kwargs):
     """Run every rung (`run_rung` keyword arguments apply to all) and tabulate them side by side:
-    throughput, speed-up over the first rung, step time, data wait, peak memory, MFU."""
+    throughput, speed-up over the first rung, step time, data wait, peak memory, MFU.
+
+    With ``repeats > 1`` the rungs run in alternating rounds (all rungs, then all again, ...), so a slow
+    spell of a shared machine hits every rung alike; each figure is the median over the rounds, and
+    ``samples_per_s_min``/``_max`` and ``speedup_min``/``_max`` (the per-round speed-ups over that round's
+    first rung) show the spread.
+    """
     import pandas as pd
 
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
     rungs = rungs or standard_ladder()
-    rows = []
-    for rung in rungs:
-        s = run_rung(testbed, cfg, data, rung, **kwargs)
-        rows.append({"rung": rung.name, "samples_per_s": s["samples_per_s"], "step_ms": 1e3 * s["step_s"],
-                     "data_ms": 1e3 * s.get("data_s", 0.0),
-                     "peak_memory_gib": s.get("peak_memory_bytes", 0) / 2**30,
-                     "mfu": s.get("mfu", float("nan")), "final_loss": s["final_loss"]})
-        if log:
-            log(f"[ladder] {rung.name}: {s['samples_per_s']:.1f} {testbed.unit}/s")
-    df = pd.DataFrame(rows)
-    df["speedup"] = df["samples_per_s"] / df["samples_per_s"].iloc[0]
+    rounds = []
+    for r in range(repeats):
+        rows = []
+        for rung in rungs:
+            s = run_rung(testbed, cfg, data, rung, **kwargs)
+            rows.append({"rung": rung.name, "samples_per_s": s["samples_per_s"], "step_ms": 1e3 * s["step_s"],
+                         "data_ms": 1e3 * s.get("data_s", 0.0),
+                         "peak_memory_gib": s.get("peak_memory_bytes", 0) / 2**30,
+                         "mfu": s.get("mfu", float("nan")), "final_loss": s["final_loss"]})
+            if log:
+                prefix = f"round {r + 1}/{repeats}: " if repeats > 1 else ""
+                log(f"[ladder] {prefix}{rung.name}: {s['samples_per_s']:.1f} {testbed.unit}/s")
+        df = pd.DataFrame(rows)
+        df["speedup"] = df["samples_per_s"] / df["samples_per_s"].iloc[0]
+        rounds.append(df)
+    if repeats == 1:
+        df = rounds[0]
+    else:
+        every = pd.concat(rounds, keys=range(repeats), names=["round", "i"]).reset_index()
+        by_rung = every.groupby("i", sort=True)
+        df = by_rung.median(numeric_only=True).drop(columns="round")
+        df.insert(0, "rung", [r.name for r in rungs])
+        for col in ("samples_per_s", "speedup"):
+            df[f"{col}_min"], df[f"{col}_max"] = by_rung[col].min(), by_rung[col].max()
+        df["repeats"] = repeats
+        df = df.reset_index(drop=True)
     df.attrs["unit"] = testbed.unit
     return df

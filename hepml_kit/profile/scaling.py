@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["plot_scaling", "progress_mode", "scaling_study", "train_testbed_ddp"]
 
@@ -201,41 +201,16 @@ def train_testbed_ddp(batch_size: int, model: str = "jet_transformer", preset: s
 
     Each rank generates its own share of fresh data (``batch_size`` samples per step), wraps the model in
     DistributedDataParallel when there is more than one rank, and times data / forward / backward /
-    optimizer, with the exposed all-reduce split out by the comm hook (`StepProfiler.attach_ddp`).
+    optimizer, with the exposed all-reduce split out by the comm hook (`StepProfiler.attach_ddp`): the
+    driver's plain loop (`hepml_kit.parallel.driver.train` with ``RunSpec(data="per_rank")``, strategy
+    ``"ddp"``).
     """
-    import torch
     import torch.distributed as dist
 
-    from hepml_kit.models import get, to_device
-    from hepml_kit.parallel.spec import default_device
-    from hepml_kit.profile.step import StepProfiler
+    from hepml_kit.parallel.driver import RunSpec, StepOptions, train  # the one driver, its plain loop
 
-    tb = get(model)
-    rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    device = default_device()
-    cfg = tb.config(preset)
-    data = tb.generate(cfg, batch_size * (steps + warmup_steps) * world, seed, rank=rank, world_size=world)
-    torch.manual_seed(seed)
-    net = tb.build(cfg).to(device)
-    flops = tb.flops_per_sample(cfg) if tb.flops_per_sample else None
-    prof = StepProfiler(samples_per_step=tb.samples_in, flops_per_sample=flops, unit=tb.unit, device=device,
-                        warmup_steps=warmup_steps)
-    if world > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
-        if comm_hook:
-            prof.attach_ddp(net)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    batches = (to_device(b, device) for b in tb.batches(data, batch_size, shuffle=True, seed=seed))
-    for i, batch in enumerate(prof.iterate(batches)):
-        with prof.phase("forward"):
-            loss = tb.loss(net, batch)
-        with prof.phase("backward"):
-            loss.backward()
-        with prof.phase("optimizer"):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if i + 1 >= steps + warmup_steps:
-            break
-    return prof.summary()
+    spec = RunSpec(model, preset=preset, steps=steps, global_batch=batch_size * world, lr=lr, seed=seed,
+                   optimizer="adamw", data="per_rank", step_options=StepOptions(comm_hook=comm_hook),
+                   warmup_steps=warmup_steps)
+    return train(spec, "ddp")["profile"]

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hepml_kit as hk
 from hepml_kit.models import get
 from hepml_kit.models.user import testbed
 from hepml_kit.parallel.driver import RunSpec, train
@@ -92,7 +93,8 @@ def _exit(stage, acts):
 
 
 def _pipeline_loss(model, outputs, micro_batch):
-    return F.cross_entropy(outputs[0], micro_batch["y"])
+    logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs  # torch's schedules unwrap 1-tuples
+    return F.cross_entropy(logits, micro_batch["y"])
 
 
 PIPELINE = StackRecipe(inputs=lambda batch: (batch["x"],), entry_modules=("embed",), stack="layers",
@@ -137,9 +139,11 @@ def test_a_plain_testbed_runs_ddp_and_fsdp_but_tp_and_pipelines_say_what_to_add(
     assert [r for r in pool.run(_on_ranks, "fsdp", spec) if r][0]["losses"] == pytest.approx(
         train(spec, "single")["losses"], rel=1e-5)
     for strategy, needs in (("tensor", "tensor_parallel=\\{'mlp'"), ("fsdp_tp", "tensor-parallel plan"),
-                            ("1f1b", "pipeline=StackRecipe")):
+                            ("1f1b", "pipeline=StackRecipe"), ("dp_pp", "pipeline plan")):
         with pytest.raises(ValueError, match=f"strategy '{strategy}' needs .*plain_tagger.*{needs}"):
-            pool.run(_on_ranks, strategy, spec)
+            train(spec, strategy)  # refused before it even asks for a process group
+    with pytest.raises(hk.WorkerError, match="rank 0 failed: ValueError: strategy 'megatron' needs a tensor-parallel"):
+        pool.run(_on_ranks, "megatron", spec)
 
 
 def test_lightning_and_checkpoints(tmp_path):

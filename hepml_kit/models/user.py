@@ -43,8 +43,8 @@ from torch import nn
 from hepml_kit.models._lightning import LazyClass
 from hepml_kit.models._testbed import Testbed, to_device
 
-__all__ = ["PLAN_NEEDS", "Rows", "Samples", "UserTestbed", "is_spec", "load", "pad_ragged", "require_plan",
-           "send_by_value", "testbed"]
+__all__ = ["PLAN_NEEDS", "Items", "Rows", "UserTestbed", "is_spec", "load", "pad_ragged", "require_plan",
+           "samples", "send_by_value", "testbed"]
 
 PRESETS = ("tiny", "small", "full")
 # which Testbed.extra entry each model-parallel strategy needs, and the testbed() argument that gives it
@@ -126,15 +126,20 @@ def pad_ragged(rows: list, length: int | None = None, dtype=torch.float32) -> tu
     return out, mask
 
 
-@dataclasses.dataclass(frozen=True)
-class Samples:
-    """Some items of a dataset, in order: what `generate` returns and `batches` cuts."""
+class Items:
+    """The dataset a data dict draws from. It has no length, so code that slices a testbed's data dict per
+    sample (``{k: v[idx]}``, the ladder) slices the ``index`` and keeps this whole."""
 
-    dataset: Any
-    indices: np.ndarray
+    def __init__(self, dataset):
+        self.dataset = dataset
 
-    def __len__(self) -> int:
-        return len(self.indices)
+    def __getitem__(self, i: int):
+        return self.dataset[int(i)]
+
+
+def samples(dataset, indices) -> dict:
+    """A user testbed's data: ``{"index": item numbers, "items": Items(dataset)}`` (what `generate` returns)."""
+    return {"index": np.asarray(indices, dtype=np.int64), "items": Items(dataset)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,17 +151,17 @@ class _Data:
     collate: Callable | None
     fields: tuple
 
-    def generate(self, cfg, n: int, seed: int, rank: int = 0, world_size: int = 1) -> Samples:
+    def generate(self, cfg, n: int, seed: int, rank: int = 0, world_size: int = 1) -> dict:
         """`n` training items, order drawn by `seed` (cycled when `n` exceeds them); this rank's share."""
         order = np.random.default_rng(seed).permutation(len(self.train))
-        return Samples(self.train, np.resize(order, int(n))[rank::world_size])
+        return samples(self.train, np.resize(order, int(n))[rank::world_size])
 
-    def batches(self, data: Samples, batch_size: int, shuffle: bool = False, seed: int = 0):
-        idx = data.indices
+    def batches(self, data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
+        idx, items = data["index"], data["items"]
         if shuffle:
             idx = idx[np.random.default_rng(seed).permutation(len(idx))]
         for i in range(0, len(idx), batch_size):
-            yield self.collate_items([data.dataset[int(j)] for j in idx[i : i + batch_size]])
+            yield self.collate_items([items[j] for j in idx[i : i + batch_size]])
 
     def collate_items(self, items: list) -> dict:
         batch = (self.collate or torch.utils.data.default_collate)(items)
@@ -171,7 +176,7 @@ class _Data:
         return {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
 
     def val_batches(self, batch_size: int = 256) -> list[dict]:
-        return list(self.batches(Samples(self.val, np.arange(len(self.val))), batch_size))
+        return list(self.batches(samples(self.val, np.arange(len(self.val))), batch_size))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -392,6 +397,9 @@ def testbed(
         flops_per_sample=_Flops(flops_per_sample) if flops_per_sample is not None else None,
         lightning=lightning or _Lightning(build, loss, make_optimizer), extra=extra,
     )
+
+
+testbed.__test__ = False  # not a pytest test, despite the name
 
 
 def send_by_value(fn) -> None:

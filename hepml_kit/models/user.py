@@ -96,21 +96,26 @@ class Rows(torch.utils.data.Dataset):
         lengths = {k: len(v) for k, v in source.items()}
         if len(set(lengths.values())) != 1:
             raise ValueError(f"columns differ in length: {lengths}")
-        self.columns = source
+        self.columns = {k: _rows(v) for k, v in source.items()}
 
     def __len__(self) -> int:
         return len(next(iter(self.columns.values())))
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
-        return {k: _numpy(v[int(i)]) for k, v in self.columns.items()}
+        return {k: np.asarray(v[int(i)]) for k, v in self.columns.items()}
 
 
-def _numpy(value):
-    if type(value).__module__.startswith("awkward"):
-        import awkward as ak
+def _rows(column):
+    """A column as something cheap to index per row: numpy as it is; a jagged awkward column split once into
+    a list of numpy arrays (indexing awkward per row costs tens of microseconds)."""
+    if not type(column).__module__.startswith("awkward"):
+        return np.asarray(column) if not isinstance(column, (list, torch.Tensor)) else column
+    import awkward as ak
 
-        return ak.to_numpy(value)
-    return np.asarray(value)
+    if column.ndim == 1:
+        return ak.to_numpy(column)
+    counts = ak.to_numpy(ak.num(column, axis=1))
+    return np.split(ak.to_numpy(ak.flatten(column, axis=1)), np.cumsum(counts)[:-1])
 
 
 def pad_ragged(rows: list, length: int | None = None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:

@@ -204,7 +204,7 @@ def test_ray_tune_on_the_users_model(tmp_path):
     from hepml_kit.hpo.space import Float, SearchSpace
 
     objective = TestbedObjective(TESTBED, metric="val_loss", direction="minimize", epochs=1)
-    with ray_session(num_cpus=1):
+    with ray_session(num_cpus=2):
         run = run_tune(SearchSpace({"lr": Float(1e-3, 3e-2, log=True)}), objective, scheduler="fifo",
                        num_samples=2, storage_path=str(tmp_path))
     assert len(run.history) >= 2

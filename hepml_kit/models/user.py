@@ -68,6 +68,20 @@ class UserTestbed(Testbed):
     def __repr__(self) -> str:
         return f"UserTestbed({self.name!r})"
 
+    def __reduce__(self):
+        """Pickled by (pip's) cloudpickle whatever pickler asks — Ray's vendored cloudpickle, plain pickle for
+        spawned processes — so the learner's functions travel by value (`send_by_value`) everywhere."""
+        import cloudpickle
+
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return _unpickle_testbed, (cloudpickle.dumps(fields),)
+
+
+def _unpickle_testbed(blob: bytes) -> UserTestbed:
+    import cloudpickle
+
+    return UserTestbed(**cloudpickle.loads(blob))
+
 
 def require_plan(tb: Testbed, strategy: str) -> None:
     """Raise `ValueError` naming what to add when `strategy` needs a plan that user testbed `tb` lacks."""

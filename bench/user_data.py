@@ -27,14 +27,14 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import awkward as ak  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import uproot  # noqa: E402
+import awkward as ak
+import numpy as np
+import torch
+import uproot
 
-from hepml_kit.data import ShardDataset  # noqa: E402
-from hepml_kit.data.convert import convert_files  # noqa: E402
-from hepml_kit.data.root_stream import RootStream  # noqa: E402
+from hepml_kit.data import ShardDataset
+from hepml_kit.data.convert import convert_files
+from hepml_kit.data.root_stream import RootStream
 
 BATCH = 256
 RANK, WORLD = 0, 2

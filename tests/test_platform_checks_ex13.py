@@ -1,8 +1,6 @@
 """Exercise 13's checks pass the solution and fail the usual mistakes, each with a message saying what is wrong."""
 
-import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from hepml_kit import checks as check

@@ -95,7 +95,7 @@ def _add_batch(sub) -> None:
 
 
 def _add_models(sub) -> None:
-    from hepml_kit.testbeds_cli import MODEL_NAMES, model_name  # torch-free: the parser stays fast
+    from hepml_kit.testbeds_cli import MODEL_NAMES, model_choice, model_name  # torch-free: the parser stays fast
 
     run = lambda name: (lambda a: getattr(__import__("hepml_kit.testbeds_cli", fromlist=["x"]), name)(a))  # noqa: E731
     p = sub.add_parser("models", help="list the testbed models and presets: parameters, FLOPs per sample")
@@ -111,7 +111,7 @@ def _add_models(sub) -> None:
         "Exit status 0 whenever it ran (threshold_met carries the verdict; with --strict a missed "
         "threshold exits 3), 2 for bad arguments, 1 on errors. Names with '-' instead of '_' are accepted.",
     )
-    p.add_argument("model", type=model_name, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
+    p.add_argument("model", type=model_choice, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
                    "as path/to/file.py:NAME or package.module:NAME")
     p.add_argument("--seed", type=int, default=0, help="seed of the training events (default 0)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model preset (default tiny)")
@@ -126,7 +126,7 @@ def _add_models(sub) -> None:
     p = sub.add_parser("data", help="write a testbed's Monte Carlo or convert your files as sharded HDF5; verify")
     data = p.add_subparsers(dest="action", required=True)
     g = data.add_parser("generate", help="generate events and write them as K HDF5 shards plus manifest.json")
-    g.add_argument("model", type=model_name, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
+    g.add_argument("model", type=model_choice, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
                    "as path/to/file.py:NAME (its training items are written as a table)")
     g.add_argument("--events", type=int, required=True, help="number of events (N)")
     g.add_argument("--shards", type=int, required=True, help="number of shard files (K)")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["MODEL_NAMES", "data_main", "model_name", "models_main", "validate_main"]
+__all__ = ["MODEL_NAMES", "data_main", "model_choice", "model_name", "models_main", "validate_main"]
 
 # == hepml_kit.models.names() (tests/test_validate_cli.py checks); listed here so no torch import is needed
 MODEL_NAMES = ("tracking_gnn", "waveform_vae", "calo_gan", "jet_transformer", "cosmo_unet")
@@ -24,12 +24,17 @@ MODEL_NAMES = ("tracking_gnn", "waveform_vae", "calo_gan", "jet_transformer", "c
 def model_name(text: str) -> str:
     """argparse ``type``: ``tracking-gnn`` and ``tracking_gnn`` both name the tracking model; a learner's own
     testbed is named by a spec ``path/to/file.py:NAME`` or ``package.module:NAME`` (kept as written)."""
-    import argparse
-
     if ":" in text:
         return text.strip()
-    name = text.strip().replace("-", "_").lower()
-    if name not in MODEL_NAMES:
+    return text.strip().replace("-", "_").lower()
+
+
+def model_choice(text: str) -> str:
+    """argparse ``type``: `model_name`, refused unless a built-in name or a spec (argparse's "invalid choice")."""
+    import argparse
+
+    name = model_name(text)
+    if ":" not in name and name not in MODEL_NAMES:
         raise argparse.ArgumentTypeError(
             f"invalid choice: {text!r} (choose from {', '.join(MODEL_NAMES)}, or name your own testbed as "
             "path/to/file.py:NAME or package.module:NAME)")

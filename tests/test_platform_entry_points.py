@@ -197,6 +197,7 @@ def test_optuna_study_on_the_users_model():
     assert len(study.trials) == 2 and all(0 <= t.value <= 1 for t in study.trials)
 
 
+@pytest.mark.slow  # Ray starts a local cluster: ~20 s on 2 cores, more when they are busy
 def test_ray_tune_on_the_users_model(tmp_path):
     pytest.importorskip("ray")
     from hepml_kit.hpo.objective import TestbedObjective

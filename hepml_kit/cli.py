@@ -97,12 +97,12 @@ def _add_batch(sub) -> None:
 
 
 def _add_models(sub) -> None:
-    from hepml_kit.testbeds_cli import MODEL_NAMES, model_name  # torch-free: the parser stays fast
+    from hepml_kit.testbeds_cli import MODEL_NAMES, model_choice, model_name  # torch-free: the parser stays fast
 
     run = lambda name: (lambda a: getattr(__import__("hepml_kit.testbeds_cli", fromlist=["x"]), name)(a))  # noqa: E731
     p = sub.add_parser("models", help="list the testbed models and presets: parameters, FLOPs per sample")
     p.add_argument("model", nargs="*", type=model_name, metavar="MODEL",
-                   help=f"only these models ({', '.join(MODEL_NAMES)})")
+                   help=f"only these models ({', '.join(MODEL_NAMES)}, or your own as path/to/file.py:NAME)")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     p.set_defaults(func=run("models_main"))
 
@@ -113,7 +113,8 @@ def _add_models(sub) -> None:
         "Exit status 0 whenever it ran (threshold_met carries the verdict; with --strict a missed "
         "threshold exits 3), 2 for bad arguments, 1 on errors. Names with '-' instead of '_' are accepted.",
     )
-    p.add_argument("model", type=model_name, choices=MODEL_NAMES, help="the testbed model")
+    p.add_argument("model", type=model_choice, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
+                   "as path/to/file.py:NAME or package.module:NAME")
     p.add_argument("--seed", type=int, default=0, help="seed of the training events (default 0)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "small", "full"], help="model preset (default tiny)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -127,7 +128,8 @@ def _add_models(sub) -> None:
     p = sub.add_parser("data", help="write a testbed's Monte Carlo or convert your files as sharded HDF5; verify")
     data = p.add_subparsers(dest="action", required=True)
     g = data.add_parser("generate", help="generate events and write them as K HDF5 shards plus manifest.json")
-    g.add_argument("model", type=model_name, choices=MODEL_NAMES, help="the testbed model")
+    g.add_argument("model", type=model_choice, help=f"the testbed model ({', '.join(MODEL_NAMES)}) or your own "
+                   "as path/to/file.py:NAME (its training items are written as a table)")
     g.add_argument("--events", type=int, required=True, help="number of events (N)")
     g.add_argument("--shards", type=int, required=True, help="number of shard files (K)")
     g.add_argument("--out", required=True, help="output folder")

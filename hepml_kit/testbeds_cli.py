@@ -15,15 +15,30 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["MODEL_NAMES", "data_main", "model_name", "models_main", "validate_main"]
+__all__ = ["MODEL_NAMES", "data_main", "model_choice", "model_name", "models_main", "validate_main"]
 
 # == hepml_kit.models.names() (tests/test_validate_cli.py checks); listed here so no torch import is needed
 MODEL_NAMES = ("tracking_gnn", "waveform_vae", "calo_gan", "jet_transformer", "cosmo_unet")
 
 
 def model_name(text: str) -> str:
-    """argparse ``type``: ``tracking-gnn`` and ``tracking_gnn`` both name the tracking model."""
+    """argparse ``type``: ``tracking-gnn`` and ``tracking_gnn`` both name the tracking model; a learner's own
+    testbed is named by a spec ``path/to/file.py:NAME`` or ``package.module:NAME`` (kept as written)."""
+    if ":" in text:
+        return text.strip()
     return text.strip().replace("-", "_").lower()
+
+
+def model_choice(text: str) -> str:
+    """argparse ``type``: `model_name`, refused unless a built-in name or a spec (argparse's "invalid choice")."""
+    import argparse
+
+    name = model_name(text)
+    if ":" not in name and name not in MODEL_NAMES:
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: {text!r} (choose from {', '.join(MODEL_NAMES)}, or name your own testbed as "
+            "path/to/file.py:NAME or package.module:NAME)")
+    return name
 
 
 def _quiet_openmp() -> None:
@@ -74,6 +89,27 @@ def models_main(args) -> int:
     return 0
 
 
+def _write_user_items(args) -> int:
+    """`hepml-kit data generate file.py:NAME`: a learner's testbed has no generator; its first --events training
+    items (in the order --seed draws them, collated as its batches) are written as a table data set."""
+    from hepml_kit.data.writer import write_table
+    from hepml_kit.models import get
+
+    try:
+        tb = get(args.model)
+        cfg = tb.config(args.preset)
+        batch = next(tb.batches(tb.generate(cfg, args.events, args.seed), args.events))
+        columns = {k: v.numpy() for k, v in batch.items() if hasattr(v, "numpy")}
+        m = write_table(columns, args.shards, args.out, overwrite=args.overwrite,
+                        source={"testbed": args.model, "seed": args.seed, "events": args.events},
+                        progress=False if args.quiet else None, log=(lambda line: None) if args.quiet else print)
+    except (ValueError, TypeError) as e:
+        return _fail(str(e), 2)
+    print(f"wrote {m['n_events']} items of {tb.name} ({', '.join(m['schema'])}) in {len(m['shards'])} shards to "
+          f"{args.out}; read them back with testbed(..., data={args.out!r})")
+    return 0
+
+
 def validate_main(args) -> int:
     """`hepml-kit validate MODEL --seed S --preset P`: train, print metrics and one RESULT line."""
     if args.seed < 0:
@@ -95,6 +131,8 @@ def validate_main(args) -> int:
                            plots=args.plots)
     except ValueError as e:
         return _fail(str(e), 2)
+    except (ImportError, SyntaxError) as e:  # a learner's model file that does not import
+        return _fail(f"{args.model}: {type(e).__name__}: {e}", 2)
     width = max(len(k) for k in results)
     for key, value in results.items():
         shown = f"{value:.4g}" if isinstance(value, float) else value
@@ -110,6 +148,8 @@ def data_main(args) -> int:
 
     if args.action == "generate":
         _cpu_threads(args.threads)
+        if ":" in args.model:
+            return _write_user_items(args)
         try:
             m = write_shards(args.model, args.events, args.shards, args.out, seed=args.seed, preset=args.preset,
                              overwrite=args.overwrite, progress=False if args.quiet else None)

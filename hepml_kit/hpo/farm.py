@@ -13,6 +13,10 @@ data-parallel job. `farm_models` runs such a queue on a `hepml_kit.Workers` pool
 - the notebook shows a progress bar filled from the result files while the workers run;
 - every model's result ends in one pandas table.
 
+Any testbed farms too (a built-in name, a learner's own `Testbed` or a spec ``file.py:NAME``): pass it as
+``train=`` and each job trains one ensemble member, seeded by the job's index (`seed_jobs`), reporting the
+testbed's metrics (`TrainTestbed`).
+
 Taught in curriculum/07_ensembles.
 """
 
@@ -25,9 +29,9 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["FarmJob", "farm_jobs", "farm_models", "farm_table"]
+__all__ = ["FarmJob", "TrainTestbed", "farm_jobs", "farm_models", "farm_table", "seed_jobs"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,35 @@ def farm_jobs(particles, eta_bins) -> list[FarmJob]:
     if len({j.key for j in jobs}) != len(jobs):
         raise ValueError(f"duplicate jobs in {[j.key for j in jobs]}")
     return jobs
+
+
+def seed_jobs(n: int, label: str = "model") -> list[FarmJob]:
+    """`n` members of an ensemble of one testbed: ``FarmJob(label, i)``, member i trained with seed i."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"an ensemble needs n >= 1 members, got {n!r}")
+    return farm_jobs([label], range(n))
+
+
+@dataclass(frozen=True)
+class TrainTestbed:
+    """A farm's ``train`` for any testbed: job ``(label, i)`` trains member i (seed ``seed + i``) with `fit`
+    on the preset's training settings (``epochs`` may be overridden) and returns its metrics."""
+
+    testbed: Any
+
+    def __call__(self, label: str, member: int, *, preset: str = "tiny", epochs: int | None = None,
+                 seed: int = 0, device: str = "cpu") -> dict:
+        from hepml_kit.models import fit, get
+
+        tb = get(self.testbed)
+        cfg, d = tb.config(preset), tb.train_defaults[preset]
+        member_seed = seed + int(member)
+        data = tb.generate(cfg, int(d["events"]), member_seed)
+        model, history = fit(tb, cfg, data, epochs=int(epochs or d["epochs"]), batch_size=int(d["batch_size"]),
+                             lr=float(d["lr"]), seed=member_seed, device=device, log=None)
+        test = tb.generate(cfg, int(d.get("test_events", max(1, d["events"] // 4))), member_seed + 1)
+        return {**{k: float(v) for k, v in tb.metrics(model, test).items()}, "final_loss": history[-1],
+                "seed": member_seed}
 
 
 def _default_train():
@@ -116,11 +149,16 @@ def farm_models(jobs: list[FarmJob], *, results_dir: str | os.PathLike, workers=
         results_dir: where results persist; models already done there are skipped.
         workers: a `hepml_kit.Workers` pool, or ``None`` to train here one after the other.
         train: ``train(particle, eta_bin, **train_kwargs) -> dict`` of plain numbers (default
-            `hepml_kit.models.calo_gan.train_calo_gan`, e.g. with ``preset="tiny", seed=0, epochs=5``).
+            `hepml_kit.models.calo_gan.train_calo_gan`, e.g. with ``preset="tiny", seed=0, epochs=5``), or a
+            testbed (name, `Testbed` or spec): one ensemble member per job (`TrainTestbed`, `seed_jobs`).
         retries: how many more passes a failed model gets.
     """
     if not jobs:
         raise ValueError("no jobs: build them with farm_jobs(particles, eta_bins)")
+    from hepml_kit.models import Testbed
+
+    if isinstance(train, (Testbed, str)):
+        train = TrainTestbed(train)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an integer >= 0, got {retries!r}")
     results = Path(results_dir)

@@ -1,4 +1,5 @@
-"""The testbed models, one per file; each file ends with ``TESTBED = Testbed(...)``.
+"""The testbed models, one per file; each file ends with ``TESTBED = Testbed(...)``. A learner's own model
+becomes a `Testbed` too (`hepml_kit.models.user.testbed`), and `get` takes it wherever a name goes.
 
 `get(name)` imports a model module on demand (so `import hepml_kit.models` stays light)."""
 
@@ -23,9 +24,19 @@ def names() -> list[str]:
     return list(MODEL_MODULES)
 
 
-def get(name: str) -> Testbed:
-    """The `Testbed` of model `name` (one of `names()`)."""
+def get(name: str | Testbed) -> Testbed:
+    """The `Testbed` of `name`: a built-in name (one of `names()`), a `Testbed` object (returned as it is), or
+    a spec ``path/to/file.py:NAME`` / ``package.module:NAME`` naming a learner's own (`user.load`)."""
+    if isinstance(name, Testbed):
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"a model is a name, a spec file.py:NAME or a Testbed, got {type(name).__name__}")
+    if ":" in name:
+        from hepml_kit.models.user import load
+
+        return load(name)
     key = name.replace("-", "_")
     if key not in MODEL_MODULES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_MODULES)}")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_MODULES)}, or name your own "
+                         "as path/to/file.py:NAME or package.module:NAME")
     return importlib.import_module(MODEL_MODULES[key]).TESTBED

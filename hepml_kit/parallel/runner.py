@@ -136,6 +136,9 @@ def train_model_parallel(spec: RunSpec, strategy: str) -> dict:
     tb = resolve_testbed(testbed)
     if strategy == "graph" and tb.name != "tracking_gnn":
         raise ValueError("graph partitioning is for the tracking GNN (testbed='tracking_gnn')")
+    from hepml_kit.models.user import require_plan
+
+    require_plan(tb, strategy)  # a learner's testbed without the plan this strategy needs: say what to add
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
     if (stop_after is not None or resume) and not checkpoint_dir:

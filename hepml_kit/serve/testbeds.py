@@ -1,5 +1,6 @@
 """The models the kit serves, as `ServedModel`s: a small MLP (to learn the service on), the tracking GNN's edge
-classifier ("tracking as a service", after the Exa.TrkX Triton service) and the GN2-style jet flavour tagger.
+classifier ("tracking as a service", after the Exa.TrkX Triton service), the GN2-style jet flavour tagger, and a
+learner's own testbed (`user_model`, curriculum/13_your_model).
 
 Each comes with its wire encoding (`encoding.py`) and an `example(batch, seed)` request built from the
 testbed's own generator, so tests, load tests and the lesson send physics-like inputs.
@@ -22,7 +23,7 @@ from hepml_kit.serve.encoding import (
 )
 from hepml_kit.serve.server import Batching, ServedModel
 
-__all__ = ["jet_tagger_model", "mlp_model", "served_model", "tracking_gnn_model"]
+__all__ = ["jet_tagger_model", "mlp_model", "served_model", "tracking_gnn_model", "user_model"]
 
 
 def mlp_model(
@@ -174,9 +175,89 @@ def tracking_gnn_model(
     )
 
 
-def served_model(testbed: str, **kwargs) -> ServedModel:
+def user_model(
+    testbed,
+    model: nn.Module | None = None,
+    cfg=None,
+    *,
+    preset: str = "tiny",
+    name: str | None = None,
+    batching: Batching | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+) -> ServedModel:
+    """A learner's own testbed (`hepml_kit.models.user.testbed`, or a spec ``file.py:NAME``) behind named
+    tensors: its ``inputs`` (batch keys, in ``forward`` order) in, its ``outputs`` out. Example requests are
+    validation batches; a non-batch axis that differs between two of them (padded tracks) is free (-1)."""
+    from hepml_kit.models import get
+    from hepml_kit.models.user import UserTestbed
+
+    tb = get(testbed)
+    if not isinstance(tb, UserTestbed):
+        raise ValueError(f"{tb.name!r} is not a user testbed; serve built-ins with served_model(name)")
+    cfg = cfg if cfg is not None else tb.config(preset)
+    if model is None:
+        torch.manual_seed(seed)
+        model = tb.build(cfg)
+    inputs, data = tb.extra["inputs"], tb.extra["data"]
+    pool = data.val_batches(batch_size=1)
+
+    def example(batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        idx = np.random.default_rng(seed).integers(0, len(pool), batch)
+        items = [data.val[int(i)] for i in idx]
+        merged = data.collate_items(items)
+        return {k: merged[k].numpy() for k in inputs}
+
+    module = _NamedForward.around(model, inputs)
+    a, b = example(3, 0), example(5, 1)
+    free = {k: tuple(-1 if x != y else x for x, y in zip(a[k].shape[1:], b[k].shape[1:])) for k in inputs}
+    with torch.no_grad():
+        outs = module.eval()(*(torch.from_numpy(a[k]) for k in inputs))
+    names = tb.extra["outputs"]
+    if len(names) != len(outs):
+        names = tuple(f"output{i}" for i in range(len(outs))) if len(outs) > 1 else names[:1]
+    return ServedModel(
+        name=name or tb.name,
+        module=module,
+        example=example,
+        batching=batching or Batching(),
+        device=device,
+        inputs=tuple(TensorSpec(k, a[k].dtype.name, free[k]) for k in inputs),
+        outputs=tuple(TensorSpec(f"{n}__{i}", str(o.dtype).removeprefix("torch."), tuple(o.shape[1:]))
+                      for i, (n, o) in enumerate(zip(names, outs))),
+        unit=tb.unit,
+    )
+
+
+class _NamedForward(nn.Module):
+    """A user's model behind ``forward(<input names>)`` returning a tuple (what tracing and Triton's libtorch
+    backend match inputs and outputs by)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    @classmethod
+    def around(cls, model: nn.Module, inputs: tuple[str, ...]) -> nn.Module:
+        bad = [k for k in inputs if not k.isidentifier() or k in ("self", "model")]
+        if bad:
+            raise ValueError(f"input names {bad} cannot be forward arguments; rename those batch keys")
+        args = ", ".join(inputs)
+        scope: dict = {}
+        exec(f"def forward(self, {args}):\n    out = self.model({args})\n"  # noqa: S102  (names checked above)
+             "    return tuple(out) if isinstance(out, (tuple, list)) else (out,)\n", scope)
+        named = type(f"Served_{'_'.join(inputs)}", (cls,), {"forward": scope["forward"]})
+        return named(model)
+
+
+def served_model(testbed, **kwargs) -> ServedModel:
     """`mlp_model`, `jet_tagger_model` or `tracking_gnn_model` by testbed name (``"mlp"``,
-    ``"jet_transformer"``, ``"tracking_gnn"``); keyword arguments (``name=``, ``preset=``, ...) go to it."""
+    ``"jet_transformer"``, ``"tracking_gnn"``), or `user_model` for a learner's own testbed (a `Testbed` or a
+    spec ``file.py:NAME``); keyword arguments (``name=``, ``preset=``, ``model=``, ...) go to it."""
+    from hepml_kit.models import Testbed
+
+    if isinstance(testbed, Testbed) or ":" in testbed:
+        return user_model(testbed, **kwargs)
     makers = {"mlp": mlp_model, "jet_transformer": jet_tagger_model, "tracking_gnn": tracking_gnn_model}
     key = testbed.replace("-", "_")
     if key not in makers:

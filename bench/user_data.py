@@ -46,7 +46,8 @@ def write_root(path: str, n: int, seed: int = 0) -> dict:
     ntrk = rng.integers(1, 16, n)
     total = int(ntrk.sum())
     arrays = {"jet_pt": rng.exponential(50, n).astype("f4"), "label": rng.integers(0, 3, n).astype("i4"),
-              **{k: ak.unflatten(rng.normal(0, 1, total).astype("f4"), ntrk) for k in ("trk_pt", "trk_d0", "trk_z0")}}
+              **{k: ak.unflatten(rng.normal(0, 1, total).astype("f4"), ntrk)
+                 for k in ("trk_pt", "trk_d0", "trk_z0")}}
     with uproot.recreate(path) as f:
         f["jets"] = arrays
     return arrays
@@ -77,7 +78,8 @@ def collate_rows(jets: list[dict]) -> dict:
     for k, v in jets[0].items():
         column = [j[k] for j in jets]
         if np.ndim(v):  # one concatenate + offsets, as awkward builds jagged arrays
-            out[k] = ak.unflatten(np.concatenate(column), np.fromiter(map(len, column), np.int64, len(column)))
+            out[k] = ak.unflatten(np.concatenate(column),
+                                  np.fromiter(map(len, column), np.int64, len(column)))
         else:
             out[k] = np.asarray(column)
     return out
@@ -102,8 +104,8 @@ def main() -> None:
         t0 = time.perf_counter()
         arrays = write_root(root, args.jets)
         root_mb = os.path.getsize(root) / 1e6
-        print(f"wrote {args.jets} jets ({int(ak.sum(ak.num(arrays['trk_pt'])))} tracks) to a {root_mb:.1f} MB ROOT "
-              f"file in {time.perf_counter() - t0:.1f} s")
+        print(f"wrote {args.jets} jets ({int(ak.sum(ak.num(arrays['trk_pt'])))} tracks) to "
+              f"a {root_mb:.1f} MB ROOT file in {time.perf_counter() - t0:.1f} s")
 
         convert_s = []
         for r in range(args.repeats):
@@ -114,18 +116,20 @@ def main() -> None:
         shard_dir = out
         shards_mb = sum(s["bytes"] for s in m["shards"]) / 1e6
         conv = statistics.median(convert_s)
-        print(f"convert ROOT -> 4 shards: {conv:.2f} s (median of {args.repeats}) = {root_mb / conv:.1f} MB/s of ROOT "
-              f"read, {args.jets / conv:,.0f} jets/s; shards {shards_mb:.1f} MB")
+        print(f"convert ROOT -> 4 shards: {conv:.2f} s (median of {args.repeats}) = "
+              f"{root_mb / conv:.1f} MB/s of ROOT read, {args.jets / conv:,.0f} jets/s; "
+              f"shards {shards_mb:.1f} MB")
 
         memory = InMemoryJets(arrays)
         ways = {
-            "shards (ShardDataset)": lambda: ShardDataset(shard_dir, batch_size=BATCH, shuffle=True, rank=RANK,
-                                                          world_size=WORLD),
+            "shards (ShardDataset)": lambda: ShardDataset(shard_dir, batch_size=BATCH,
+                                                          shuffle=True, rank=RANK, world_size=WORLD),
             "ROOT directly (RootStream)": lambda: RootStream([root], "jets", BATCH, shuffle=True, rank=RANK,
                                                              world_size=WORLD),
             "in memory (DataLoader)": lambda: torch.utils.data.DataLoader(
                 memory, batch_size=BATCH, collate_fn=collate_rows,
-                sampler=torch.utils.data.DistributedSampler(memory, num_replicas=WORLD, rank=RANK, shuffle=True)),
+                sampler=torch.utils.data.DistributedSampler(memory, num_replicas=WORLD,
+                                                            rank=RANK, shuffle=True)),
         }
         rates = {name: [] for name in ways}
         seen = {}
@@ -142,8 +146,9 @@ def main() -> None:
     shards_r, root_r = med["shards (ShardDataset)"], med["ROOT directly (RootStream)"]
     print(f"RESULT convert_MB_per_s={root_mb / conv:.2f} convert_jets_per_s={args.jets / conv:.0f} "
           f"shards_jets_per_s_per_rank={shards_r:.0f} root_stream_jets_per_s_per_rank={root_r:.0f} "
-          f"in_memory_dataloader_jets_per_s_per_rank={base:.0f} shards_over_root_stream={shards_r / root_r:.3f} "
-          f"shards_over_in_memory={shards_r / base:.3f} jets={args.jets}")
+          f"in_memory_dataloader_jets_per_s_per_rank={base:.0f} "
+          f"shards_over_root_stream={shards_r / root_r:.3f} shards_over_in_memory={shards_r / base:.3f} "
+          f"jets={args.jets}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def model_name(text: str) -> str:
 
 
 def model_choice(text: str) -> str:
-    """argparse ``type``: `model_name`, refused unless a built-in name or a spec (argparse's "invalid choice")."""
+    """argparse ``type``: `model_name`, refused unless a built-in name or a spec (argparse's "invalid
+    choice")."""
     import argparse
 
     name = model_name(text)
@@ -83,14 +84,15 @@ def models_main(args) -> int:
         return 0
     print(f"{'model':<16} {'preset':<6} {'parameters':>11} {'FLOPs/sample':>13}  unit      paper")
     for r in rows:
-        print(f"{r['model']:<16} {r['preset']:<6} {_si(r['parameters']):>11} {_si(r['flops_per_sample']):>13}  "
-              f"{r['unit']:<9} {r['paper'][:70]}")
+        print(f"{r['model']:<16} {r['preset']:<6} {_si(r['parameters']):>11} "
+              f"{_si(r['flops_per_sample']):>13}  {r['unit']:<9} {r['paper'][:70]}")
     print("FLOPs/sample: forward + backward (about 3x forward) for one sample of the preset's training data.")
     return 0
 
 
 def _write_user_items(args) -> int:
-    """`hepml-kit data generate file.py:NAME`: a learner's testbed has no generator; its first --events training
+    """`hepml-kit data generate file.py:NAME`: a learner's testbed has no generator; its first --events
+    training
     items (in the order --seed draws them, collated as its batches) are written as a table data set."""
     from hepml_kit.data.writer import write_table
     from hepml_kit.models import get
@@ -102,11 +104,12 @@ def _write_user_items(args) -> int:
         columns = {k: v.numpy() for k, v in batch.items() if hasattr(v, "numpy")}
         m = write_table(columns, args.shards, args.out, overwrite=args.overwrite,
                         source={"testbed": args.model, "seed": args.seed, "events": args.events},
-                        progress=False if args.quiet else None, log=(lambda line: None) if args.quiet else print)
+                        progress=False if args.quiet else None,
+                        log=(lambda line: None) if args.quiet else print)
     except (ValueError, TypeError) as e:
         return _fail(str(e), 2)
-    print(f"wrote {m['n_events']} items of {tb.name} ({', '.join(m['schema'])}) in {len(m['shards'])} shards to "
-          f"{args.out}; read them back with testbed(..., data={args.out!r})")
+    print(f"wrote {m['n_events']} items of {tb.name} ({', '.join(m['schema'])}) in "
+          f"{len(m['shards'])} shards to {args.out}; read them back with testbed(..., data={args.out!r})")
     return 0
 
 
@@ -151,8 +154,9 @@ def data_main(args) -> int:
         if ":" in args.model:
             return _write_user_items(args)
         try:
-            m = write_shards(args.model, args.events, args.shards, args.out, seed=args.seed, preset=args.preset,
-                             overwrite=args.overwrite, progress=False if args.quiet else None)
+            m = write_shards(args.model, args.events, args.shards, args.out, seed=args.seed,
+                             preset=args.preset, overwrite=args.overwrite,
+                             progress=False if args.quiet else None)
         except ValueError as e:
             return _fail(str(e), 2)
         size = sum(s["bytes"] for s in m["shards"])
@@ -165,14 +169,15 @@ def data_main(args) -> int:
         branches = [b.strip() for b in args.branches.split(",") if b.strip()] if args.branches else None
         quiet = (lambda line: None) if args.quiet else print
         try:
-            m = convert_files(args.inputs, args.shards, args.out, tree=args.tree, branches=branches, cut=args.cut,
-                              overwrite=args.overwrite, progress=False if args.quiet else None, log=quiet)
+            m = convert_files(args.inputs, args.shards, args.out, tree=args.tree,
+                              branches=branches, cut=args.cut, overwrite=args.overwrite,
+                              progress=False if args.quiet else None, log=quiet)
         except ConvertError as e:
             return _fail(str(e), 2)
         size = sum(s["bytes"] for s in m["shards"])
         print(f"wrote {m['n_events']} events ({', '.join(m['schema'])}) from {len(args.inputs)} file(s) in "
-              f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}; check with `hepml-kit data verify "
-              f"{args.out}`")
+              f"{len(m['shards'])} shards, {size / 1e6:.1f} MB, to {args.out}; check "
+              f"with `hepml-kit data verify {args.out}`")
         return 0
     try:
         shards = ShardSet(args.dir, verify="full")

@@ -10,7 +10,8 @@ import torch.distributed as dist
 from hepml_kit import checks as check
 from hepml_kit.checks import CheckFailed
 
-cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the answers below travel to the engines by value
+# the answers below travel to the engines by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 # ---- ex04: row-parallel linear -------------------------------------------------------------------
@@ -114,7 +115,8 @@ def test_ex05_groups():
 def test_ex05_local_batch():
     check.ex05_local_batch(lambda batch, d, dp, t, tp: {k: v[d::dp] for k, v in batch.items()})
     with pytest.raises(CheckFailed, match="sharded by the global rank"):
-        check.ex05_local_batch(lambda batch, d, dp, t, tp: {k: v[d * tp + t::dp * tp] for k, v in batch.items()})
+        check.ex05_local_batch(lambda batch, d, dp, t, tp: {k: v[d * tp + t::dp * tp]
+                                                            for k, v in batch.items()})
 
 
 def test_hints_exist_for_every_check(capsys):

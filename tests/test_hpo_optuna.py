@@ -1,4 +1,5 @@
-"""Optuna backend on a testbed model (the waveform VAE's anomaly AUC): samplers, pruners, parallel and DDP trials."""
+"""Optuna backend on a testbed model (the waveform VAE's anomaly AUC): samplers, pruners, parallel and DDP
+trials."""
 
 import itertools
 import json
@@ -42,8 +43,10 @@ def test_grid_visits_every_point_once():
     assert seen == sorted(itertools.product(SPACE.grid()["lr"], SPACE.grid()["latent_dim"]))
     assert all(t.state.name == "COMPLETE" and len(t.intermediate_values) == 3 for t in study.trials)
     h = study_history(study)
-    assert len(h) == 6 * 3 and h["compute"].is_monotonic_increasing and h["best_so_far"].is_monotonic_increasing
-    assert h["best_so_far"].iloc[-1] == pytest.approx(max(max(t.intermediate_values.values()) for t in study.trials))
+    assert (len(h) == 6 * 3 and h["compute"].is_monotonic_increasing
+            and h["best_so_far"].is_monotonic_increasing)
+    best = max(max(t.intermediate_values.values()) for t in study.trials)
+    assert h["best_so_far"].iloc[-1] == pytest.approx(best)
 
 
 @pytest.mark.parametrize("sampler, pruner", [("random", "none"), ("tpe", "asha"), ("cmaes", "hyperband")])
@@ -73,7 +76,8 @@ def test_parallel_trials_share_one_journal_file(workers, tmp_path):
     assert 6 <= len(done) <= 7  # two workers may both ask for the last place
     assert all(study.params_by_rank), "both workers ran trials"
     assert len({t.user_attrs["pid"] for t in done}) == 2
-    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)  # different seeds per worker
+    # different seeds per worker
+    assert len({json.dumps(t.params, sort_keys=True) for t in done}) == len(done)
 
 
 def test_trial_that_is_a_two_rank_ddp_job(workers, tmp_path):

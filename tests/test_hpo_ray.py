@@ -35,7 +35,8 @@ def _epochs_per_trial(history):
 def test_asha_stops_poor_trials_within_the_trial_epoch_budget(ray_cluster, tmp_path):
     from hepml_kit.hpo.ray_backend import run_tune
 
-    run = run_tune(SPACE, OBJECTIVE, scheduler="asha", search="random", budget_epochs=16, storage_path=str(tmp_path))
+    run = run_tune(SPACE, OBJECTIVE, scheduler="asha", search="random", budget_epochs=16,
+                   storage_path=str(tmp_path))
     h = run.history
     assert 16 <= len(h) <= 16 + 2  # trials in flight when the budget ran out may report once more
     assert (_epochs_per_trial(h) < OBJECTIVE.epochs).any(), "ASHA stopped no trial early"
@@ -57,8 +58,8 @@ def test_population_based_training_copies_and_perturbs(ray_cluster, tmp_path):
     from hepml_kit.hpo.ray_backend import run_tune
 
     objective = TestbedObjective("waveform_vae", "auc", events=128, val_events=128, epochs=6, batch_size=32)
-    run = run_tune(SPACE, objective, scheduler="pbt", num_samples=4, budget_epochs=24, perturbation_interval=2,
-                   storage_path=str(tmp_path))
+    run = run_tune(SPACE, objective, scheduler="pbt", num_samples=4, budget_epochs=24,
+                   perturbation_interval=2, storage_path=str(tmp_path))
     h = run.history
     lrs = h.assign(lr=[json.loads(p)["lr"] for p in h["params"]]).groupby("trial")["lr"].nunique()
     assert (lrs > 1).any(), "no PBT member changed its learning rate (no exploit/explore happened)"

@@ -15,7 +15,7 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from hepml_kit.hpo.optuna_backend import StudyBusy, open_study, open_storage, run_study  # noqa: E402
+from hepml_kit.hpo.optuna_backend import StudyBusy, open_storage, open_study, run_study  # noqa: E402
 
 # The same spec is built in the killed subprocess and here (a resumed study must match the stored one).
 SPEC_SOURCE = """
@@ -26,7 +26,8 @@ from hepml_kit.hpo.space import Float, SearchSpace
 def make_spec(path, sampler="tpe", n_startup_trials=3):
     objective = TestbedObjective("waveform_vae", "auc", events=256, val_events=128, epochs=4, batch_size=32)
     space = SearchSpace({"lr": Float(1e-3, 3e-2, log=True), "beta": Float(0.1, 1.0)})
-    return StudySpec("resume", space, objective, sampler=sampler, n_startup_trials=n_startup_trials, storage=path)
+    return StudySpec("resume", space, objective, sampler=sampler, n_startup_trials=n_startup_trials,
+                     storage=path)
 """
 N_TRIALS = 5
 
@@ -45,13 +46,15 @@ def _trials(path):
 
 
 # (sampler, n_startup_trials): TPE past its start-up at the resume, random search, TPE still in start-up
-@pytest.mark.parametrize("setup", [("tpe", 3), ("random", 3), ("tpe", 10)], ids=["tpe", "random", "tpe-startup"])
+@pytest.mark.parametrize("setup", [("tpe", 3), ("random", 3), ("tpe", 10)],
+                         ids=["tpe", "random", "tpe-startup"])
 def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, setup):
     path = str(tmp_path / "study.log")
     script = SPEC_SOURCE + (
-        "\nimport torch, optuna\ntorch.set_num_threads(1)\noptuna.logging.set_verbosity(optuna.logging.WARNING)\n"
-        f"from hepml_kit.hpo.optuna_backend import run_study\nrun_study(make_spec({path!r}, *{setup!r}), "
-        f"n_trials={N_TRIALS})\n"
+        "\nimport torch, optuna\ntorch.set_num_threads(1)\n"
+        "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
+        "from hepml_kit.hpo.optuna_backend import run_study\n"
+        f"run_study(make_spec({path!r}, *{setup!r}), n_trials={N_TRIALS})\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -60,7 +63,8 @@ def test_killed_study_resumes_without_losing_or_repeating_trials(tmp_path, setup
             while time.monotonic() < deadline:
                 trials = _trials(path) if os.path.exists(path) else []
                 done = [t for t in trials if t.state.name == "COMPLETE"]
-                if len(done) >= finished and any(t.state.name == "RUNNING" and t.intermediate_values for t in trials):
+                if len(done) >= finished and any(t.state.name == "RUNNING"
+                                                 and t.intermediate_values for t in trials):
                     return
                 assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
                 time.sleep(0.05)

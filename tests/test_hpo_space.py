@@ -51,7 +51,9 @@ def test_same_space_drives_optuna_and_ray():
     dists = space.optuna_distributions()
     assert dists["lr"].log and dists["latent_dim"].step == 4
     pytest.importorskip("ray.tune")
-    from ray.tune.search.sample import Categorical as RayCat, Float as RayFloat, Integer as RayInt
+    from ray.tune.search.sample import Categorical as RayCat
+    from ray.tune.search.sample import Float as RayFloat
+    from ray.tune.search.sample import Integer as RayInt
 
     ray_space = space.ray_param_space()
     assert isinstance(ray_space["lr"], RayFloat) and isinstance(ray_space["act"], RayCat)
@@ -118,8 +120,8 @@ def test_bad_input_stops_a_study_before_any_trial(tmp_path):
                             sampler="random", storage=path)
     with pytest.raises(StudyMismatch, match="set up differently \\(space\\)"):
         run_study(other_space, n_trials=2)
-    other_metric = StudySpec("s", space, TestbedObjective(**{**VAE, "metric": "auc_neg_elbo"}), sampler="random",
-                             storage=path)
+    other_metric = StudySpec("s", space, TestbedObjective(**{**VAE, "metric": "auc_neg_elbo"}),
+                             sampler="random", storage=path)
     with pytest.raises(StudyMismatch, match="objective"):
         run_study(other_metric, n_trials=2)
     assert os.path.getsize(path) == size  # no trial started

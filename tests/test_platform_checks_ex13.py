@@ -1,4 +1,5 @@
-"""Exercise 13's checks pass the solution and fail the usual mistakes, each with a message saying what is wrong."""
+"""Exercise 13's checks pass the solution and fail the usual mistakes, each with a message saying what is
+wrong."""
 
 import pytest
 from torch import nn

@@ -57,7 +57,8 @@ class Tagger(nn.Module):
 
 
 class Jets(torch.utils.data.Dataset):
-    """Map-style: item i is (features, label); the label depends on the features, so there is something to learn."""
+    """Map-style: item i is (features, label); the label depends on the features, so there is something to
+    learn."""
 
     def __init__(self, n: int = 256, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
@@ -93,7 +94,8 @@ def _exit(stage, acts):
 
 
 def _pipeline_loss(model, outputs, micro_batch):
-    logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs  # torch's schedules unwrap 1-tuples
+    # torch's schedules unwrap 1-tuples
+    logits = outputs[0] if isinstance(outputs, (tuple, list)) else outputs
     return F.cross_entropy(logits, micro_batch["y"])
 
 
@@ -125,7 +127,8 @@ def test_data_parallel_strategies_equal_one_process(pool, strategy):
     torch.testing.assert_close(got["losses"], ref["losses"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["tensor", "megatron", "gpipe", "1f1b", "1f1b_by_hand", "fsdp_tp", "dp_pp"])
+@pytest.mark.parametrize("strategy",
+                         ["tensor", "megatron", "gpipe", "1f1b", "1f1b_by_hand", "fsdp_tp", "dp_pp"])
 def test_model_parallel_strategies_follow_the_users_plans(pool, strategy):
     spec = RunSpec(TESTBED, micro_batches=2, **RUN)
     ref = train(spec, "single", reference="model_parallel")
@@ -140,11 +143,13 @@ def test_a_plain_testbed_runs_ddp_and_fsdp_but_tp_and_pipelines_say_what_to_add(
         train(spec, "single")["losses"], rel=1e-5)
     for strategy, plan, add in (("tensor", "tensor-parallel", "tensor_parallel=\\{'mlp'"),
                                 ("fsdp_tp", "tensor-parallel", "tensor_parallel="),
-                                ("1f1b", "pipeline", "pipeline=StackRecipe"), ("dp_pp", "pipeline", "pipeline=")):
+                                ("1f1b", "pipeline", "pipeline=StackRecipe"),
+                                ("dp_pp", "pipeline", "pipeline=")):
         with pytest.raises(ValueError, match=f"strategy '{strategy}' needs a {plan} plan, which testbed "
                                              f"'plain_tagger' does not give: add {add}"):
             train(spec, strategy)  # refused before it even asks for a process group
-    with pytest.raises(hk.WorkerError, match="rank 0 failed: ValueError: strategy 'megatron' needs a tensor-parallel"):
+    with pytest.raises(hk.WorkerError,
+                       match="rank 0 failed: ValueError: strategy 'megatron' needs a tensor-parallel"):
         pool.run(_on_ranks, "megatron", spec)
 
 
@@ -172,7 +177,8 @@ def test_ladder_scaling_and_projection(pool):
     assert df.attrs["unit"] == "jets" and df["samples_per_s"].iloc[0] > 0 and df["mfu"].notna().all()
 
     def launcher(fn, nprocs, **kw):
-        return pool.run(fn, **{k: v for k, v in kw.items() if k not in ("timeout", "device")}) if nprocs == 2 \
+        return pool.run(fn,
+                        **{k: v for k, v in kw.items() if k not in ("timeout", "device")}) if nprocs == 2 \
             else [fn(**{k: v for k, v in kw.items() if k not in ("timeout", "device")})]
 
     study = scaling_study(train_testbed_ddp, nprocs=[1, 2], batch_size=32, model=tb, steps=3, warmup_steps=1,
@@ -243,7 +249,8 @@ def test_serving_and_triton_export(tmp_path):
 def test_get_takes_an_object_a_name_and_specs():
     assert get(TESTBED) is TESTBED
     by_file = get(f"{HERE}:TESTBED")
-    assert by_file.name == "user_tagger" and by_file.extra["tensor_parallel"] == TESTBED.extra["tensor_parallel"]
+    assert (by_file.name == "user_tagger" and by_file.extra["tensor_parallel"]
+            == TESTBED.extra["tensor_parallel"])
     assert get("hepml_kit.models.jet_transformer:TESTBED") is get("jet_transformer")
     with pytest.raises(ValueError, match="no such file"):
         get("nowhere/model.py:TB")
@@ -279,7 +286,8 @@ def test_cli_validate_models_and_data_take_a_spec(tmp_path):
     assert out.returncode == 0 and "user_tagger" in out.stdout, out.stderr[-2000:]
     out = _cli("validate", "tests/test_platform_entry_points.py:MISSING")
     assert out.returncode == 2 and "has no 'MISSING'" in out.stderr
-    out = _cli("data", "generate", spec, "--events", "40", "--shards", "2", "--out", str(tmp_path / "d"), "--quiet")
+    out = _cli("data", "generate", spec, "--events", "40", "--shards", "2", "--out",
+               str(tmp_path / "d"), "--quiet")
     assert out.returncode == 0, out.stderr[-2000:]
     again = testbed("again", model=Tagger, data=str(tmp_path / "d"), loss=cross_entropy)
     assert len(again.extra["data"].train) == 32 and train(RunSpec(again, **RUN), "single")["losses"]

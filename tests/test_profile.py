@@ -74,7 +74,7 @@ def test_iterate_times_the_data_wait_and_counts_samples():
 
     prof = StepProfiler(warmup_steps=0)
     seen = 0
-    for batch in prof.iterate(slow_loader()):
+    for _batch in prof.iterate(slow_loader()):
         with prof.phase("forward"):
             seen += 1
         if seen == 4:

@@ -27,9 +27,10 @@ import os
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["FarmJob", "TrainTestbed", "farm_jobs", "farm_models", "farm_table", "seed_jobs"]
 
@@ -78,8 +79,9 @@ class TrainTestbed:
         cfg, d = tb.config(preset), tb.train_defaults[preset]
         member_seed = seed + int(member)
         data = tb.generate(cfg, int(d["events"]), member_seed)
-        model, history = fit(tb, cfg, data, epochs=int(epochs or d["epochs"]), batch_size=int(d["batch_size"]),
-                             lr=float(d["lr"]), seed=member_seed, device=device, log=None)
+        model, history = fit(tb, cfg, data, epochs=int(epochs or d["epochs"]),
+                             batch_size=int(d["batch_size"]), lr=float(d["lr"]), seed=member_seed,
+                             device=device, log=None)
         test = tb.generate(cfg, int(d.get("test_events", max(1, d["events"] // 4))), member_seed + 1)
         return {**{k: float(v) for k, v in tb.metrics(model, test).items()}, "final_loss": history[-1],
                 "seed": member_seed}
@@ -114,7 +116,8 @@ def _claim(results: Path, job: FarmJob, attempt: int) -> bool:
     return True
 
 
-def _farm_on_rank(jobs: list[FarmJob], attempt: int, results_dir: str, train: Callable | None, kwargs: dict) -> int:
+def _farm_on_rank(jobs: list[FarmJob], attempt: int, results_dir: str, train: Callable | None,
+                  kwargs: dict) -> int:
     """Runs on every rank: claim, train and record jobs until none is left; returns how many it trained."""
     import socket
 
@@ -140,8 +143,9 @@ def _farm_on_rank(jobs: list[FarmJob], attempt: int, results_dir: str, train: Ca
     return ran
 
 
-def farm_models(jobs: list[FarmJob], *, results_dir: str | os.PathLike, workers=None, train: Callable | None = None,
-                retries: int = 1, progress: bool = True, timeout: float = 3600.0, **train_kwargs):
+def farm_models(jobs: list[FarmJob], *, results_dir: str | os.PathLike, workers=None,
+                train: Callable | None = None, retries: int = 1, progress: bool = True,
+                timeout: float = 3600.0, **train_kwargs):
     """Train one model per job over `workers`; return the table of all models (see `farm_table`).
 
     Args:
@@ -205,7 +209,8 @@ def _run_pass(pending, attempt, results, workers, train, train_kwargs, timeout, 
 
 
 def _send_by_value(fn) -> None:
-    """A train function from a test file or script the engines cannot import travels by value (as `fn` does)."""
+    """A train function from a test file or script the engines cannot import travels by value (as `fn`
+    does)."""
     import sys
 
     import cloudpickle
@@ -252,7 +257,8 @@ def farm_table(jobs: list[FarmJob], results_dir: str | os.PathLike, done_before:
         row.update(particle=j.particle, eta_bin=j.eta_bin, failed_attempts=len(failures),
                    reused=j.key in (done_before or set()))
         if failures and "error" not in row:
-            row["error"] = json.loads(failures[-1].read_text())["error"]  # a model that failed, then succeeded
+            # a model that failed, then succeeded
+            row["error"] = json.loads(failures[-1].read_text())["error"]
         rows.append(row)
     df = pd.DataFrame(rows).set_index(["particle", "eta_bin"])
     first = [c for c in ("status", "attempt", "failed_attempts", "rank", "seconds", "reused") if c in df]

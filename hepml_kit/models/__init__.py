@@ -37,6 +37,6 @@ def get(name: str | Testbed) -> Testbed:
         return load(name)
     key = name.replace("-", "_")
     if key not in MODEL_MODULES:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_MODULES)}, or name your own "
-                         "as path/to/file.py:NAME or package.module:NAME")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_MODULES)}, or name your "
+                         "own as path/to/file.py:NAME or package.module:NAME")
     return importlib.import_module(MODEL_MODULES[key]).TESTBED

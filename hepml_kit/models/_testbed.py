@@ -11,8 +11,9 @@ Batches are ``dict[str, torch.Tensor]``; `to_device` moves one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,10 +37,12 @@ class Testbed:
         train_step: ``train_step(model, batch, optimizer) -> float``; default is loss/backward/step.
         make_optimizer: ``make_optimizer(model, cfg, lr) -> optimizer`` (the GAN returns a pair).
         metrics: ``metrics(model, data) -> dict[str, float]``, the physics figures of merit.
-        threshold: ``threshold(metrics) -> bool``: the tiny-preset physics bar (justified in the model docstring).
+        threshold: ``threshold(metrics) -> bool``: the tiny-preset physics bar (justified in the model
+            docstring).
         train_defaults: ``dict`` of the preset's training settings: ``{"tiny": {"events": .., "epochs": ..,
             "batch_size": .., "lr": ..}, ...}`` used by `fit` and `hepml-kit validate`.
-        flops_per_sample: ``flops_per_sample(cfg) -> float`` (forward+backward FLOPs, ~3x forward) or ``None``.
+        flops_per_sample: ``flops_per_sample(cfg) -> float`` (forward+backward FLOPs, ~3x forward) or
+            ``None``.
         lightning: ``lightning(cfg, lr) -> lightning.LightningModule`` over the same ``nn.Module`` (made by
             `hepml_kit.models._lightning.LazyLightningClass` for every model trained by `loss`).
         samples_in: ``samples_in(batch) -> int`` number of samples (in `unit`) in a batch.
@@ -117,7 +120,8 @@ def fit(
             losses.append(testbed.step(model, to_device(batch, device), opt))
         history.append(sum(losses) / max(len(losses), 1))
         if log:
-            log(f"[{testbed.name}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} ({time.perf_counter() - t0:.1f} s)")
+            log(f"[{testbed.name}] epoch {epoch + 1}/{epochs} loss {history[-1]:.4f} "
+                f"({time.perf_counter() - t0:.1f} s)")
         if on_epoch:
             on_epoch(epoch, history[-1])
     return model, history

@@ -133,8 +133,10 @@ def _rows(column):
     return np.split(ak.to_numpy(ak.flatten(column, axis=1)), np.cumsum(counts)[:-1])
 
 
-def pad_ragged(rows: list, length: int | None = None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of different lengths (arrays ``[n_i, ...]``) -> (padded ``[B, length, ...]``, mask ``[B, length]``,
+def pad_ragged(rows: list, length: int | None = None,
+               dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths (arrays ``[n_i, ...]``) -> (padded ``[B, length, ...]``, mask ``[B,
+    length]``,
     True for real entries); `length` defaults to the longest row. For a collate of jets' tracks."""
     rows = [torch.as_tensor(np.asarray(r), dtype=dtype) for r in rows]
     length = max([len(r) for r in rows] + [1]) if length is None else int(length)
@@ -158,7 +160,8 @@ class Items:
 
 
 def samples(dataset, indices) -> dict:
-    """A user testbed's data: ``{"index": item numbers, "items": Items(dataset)}`` (what `generate` returns)."""
+    """A user testbed's data: ``{"index": item numbers, "items": Items(dataset)}`` (what `generate`
+    returns)."""
     return {"index": np.asarray(indices, dtype=np.int64), "items": Items(dataset)}
 
 
@@ -263,7 +266,8 @@ class _Flops:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Lightning: one generic LightningModule over any build + loss (made on first use; lightning is slow to import)
+# Lightning: one generic LightningModule over any build + loss (made on first use; lightning is slow to
+# import)
 # --------------------------------------------------------------------------------------------------------
 
 
@@ -285,7 +289,8 @@ def _make_lightning_class() -> type:
             return value
 
         def validation_step(self, batch, batch_idx):
-            self.log("val_loss", self.loss_fn(self.model, batch), batch_size=_samples_in(batch), sync_dist=True)
+            self.log("val_loss", self.loss_fn(self.model, batch),
+                     batch_size=_samples_in(batch), sync_dist=True)
 
         def configure_optimizers(self):
             if self.make_optimizer is not None:
@@ -318,9 +323,9 @@ def _dataset(data, what: str):
     if isinstance(data, (str, os.PathLike, dict)):
         return Rows(data)
     if isinstance(data, torch.utils.data.IterableDataset) or not hasattr(data, "__getitem__"):
-        raise TypeError(f"{what} must be a map-style Dataset (with __getitem__ and __len__), a folder of shards "
-                        f"or a dict of columns, got {type(data).__name__}; for streaming ROOT files convert "
-                        "them first (hepml-kit data convert)")
+        raise TypeError(f"{what} must be a map-style Dataset (with __getitem__ and "
+                        f"__len__), a folder of shards or a dict of columns, got {type(data).__name__}; for "
+                        "streaming ROOT files convert them first (hepml-kit data convert)")
     return data
 
 
@@ -471,7 +476,8 @@ def load(spec: str) -> Testbed:
             raise ValueError(f"{spec!r}: cannot import {where} ({e})") from None
     if not hasattr(module, attr):
         found = [k for k, v in vars(module).items() if isinstance(v, Testbed)]
-        raise ValueError(f"{spec!r}: {where} has no {attr!r}" + (f"; its testbeds: {', '.join(found)}" if found else ""))
+        raise ValueError(f"{spec!r}: {where} has no {attr!r}"
+                         + (f"; its testbeds: {', '.join(found)}" if found else ""))
     value = getattr(module, attr)
     if inspect.isfunction(value):
         value = value()

@@ -223,7 +223,8 @@ def check_model_repository(
             )
             if not row["max_abs_diff"] <= atol:
                 raise ValueError(
-                    f"{folder.name}: TorchScript differs from in-process inference by {row['max_abs_diff']:.3g}"
+                    f"{folder.name}: TorchScript differs from in-process inference by "
+                    f"{row['max_abs_diff']:.3g}"
                 )
         rows.append(row)
     return rows

@@ -1,6 +1,7 @@
-"""The models the kit serves, as `ServedModel`s: a small MLP (to learn the service on), the tracking GNN's edge
-classifier ("tracking as a service", after the Exa.TrkX Triton service), the GN2-style jet flavour tagger, and a
-learner's own testbed (`user_model`, curriculum/13_your_model).
+"""The models the kit serves, as `ServedModel`s: a small MLP (to learn the service on), the tracking GNN's
+edge
+classifier ("tracking as a service", after the Exa.TrkX Triton service), the GN2-style jet flavour tagger, and
+a learner's own testbed (`user_model`, curriculum/13_your_model).
 
 Each comes with its wire encoding (`encoding.py`) and an `example(batch, seed)` request built from the
 testbed's own generator, so tests, load tests and the lesson send physics-like inputs.

@@ -20,6 +20,18 @@ def passed(name: str, detail: str = "") -> None:
     print(f"✔ {name} passed" + (f": {detail}" if detail else ""))
 
 
+def call(fn, *args, show_args: bool = True):
+    """Run the learner's `fn`: its unfinished stub's `NotImplementedError` passes through, any other error
+    becomes `CheckFailed` naming it (and the arguments, unless `show_args=False`: big tensors)."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the learner's error, reported
+        where = f" for arguments {args}" if show_args else ""
+        raise CheckFailed(f"your code raised {type(e).__name__}: {e}{where}") from None
+
+
 def run_on_ranks(fn, *args, nprocs: int = 2, timeout: float = 120.0, workers=None, **kwargs) -> list:
     """`hepml_kit.launch` (or `workers.run` on a warm pool) for checks: the learner's unfinished stub surfaces
     as `NotImplementedError`, any other failure on a rank as `CheckFailed` naming the rank and its error."""

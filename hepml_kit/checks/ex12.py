@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from hepml_kit.checks import CheckFailed, passed
+from hepml_kit.checks import CheckFailed, call, passed
 
 __all__ = ["HINTS", "ex12_allocate", "ex12_stream_events", "ex12_workers_per_gpu"]
 
@@ -24,14 +24,6 @@ HINTS = {
 }
 
 
-def _call(fn, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the learner's error, reported
-        raise CheckFailed(f"your function raised {type(e).__name__}: {e} for arguments {args}") from None
-
 
 def ex12_stream_events(fn) -> None:
     """`fn(step, rank, world_size, batch_size) -> range | list` of global event indices: every event once,
@@ -40,7 +32,7 @@ def ex12_stream_events(fn) -> None:
         seen = []
         for s in range(steps):
             for r in range(world):
-                got = _call(fn, s, r, world, batch)
+                got = call(fn, s, r, world, batch)
                 try:
                     got = [int(i) for i in got]
                 except TypeError:
@@ -62,7 +54,7 @@ def ex12_stream_events(fn) -> None:
 def ex12_workers_per_gpu(fn) -> None:
     """`fn(flops_per_event, peak_flops, mfu, worker_events_per_s) -> int` workers for one GPU."""
     for args in [(5.59e8, 312e12, 0.4, 1500.0), (1e12, 312e12, 0.3, 3.3), (1e6, 19.5e12, 0.5, 1e7)]:
-        got = _call(fn, *args)
+        got = call(fn, *args)
         want = math.ceil(args[1] * args[2] / args[0] / args[3])
         if not isinstance(got, (int, np.integer)) or isinstance(got, bool):
             raise CheckFailed(f"return a whole number of workers (int), got {got!r}")
@@ -82,7 +74,7 @@ def ex12_allocate(fn) -> None:
              (rng.uniform(0.01, 0.2, 15), np.full(15, 10), 300),
              (np.array([0.2, 0.01]), np.array([5, 500]), 7)]
     for sigma, counts, budget in cases:
-        got = np.asarray(_call(fn, sigma.copy(), counts.copy(), budget))
+        got = np.asarray(call(fn, sigma.copy(), counts.copy(), budget))
         if got.shape != counts.shape:
             raise CheckFailed(f"return one count per bin ({len(counts)}), got shape {got.shape}")
         if not np.all(got == np.round(got)) or np.any(got < 0):

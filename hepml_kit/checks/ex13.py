@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hepml_kit.checks import CheckFailed, passed
+from hepml_kit.checks import CheckFailed, call, passed
 
 __all__ = ["HINTS", "ex13_deep_sets", "ex13_pad_tracks"]
 
@@ -24,20 +24,12 @@ HINTS = {
 }
 
 
-def _call(fn, *args):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise
-    except Exception as e:  # noqa: BLE001 - the learner's error, reported
-        raise CheckFailed(f"your code raised {type(e).__name__}: {e}") from None
-
 
 def ex13_pad_tracks(fn) -> None:
     """`fn(rows, max_tracks) -> (padded, mask)`: zero padding, a True mask on real tracks, long jets cut."""
     rng = np.random.default_rng(13)
     rows = [rng.normal(size=(n, 3)).astype(np.float32) for n in (2, 0, 5, 7)]
-    got = _call(fn, rows, 5)
+    got = call(fn, rows, 5, show_args=False)
     if not isinstance(got, tuple) or len(got) != 2:
         raise CheckFailed("return a pair (padded, mask)")
     padded, mask = (torch.as_tensor(t) for t in got)
@@ -62,23 +54,23 @@ def ex13_deep_sets(model_cls) -> None:
     """`model_cls()(tracks, mask) -> logits (B, 2)`, unchanged by permuting real tracks or by padding
     values."""
     torch.manual_seed(0)
-    model = _call(model_cls)
+    model = call(model_cls, show_args=False)
     model.eval()
     g = torch.Generator().manual_seed(1)
     tracks = torch.randn(6, 8, 3, generator=g)
     mask = torch.arange(8)[None, :] < torch.tensor([[1], [3], [8], [5], [2], [6]])
     with torch.no_grad():
-        out = _call(model, tracks * mask[..., None], mask)
+        out = call(model, tracks * mask[..., None], mask, show_args=False)
         if not torch.is_tensor(out) or tuple(out.shape) != (6, 2):
             raise CheckFailed(f"output {getattr(out, 'shape', type(out).__name__)}; "
                               "want logits of shape (6, 2)")
         junk = torch.where(mask[..., None], tracks, 100 * torch.randn(6, 8, 3, generator=g))
-        if not torch.allclose(_call(model, junk, mask), out, atol=1e-5):
+        if not torch.allclose(call(model, junk, mask, show_args=False), out, atol=1e-5):
             raise CheckFailed("changing only the padded entries changed the output: "
                               "mask them out before summing")
         perm = torch.randperm(8, generator=g)
-        if not torch.allclose(_call(model, (tracks * mask[..., None])[:, perm],
-                                    mask[:, perm]), out, atol=1e-5):
+        if not torch.allclose(call(model, (tracks * mask[..., None])[:, perm],
+                                    mask[:, perm], show_args=False), out, atol=1e-5):
             raise CheckFailed("reordering the tracks changed the output: pool with a "
                               "(masked) sum or mean over dim 1")
         if torch.allclose(out[0], out[2], atol=1e-6):

@@ -80,6 +80,10 @@ class CaloGANConfig:
     feature_bins: int = 20
     voxel_power: float = 1.0  # the nets see (E_voxel / (E sf))^power; < 1 lifts the faint outer voxels
     sum_matching: float = 0.0  # weight of the energy-sum feature-matching term in the generator loss
+    # "voxels": FastCaloGAN's ReLU voxel output; "fractions": total x layer fractions x voxel shares,
+    # read out as Poisson energy spots (`FractionGenerator`)
+    parametrisation: str = "voxels"
+    shape_matching: float = 0.0  # weight of the centroid/width feature matching (fractions only)
     shower: ShowerConfig = field(init=False, compare=False, repr=False)  # from particle, eta_bin, energies
 
     def __post_init__(self):
@@ -88,6 +92,8 @@ class CaloGANConfig:
         object.__setattr__(self, "shower", shower)
         if self.n_critic < 1 or self.latent_dim < 1:
             raise ValueError("n_critic and latent_dim must be >= 1")
+        if self.parametrisation not in ("voxels", "fractions"):
+            raise ValueError(f"parametrisation must be 'voxels' or 'fractions', got {self.parametrisation!r}")
 
     @property
     def n_voxels(self) -> int:
@@ -110,7 +116,8 @@ def config(preset: str = "tiny", particle: str = "photon", eta_bin: int = 4) -> 
     gen_full = (100, 200, 400) if pion else (50, 100, 200)
     presets = {
         "tiny": dict(generator_hidden=(50, 100, 200), critic_hidden=(128, 128, 128), n_critic=3,
-                     voxel_power=0.5, sum_matching=5.0, energies_mev=tuple(float(2**k) for k in (10, 12, 14, 16))),
+                     voxel_power=0.5, sum_matching=5.0, parametrisation="fractions", shape_matching=1.0,
+                     energies_mev=tuple(float(2**k) for k in (10, 12, 14, 16))),
         "small": dict(generator_hidden=gen_full, critic_hidden=None, voxel_power=0.5, sum_matching=5.0),
         "full": dict(generator_hidden=gen_full, critic_hidden=None),
     }
@@ -147,8 +154,57 @@ class ShowerGenerator(nn.Module):
         super().__init__()
         self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden, cfg.n_voxels), nn.SiLU, nn.ReLU)
 
-    def forward(self, z, label):
+    def forward(self, z, label, generator: torch.Generator | None = None):
         return self.net(torch.cat([z, label], dim=1))
+
+
+def label_energy(label: torch.Tensor) -> torch.Tensor:
+    """Inverse of `energy_label`: (n, 1) label -> (n,) energy in MeV."""
+    return E_MIN_MEV * torch.exp2(label[:, 0] * math.log2(E_MAX_MEV / E_MIN_MEV))
+
+
+class FractionGenerator(nn.Module):
+    """Energy-conserving generator with the calorimeter's sampling readout: (z, label) -> voxels (B, V) in
+    network units (E_voxel / (E sf))^power, like `ShowerGenerator`.
+
+    An MLP trunk gives three heads: the deposited fraction of E (sigmoid), its sharing among the layers
+    (softmax over layers) and each layer's sharing among its voxels (softmax within the layer); their
+    product is the expected deposited energy of every voxel (the parametrisation of CaloFlow, Krause &
+    Shih, arXiv:2106.05285, and of the CaloChallenge models). The readout then draws a whole number of
+    energy spots per voxel, Poisson with that mean (the sampling fluctuations sigma/E = a / sqrt(E) of the
+    shower model: spot energy a^2 x 1 GeV, `ShowerConfig.spot_energy_mev`), so that empty voxels are exactly
+    0 and the occupied ones hold at least one spot, as in the simulation. Gradients pass the draw straight
+    through to the expected energies (Bengio et al., arXiv:1308.3432)."""
+
+    def __init__(self, cfg: CaloGANConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.slices = _layer_slices(cfg)
+        self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden), nn.SiLU, nn.SiLU)
+        self.head = nn.Linear(cfg.generator_hidden[-1], cfg.n_voxels + len(self.slices) + 1)
+        self.spot_mev = cfg.shower.spot_energy_mev
+
+    def sample(self, z, label, generator: torch.Generator | None = None):
+        """(expected, drawn) deposited energy per voxel over E, each (B, V); `drawn` carries no gradient."""
+        out = self.head(self.net(torch.cat([z, label], dim=1)))
+        n_vox, n_layers = self.cfg.n_voxels, len(self.slices)
+        layer_share = torch.softmax(out[:, n_vox : n_vox + n_layers], dim=1)
+        total = torch.sigmoid(out[:, -1:] + 2.0)  # starts near 0.9 of E deposited
+        expected = torch.cat([total * layer_share[:, i : i + 1] * torch.softmax(out[:, sl], dim=1)
+                              for i, sl in enumerate(self.slices)], dim=1)
+        energy = label_energy(label)[:, None]
+        rate = (expected.detach() * energy / self.spot_mev).float()
+        if generator is not None and generator.device != rate.device:
+            spots = torch.poisson(rate.cpu(), generator=generator).to(rate.device)
+        else:
+            spots = torch.poisson(rate, generator=generator)
+        return expected, (spots * self.spot_mev / energy).to(expected.dtype)
+
+    def forward(self, z, label, generator: torch.Generator | None = None):
+        expected, drawn = self.sample(z, label, generator)
+        p = self.cfg.voxel_power
+        smooth = expected.clamp_min(1e-12) ** p
+        return drawn**p + (smooth - smooth.detach())  # value: the drawn voxels; gradient: the expected ones
 
 
 class ShowerCritic(nn.Module):
@@ -168,7 +224,7 @@ class CaloGAN(nn.Module):
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
         self.cfg = cfg
-        self.generator = ShowerGenerator(cfg)
+        self.generator = FractionGenerator(cfg) if cfg.parametrisation == "fractions" else ShowerGenerator(cfg)
         self.critic = ShowerCritic(cfg)
         sf = np.concatenate([np.full(ly.n_voxels, ly.sampling_fraction) for ly in cfg.shower.layers])
         self.register_buffer("sampling_fraction", torch.tensor(sf, dtype=torch.float32))  # (V,)
@@ -182,7 +238,10 @@ class CaloGAN(nn.Module):
         """Showers for incident energies (n,) in MeV -> visible voxel energies (n, V) in MeV."""
         e = torch.as_tensor(energies_mev, dtype=torch.float32, device=self.sampling_fraction.device)
         z = torch.randn(len(e), self.cfg.latent_dim, generator=generator, device="cpu").to(e.device)
-        x = self.generator(z, energy_label(e)) ** (1.0 / self.cfg.voxel_power)
+        if isinstance(self.generator, FractionGenerator):
+            x = self.generator.sample(z, energy_label(e), generator)[1]
+        else:
+            x = self.generator(z, energy_label(e)) ** (1.0 / self.cfg.voxel_power)
         return x * e[:, None] * self.sampling_fraction
 
 
@@ -229,39 +288,85 @@ def critic_loss(model: CaloGAN, real, label):
     return -w + model.cfg.gp_weight * gp, w
 
 
-def energy_sums(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
-    """Deposited fraction of E per layer and in total from network-unit voxels: (B, V) -> (B, L + 1)."""
-    frac = x.clamp_min(0) ** (1.0 / model.cfg.voxel_power)
+def _deposited(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
+    """Network-unit voxels (B, V) -> deposited energy per voxel over E."""
+    return x.clamp_min(0) ** (1.0 / model.cfg.voxel_power)
+
+
+def _sums(model: CaloGAN, frac: torch.Tensor) -> torch.Tensor:
     layers = torch.stack([frac[:, sl].sum(1) for sl in _layer_slices(model.cfg)], 1)
     return torch.cat([layers, layers.sum(1, keepdim=True)], 1)
 
 
-def sum_matching_loss(model: CaloGAN, fake, real, label) -> torch.Tensor:
-    """Feature matching (Salimans et al. 2016, arXiv:1606.03498) on the energy sums, per incident energy of
-    the batch: sum over features of ((mu_fake - mu_real)^2 + (sigma_fake - sigma_real)^2) / sigma_real^2.
-    It hands the generator the total-energy response and resolution and the sharing among layers, the
-    quantities FastCaloGAN is judged on, which a voxel-space critic resolves only slowly."""
-    sf, sr = energy_sums(model, fake), energy_sums(model, real)
+def energy_sums(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
+    """Deposited fraction of E per layer and in total from network-unit voxels: (B, V) -> (B, L + 1)."""
+    return _sums(model, _deposited(model, x))
+
+
+def shape_features(model: CaloGAN, frac: torch.Tensor) -> torch.Tensor:
+    """Energy-weighted centroid x, y and rms width (mm) of every layer with angular bins, as in
+    `shower_features`, from deposited fractions (B, V) -> (B, 3 x layers)."""
+    from hepml_kit.data.showers import voxel_coordinates
+
+    coords = {k: torch.as_tensor(v, dtype=frac.dtype, device=frac.device)
+              for k, v in voxel_coordinates(model.cfg.shower).items()}
+    cols = []
+    for ly, sl in zip(model.cfg.shower.layers, _layer_slices(model.cfg)):
+        if ly.n_alpha == 1:
+            continue
+        e = frac[:, sl]
+        tot = e.sum(1).clamp_min(1e-9)
+        cx, cy = (e * coords["x"][sl]).sum(1) / tot, (e * coords["y"][sl]).sum(1) / tot
+        r2 = (e * coords["r"][sl] ** 2).sum(1) / tot
+        cols += [cx, cy, (r2 - cx**2 - cy**2).clamp_min(1e-6).sqrt()]
+    return torch.stack(cols, 1)
+
+
+def _moment_matching(fake: torch.Tensor, real: torch.Tensor, label, floor: float) -> torch.Tensor:
+    """Per incident energy of the batch, sum over features of ((mu_f - mu_r)^2 + (sd_f - sd_r)^2) /
+    (sd_r^2 + floor); mean over energies."""
     keys = label[:, 0]
     terms = []
     for e in torch.unique(keys):
         sel = keys == e
         if int(sel.sum()) < 4:
             continue
-        mr, sdr = sr[sel].mean(0), sr[sel].std(0)
-        mf, sdf = sf[sel].mean(0), sf[sel].std(0)
-        scale = sdr**2 + 1e-6  # floor: 0.1% of E, so near-empty layers (Tile for photons) do not dominate
-        terms.append((((mf - mr) ** 2 + (sdf - sdr) ** 2) / scale).sum())
+        mr, sdr = real[sel].mean(0), real[sel].std(0)
+        mf, sdf = fake[sel].mean(0), fake[sel].std(0)
+        terms.append((((mf - mr) ** 2 + (sdf - sdr) ** 2) / (sdr**2 + floor)).sum())
     return torch.stack(terms).mean() if terms else fake.sum() * 0.0
 
 
+def sum_matching_loss(model: CaloGAN, fake, real, label) -> torch.Tensor:
+    """Feature matching (Salimans et al. 2016, arXiv:1606.03498) on the energy sums, per incident energy of
+    the batch: sum over features of ((mu_fake - mu_real)^2 + (sigma_fake - sigma_real)^2) / sigma_real^2.
+    It hands the generator the total-energy response and resolution and the sharing among layers, the
+    quantities FastCaloGAN is judged on, which a voxel-space critic resolves only slowly. `fake`, `real`:
+    network-unit voxels."""
+    # floor 1e-6: 0.1% of E, so near-empty layers (Tile for photons) do not dominate
+    return _moment_matching(energy_sums(model, fake), energy_sums(model, real), label, 1e-6)
+
+
 def generator_loss(model: CaloGAN, label, real=None):
-    """-E[D(fake)], plus ``sum_matching`` x `sum_matching_loss` against `real` when both are given."""
+    """-E[D(fake)], plus ``sum_matching`` x `sum_matching_loss` (and, for the fractions generator,
+    ``shape_matching`` x the same moment matching of the layers' centroids and widths) against `real` when
+    both are given."""
     z = torch.randn(len(label), model.cfg.latent_dim, device=label.device)
-    fake = model.generator(z, label)
+    cfg = model.cfg
+    if isinstance(model.generator, FractionGenerator):
+        expected, drawn = model.generator.sample(z, label)
+        frac = drawn + (expected - expected.detach())  # the drawn showers, gradient to the expected ones
+        smooth = expected.clamp_min(1e-12) ** cfg.voxel_power
+        fake = drawn**cfg.voxel_power + (smooth - smooth.detach())
+    else:
+        fake = model.generator(z, label)
+        frac = _deposited(model, fake)
     loss = -model.critic(fake, label).mean()
-    if real is not None and model.cfg.sum_matching > 0:
-        loss = loss + model.cfg.sum_matching * sum_matching_loss(model, fake, real, label)
+    if real is not None and cfg.sum_matching > 0:
+        loss = loss + cfg.sum_matching * _moment_matching(_sums(model, frac), energy_sums(model, real), label, 1e-6)
+    if real is not None and cfg.shape_matching > 0:
+        real_shape = shape_features(model, _deposited(model, real))
+        loss = loss + cfg.shape_matching * _moment_matching(shape_features(model, frac), real_shape, label, 0.01)
     return loss
 
 

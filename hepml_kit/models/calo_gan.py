@@ -192,6 +192,7 @@ class FractionGenerator(nn.Module):
         total = torch.sigmoid(out[:, -1:] + 2.0)  # starts near 0.9 of E deposited
         expected = torch.cat([total * layer_share[:, i : i + 1] * torch.softmax(out[:, sl], dim=1)
                               for i, sl in enumerate(self.slices)], dim=1)
+        expected = self._rotate(expected, generator)
         energy = label_energy(label)[:, None]
         rate = (expected.detach() * energy / self.spot_mev).float()
         if generator is not None and generator.device != rate.device:
@@ -199,6 +200,28 @@ class FractionGenerator(nn.Module):
         else:
             spots = torch.poisson(rate, generator=generator)
         return expected, (spots * self.spot_mev / energy).to(expected.dtype)
+
+    def _rotate(self, expected, generator):
+        """Turn each shower by a random multiple of the angular bin and mirror it at random, the same way in
+        every layer: the showers are symmetric about the particle's direction and the axis offsets isotropic,
+        so the generator need only learn one orientation (an exact symmetry, as in group-equivariant nets)."""
+        n_alpha = max(ly.n_alpha for ly in self.cfg.shower.layers)
+        if n_alpha == 1:
+            return expected
+        b = len(expected)
+        shift = torch.randint(0, n_alpha, (b, 1), generator=generator).to(expected.device)
+        mirror = torch.randint(0, 2, (b, 1), generator=generator).to(expected.device).bool()
+        cols = []
+        for ly, sl in zip(self.cfg.shower.layers, self.slices):
+            block = expected[:, sl]
+            if ly.n_alpha > 1:
+                a = torch.arange(ly.n_alpha, device=expected.device)[None, :]
+                k = shift % ly.n_alpha
+                idx = torch.where(mirror, (k - a) % ly.n_alpha, (a + k) % ly.n_alpha)  # (B, n_alpha)
+                block = block.reshape(b, -1, ly.n_alpha)
+                block = block.gather(2, idx[:, None, :].expand_as(block)).reshape(b, -1)
+            cols.append(block)
+        return torch.cat(cols, dim=1)
 
     def forward(self, z, label, generator: torch.Generator | None = None):
         expected, drawn = self.sample(z, label, generator)

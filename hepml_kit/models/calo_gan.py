@@ -83,7 +83,8 @@ class CaloGANConfig:
     # "voxels": FastCaloGAN's ReLU voxel output; "fractions": total x layer fractions x voxel shares,
     # read out as Poisson energy spots (`FractionGenerator`)
     parametrisation: str = "voxels"
-    shape_matching: float = 0.0  # weight of the centroid/width feature matching (fractions only)
+    shape_matching: float = 0.0  # weight of the centroid/width feature matching
+    critic_features: bool = False  # the critic also reads the high-level features (`ShowerCritic`)
     shower: ShowerConfig = field(init=False, compare=False, repr=False)  # from particle, eta_bin, energies
 
     def __post_init__(self):
@@ -115,8 +116,9 @@ def config(preset: str = "tiny", particle: str = "photon", eta_bin: int = 4) -> 
     pion = particle == "pion"
     gen_full = (100, 200, 400) if pion else (50, 100, 200)
     presets = {
-        "tiny": dict(generator_hidden=(50, 100, 200), critic_hidden=(128, 128, 128), n_critic=3,
+        "tiny": dict(generator_hidden=(50, 100, 200), critic_hidden=(128, 128, 128), n_critic=2,
                      voxel_power=0.5, sum_matching=5.0, parametrisation="fractions", shape_matching=1.0,
+                     critic_features=True,
                      energies_mev=tuple(float(2**k) for k in (10, 12, 14, 16))),
         "small": dict(generator_hidden=gen_full, critic_hidden=None, voxel_power=0.5, sum_matching=5.0),
         "full": dict(generator_hidden=gen_full, critic_hidden=None),
@@ -173,15 +175,16 @@ class FractionGenerator(nn.Module):
     Shih, arXiv:2106.05285, and of the CaloChallenge models). The readout then draws a whole number of
     energy spots per voxel, Poisson with that mean (the sampling fluctuations sigma/E = a / sqrt(E) of the
     shower model: spot energy a^2 x 1 GeV, `ShowerConfig.spot_energy_mev`), so that empty voxels are exactly
-    0 and the occupied ones hold at least one spot, as in the simulation. Gradients pass the draw straight
-    through to the expected energies (Bengio et al., arXiv:1308.3432)."""
+    0 and the occupied ones hold at least one spot, as in the simulation; a per-shower gain 1 +- c (the
+    constant term, `ShowerConfig.constant_term`) scales the whole shower, as a calibration spread does.
+    Gradients pass the draw straight through to the expected energies (Bengio et al., arXiv:1308.3432)."""
 
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
         self.cfg = cfg
         self.slices = _layer_slices(cfg)
         self.net = _mlp((cfg.latent_dim + 1, *cfg.generator_hidden), nn.SiLU, nn.SiLU)
-        self.head = nn.Linear(cfg.generator_hidden[-1], cfg.n_voxels + len(self.slices) + 1)
+        self.head = nn.Linear(cfg.generator_hidden[-1], cfg.n_voxels + len(self.slices) + 2)
         self.spot_mev = cfg.shower.spot_energy_mev
 
     def sample(self, z, label, generator: torch.Generator | None = None):
@@ -189,17 +192,22 @@ class FractionGenerator(nn.Module):
         out = self.head(self.net(torch.cat([z, label], dim=1)))
         n_vox, n_layers = self.cfg.n_voxels, len(self.slices)
         layer_share = torch.softmax(out[:, n_vox : n_vox + n_layers], dim=1)
-        total = torch.sigmoid(out[:, -1:] + 2.0)  # starts near 0.9 of E deposited
+        # the deposited total (starts near 0.9 E), with its own per-shower noise of learned width (log-sigma
+        # head): the response fluctuations (upstream losses, leakage) get a direct handle
+        noise = torch.randn(len(out), 1, generator=generator).to(out.device)
+        total = torch.sigmoid(out[:, -2:-1] + 2.0 + torch.exp(out[:, -1:] - 2.0) * noise)
         expected = torch.cat([total * layer_share[:, i : i + 1] * torch.softmax(out[:, sl], dim=1)
                               for i, sl in enumerate(self.slices)], dim=1)
         expected = self._rotate(expected, generator)
         energy = label_energy(label)[:, None]
         rate = (expected.detach() * energy / self.spot_mev).float()
+        gain = 1.0 + self.cfg.shower.constant_term * torch.randn(len(rate), 1, generator=generator)
         if generator is not None and generator.device != rate.device:
             spots = torch.poisson(rate.cpu(), generator=generator).to(rate.device)
         else:
             spots = torch.poisson(rate, generator=generator)
-        return expected, (spots * self.spot_mev / energy).to(expected.dtype)
+        drawn = spots * gain.clamp_min(0.5).to(rate.device) * self.spot_mev / energy
+        return expected, drawn.to(expected.dtype)
 
     def _rotate(self, expected, generator):
         """Turn each shower by a random multiple of the angular bin and mirror it at random, the same way in
@@ -231,14 +239,26 @@ class FractionGenerator(nn.Module):
 
 
 class ShowerCritic(nn.Module):
-    """(voxels: (B, V), label: (B, 1)) -> Wasserstein critic score (B,)."""
+    """(voxels: (B, V), label: (B, 1)) -> Wasserstein critic score (B,). With ``critic_features`` the critic
+    also reads the showers' high-level features (layer and total energies, centroids, widths), computed
+    from the voxels inside the net so that the gradient penalty still acts on the voxels."""
 
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
-        self.net = _mlp((cfg.n_voxels + 1, *cfg.critic_layers, 1), nn.LeakyReLU)
+        self.cfg = cfg
+        n_extra = 0
+        if cfg.critic_features:
+            n_layers = len(cfg.shower.layers)
+            n_extra = n_layers + 2 + 3 * sum(ly.n_alpha > 1 for ly in cfg.shower.layers)
+        self.net = _mlp((cfg.n_voxels + 1 + n_extra, *cfg.critic_layers, 1), nn.LeakyReLU)
 
     def forward(self, voxels, label):
-        return self.net(torch.cat([voxels, label], dim=1)).squeeze(-1)
+        parts = [voxels, label]
+        if self.cfg.critic_features:
+            frac = voxels.clamp_min(0) ** (1.0 / self.cfg.voxel_power)
+            sums = _sums(self, frac)
+            parts += [sums, shape_features(self, frac) / 20.0]  # mm / 20: order one
+        return self.net(torch.cat(parts, dim=1)).squeeze(-1)
 
 
 class CaloGAN(nn.Module):
@@ -318,11 +338,14 @@ def _deposited(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
 
 def _sums(model: CaloGAN, frac: torch.Tensor) -> torch.Tensor:
     layers = torch.stack([frac[:, sl].sum(1) for sl in _layer_slices(model.cfg)], 1)
-    return torch.cat([layers, layers.sum(1, keepdim=True)], 1)
+    sf = torch.tensor([ly.sampling_fraction for ly in model.cfg.shower.layers], dtype=frac.dtype, device=frac.device)
+    visible = (layers * sf).sum(1, keepdim=True) / sf.max()  # E_vis / (E sf_max): what the response is judged on
+    return torch.cat([layers, layers.sum(1, keepdim=True), visible], 1)
 
 
 def energy_sums(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
-    """Deposited fraction of E per layer and in total from network-unit voxels: (B, V) -> (B, L + 1)."""
+    """Deposited fraction of E per layer and in total, and the visible total over the largest sampling
+    fraction, from network-unit voxels: (B, V) -> (B, L + 2)."""
     return _sums(model, _deposited(model, x))
 
 
@@ -656,7 +679,7 @@ def plots(model: CaloGAN, data: dict, outdir, seed: int = 0) -> list:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 4096, "test_events": 4096, "epochs": 30, "batch_size": 128, "lr": 1e-3},
+    "tiny": {"events": 4096, "test_events": 4096, "epochs": 30, "batch_size": 128, "lr": 3e-3},
     "small": {"events": 60_000, "test_events": 20_000, "epochs": 200, "batch_size": 128, "lr": 1e-4},
     "full": {"events": 120_000, "test_events": 40_000, "epochs": 2000, "batch_size": 128, "lr": 1e-4},
 }

@@ -118,7 +118,6 @@ def config(preset: str = "tiny", particle: str = "photon", eta_bin: int = 4) -> 
     presets = {
         "tiny": dict(generator_hidden=(50, 100, 200), critic_hidden=(128, 128, 128), n_critic=2,
                      voxel_power=0.5, sum_matching=5.0, parametrisation="fractions", shape_matching=1.0,
-                     critic_features=True,
                      energies_mev=tuple(float(2**k) for k in (10, 12, 14, 16))),
         "small": dict(generator_hidden=gen_full, critic_hidden=None, voxel_power=0.5, sum_matching=5.0),
         "full": dict(generator_hidden=gen_full, critic_hidden=None),

@@ -96,6 +96,7 @@ class CaloGANConfig:
     parametrisation: str = "voxels"
     shape_matching: float = 0.0  # weight of the centroid/width feature matching
     critic_features: bool = False  # the critic also reads the high-level features (`ShowerCritic`)
+    response_step: float = 0.2  # scale of the total-response outputs of `FractionGenerator` (their step size)
     shower: ShowerConfig = field(init=False, compare=False, repr=False)  # from particle, eta_bin, energies
 
     def __post_init__(self):
@@ -203,10 +204,11 @@ class FractionGenerator(nn.Module):
         out = self.head(self.net(torch.cat([z, label], dim=1)))
         n_vox, n_layers = self.cfg.n_voxels, len(self.slices)
         layer_share = torch.softmax(out[:, n_vox : n_vox + n_layers], dim=1)
-        # the deposited total (starts near 0.9 E), with its own per-shower noise of learned width (log-sigma
-        # head): the response fluctuations (upstream losses, leakage) get a direct handle
+        # the deposited total (starts near 0.9 E; log-normal, not bounded by E: the expected response of
+        # the simulation reaches above 1), with a per-shower noise of learned relative width (log-sigma head)
         noise = torch.randn(len(out), 1, generator=generator).to(out.device)
-        total = torch.sigmoid(out[:, -2:-1] + 2.0 + torch.exp(out[:, -1:] - 2.0) * noise)
+        k = self.cfg.response_step  # < 1: smaller steps for the two response outputs than for the shares
+        total = torch.exp(k * out[:, -2:-1] - 0.1 + torch.exp(k * out[:, -1:] - 4.5) * noise)
         expected = torch.cat([total * layer_share[:, i : i + 1] * torch.softmax(out[:, sl], dim=1)
                               for i, sl in enumerate(self.slices)], dim=1)
         expected = self._rotate(expected, generator)

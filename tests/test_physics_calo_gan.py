@@ -79,9 +79,9 @@ def test_fractions_generator_conserves_energy_and_reads_out_sampling_fluctuation
     label = cg.energy_label(torch.full((n,), energy))
     with torch.no_grad():
         gen.head.bias[-1] = -300.0  # no response noise: one expected shower
-    expected, drawn = gen.sample(z, label, torch.Generator().manual_seed(9407))
+        expected, drawn = gen.sample(z, label, torch.Generator().manual_seed(9407))
+        head = torch.exp(cfg.response_step * gen.head(gen.net(torch.cat([z, label], 1)))[:, -2] - 0.1)  # the total
     total = float(expected[0].sum())
-    head = torch.exp(cfg.response_step * gen.head(gen.net(torch.cat([z, label], 1)))[:, -2] - 0.1)  # the total
     assert torch.allclose(expected.sum(1), head) and 0.5 < total < 1.0  # shares sum to one: E conserved
     spot = cfg.shower.spot_energy_mev / energy
     occupied = drawn[drawn > 0] / spot

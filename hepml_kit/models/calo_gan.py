@@ -96,7 +96,7 @@ class CaloGANConfig:
     parametrisation: str = "voxels"
     shape_matching: float = 0.0  # weight of the centroid/width feature matching
     critic_features: bool = False  # the critic also reads the high-level features (`ShowerCritic`)
-    response_step: float = 0.2  # scale of the total-response outputs of `FractionGenerator` (their step size)
+    response_step: float = 0.1  # scale of the total-response outputs of `FractionGenerator` (their step size)
     shower: ShowerConfig = field(init=False, compare=False, repr=False)  # from particle, eta_bin, energies
 
     def __post_init__(self):
@@ -692,7 +692,7 @@ def plots(model: CaloGAN, data: dict, outdir, seed: int = 0) -> list:
 
 
 TRAIN_DEFAULTS = {
-    "tiny": {"events": 4096, "test_events": 4096, "epochs": 30, "batch_size": 128, "lr": 3e-3},
+    "tiny": {"events": 4096, "test_events": 4096, "epochs": 45, "batch_size": 128, "lr": 3e-3},
     "small": {"events": 60_000, "test_events": 20_000, "epochs": 200, "batch_size": 128, "lr": 1e-4},
     "full": {"events": 120_000, "test_events": 40_000, "epochs": 2000, "batch_size": 128, "lr": 1e-4},
 }

@@ -103,7 +103,8 @@ def test_gan_trained_on_shuffled_energy_labels_misses_every_bar():
     d = cg.TRAIN_DEFAULTS["tiny"]
     train = cg.generate(cfg, d["events"], 9408)
     train["label"] = train["label"][torch.randperm(len(train["label"]), generator=torch.Generator().manual_seed(9408))]
-    model, _ = fit(cg.TESTBED, cfg, train, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=9408, log=None)
+    model, _ = fit(cg.TESTBED, cfg, train, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=9408,
+                   log=None)
     m = cg.metrics(model, cg.generate(cfg, 4096, 9409))
     assert m["chi2_ndf_total_energy"] > cg.BARS["chi2_ndf_total_energy"], m
     assert m["chi2_ndf_layer_energy"] > cg.BARS["chi2_ndf_layer_energy"], m

@@ -64,3 +64,51 @@ def test_plots_write_the_shower_profiles_and_energy_response(tmp_path):
     assert [p.name for p in paths] == ["calo_gan_longitudinal_profile.png", "calo_gan_energy_response.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
     assert cg.TESTBED.plots is cg.plots  # `hepml-kit validate calo_gan --plots DIR` draws them
+
+
+def test_fractions_generator_conserves_energy_and_reads_out_sampling_fluctuations():
+    """The tiny generator's readout: total x layer shares x voxel shares is the expected shower; the drawn
+    voxels are whole numbers of spots of a^2 x 1 GeV (empty voxels exactly 0, as in the simulation) times a
+    per-shower gain, so one expected shower read out many times fluctuates as sigma/E = a / sqrt(E_dep)
+    (+) c, the sampling-calorimeter law the simulation obeys (Fabjan & Gianotti, RMP 75 (2003) 1243)."""
+    cfg = cg.config("tiny")
+    torch.manual_seed(9406)
+    gen = cg.build(cfg).generator
+    n, energy = 4000, 4096.0
+    z = torch.randn(1, cfg.latent_dim).expand(n, -1)  # one shower, read out n times
+    label = cg.energy_label(torch.full((n,), energy))
+    with torch.no_grad():
+        gen.head.bias[-1] = -300.0  # no response noise: one expected shower
+        expected, drawn = gen.sample(z, label, torch.Generator().manual_seed(9407))
+        head = torch.exp(cfg.response_step * gen.head(gen.net(torch.cat([z, label], 1)))[:, -2] - 0.1)  # the total
+    total = float(expected[0].sum())
+    assert torch.allclose(expected.sum(1), head) and 0.5 < total < 1.0  # shares sum to one: E conserved
+    spot = cfg.shower.spot_energy_mev / energy
+    occupied = drawn[drawn > 0] / spot
+    assert (drawn == 0).float().mean() > 0.3 and occupied.min() > 0.95  # empty or at least one spot
+    a, c = cfg.shower.stochastic_term, cfg.shower.constant_term
+    law = np.hypot(a / np.sqrt(energy / 1000 * total), c)
+    measured = float(drawn.sum(1).std() / drawn.sum(1).mean())
+    assert abs(measured / law - 1) < 0.08, (measured, law)
+    assert abs(float(drawn.sum(1).mean()) / total - 1) < 0.01  # the readout is unbiased
+
+
+def test_gan_trained_on_shuffled_energy_labels_misses_every_bar():
+    """Issue 14: a broken model must fail the bar. Trained as the tiny preset but with the incident
+    energies shuffled among the showers, the GAN cannot learn sigma/E ~ 1/sqrt(E) nor the energy dependence
+    of the longitudinal profile (shower maximum ~ ln E)."""
+    from hepml_kit.models._testbed import fit
+
+    cfg = cg.config("tiny")
+    d = cg.TRAIN_DEFAULTS["tiny"]
+    train = cg.generate(cfg, d["events"], 9408)
+    train["label"] = train["label"][torch.randperm(len(train["label"]), generator=torch.Generator().manual_seed(9408))]
+    model, _ = fit(cg.TESTBED, cfg, train, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=9408,
+                   log=None)
+    m = cg.metrics(model, cg.generate(cfg, 4096, 9409))
+    assert m["chi2_ndf_total_energy"] > cg.BARS["chi2_ndf_total_energy"], m
+    assert m["chi2_ndf_layer_energy"] > cg.BARS["chi2_ndf_layer_energy"], m
+    assert m["classifier_auc"] > cg.BARS["classifier_auc"], m
+    lo, hi = cg.BARS["resolution_ratio"]
+    assert not lo <= m["resolution_ratio"] <= hi, m
+    assert not cg.threshold(m)

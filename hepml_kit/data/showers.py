@@ -162,6 +162,12 @@ class ShowerConfig:
         return sum(layer.n_voxels for layer in self.layers)
 
     @property
+    def spot_energy_mev(self) -> float:
+        """Deposited energy of one EM sampling-fluctuation spot, a^2 x 1 GeV (the e_spot of `_block`): a
+        voxel holds a whole number of spots, so it is empty or holds at least this much."""
+        return self.stochastic_term**2 * 1000.0
+
+    @property
     def eta_range(self) -> tuple[float, float]:
         return 0.05 * self.eta_bin, 0.05 * (self.eta_bin + 1)
 

@@ -27,7 +27,8 @@ class SimulationAsGenerator(nn.Module):
         out = np.zeros((len(energies), self.cfg.n_voxels), np.float32)
         for i, e in enumerate(np.unique(energies)):
             sel = np.flatnonzero(energies == e)
-            shower_cfg = ShowerConfig(particle=self.cfg.particle, eta_bin=self.cfg.eta_bin, energies_mev=(float(e),))
+            shower_cfg = ShowerConfig(particle=self.cfg.particle, eta_bin=self.cfg.eta_bin,
+                                      energies_mev=(float(e),))
             out[sel] = generate_showers(len(sel), self.seed + i, shower_cfg)["voxels"]
         return torch.from_numpy(out)
 
@@ -80,7 +81,8 @@ def test_fractions_generator_conserves_energy_and_reads_out_sampling_fluctuation
     with torch.no_grad():
         gen.head.bias[-1] = -300.0  # no response noise: one expected shower
         expected, drawn = gen.sample(z, label, torch.Generator().manual_seed(9407))
-        head = torch.exp(cfg.response_step * gen.head(gen.net(torch.cat([z, label], 1)))[:, -2] - 0.1)  # the total
+        # the total
+        head = torch.exp(cfg.response_step * gen.head(gen.net(torch.cat([z, label], 1)))[:, -2] - 0.1)
     total = float(expected[0].sum())
     assert torch.allclose(expected.sum(1), head) and 0.5 < total < 1.0  # shares sum to one: E conserved
     spot = cfg.shower.spot_energy_mev / energy
@@ -102,9 +104,10 @@ def test_gan_trained_on_shuffled_energy_labels_misses_every_bar():
     cfg = cg.config("tiny")
     d = cg.TRAIN_DEFAULTS["tiny"]
     train = cg.generate(cfg, d["events"], 9408)
-    train["label"] = train["label"][torch.randperm(len(train["label"]), generator=torch.Generator().manual_seed(9408))]
-    model, _ = fit(cg.TESTBED, cfg, train, epochs=d["epochs"], batch_size=d["batch_size"], lr=d["lr"], seed=9408,
-                   log=None)
+    train["label"] = train["label"][torch.randperm(len(train["label"]),
+                                                   generator=torch.Generator().manual_seed(9408))]
+    model, _ = fit(cg.TESTBED, cfg, train, epochs=d["epochs"], batch_size=d["batch_size"],
+                   lr=d["lr"], seed=9408, log=None)
     m = cg.metrics(model, cg.generate(cfg, 4096, 9409))
     assert m["chi2_ndf_total_energy"] > cg.BARS["chi2_ndf_total_energy"], m
     assert m["chi2_ndf_layer_energy"] > cg.BARS["chi2_ndf_layer_energy"], m

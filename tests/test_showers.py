@@ -214,11 +214,12 @@ def test_gan_tiny_from_fresh_data_against_the_absolute_bar():
     untrained = cg.metrics(cg.build(cfg), cg.generate(cfg, 4096, 2024 + 7919), seed=2024)
     assert untrained["chi2_ndf_total_energy"] > 20 and not cg.threshold(untrained)
     assert result["chi2_ndf_total_energy"] < 0.5 * untrained["chi2_ndf_total_energy"], result
-    assert result["separation_power"] < untrained["separation_power"] and result["feature_chi2"] == result["separation_power"]
+    assert (result["separation_power"] < untrained["separation_power"] and result["feature_chi2"]
+            == result["separation_power"])
     assert result["threshold_met"] == cg.threshold(result)
     assert 0.5 <= result["classifier_auc"] <= 1.0
     assert 0.9 < result["energy_response_ratio"] < 1.1
     if not result["threshold_met"]:  # known gap at tiny (see the report of issue 14): shown, not hidden
-        pytest.xfail(f"tiny GAN misses the absolute bar: chi2/ndf total {result['chi2_ndf_total_energy']:.1f}, "
-                     f"layers {result['chi2_ndf_layer_energy']:.1f}, AUC {result['classifier_auc']:.3f}, "
-                     f"resolution ratio {result['resolution_ratio']:.2f}")
+        pytest.xfail("tiny GAN misses the absolute bar: chi2/ndf total "
+                     f"{result['chi2_ndf_total_energy']:.1f}, layers {result['chi2_ndf_layer_energy']:.1f}, "
+                     f"AUC {result['classifier_auc']:.3f}, resolution ratio {result['resolution_ratio']:.2f}")

@@ -52,9 +52,9 @@ GAN meets this bar on 6 of 10 seeds (the goal is 9): chi2/ndf total 3.3 +- 1.3 [
 4.6 +- 4.1 [1.1, 15.1], AUC 0.82 +- 0.03 [0.77, 0.86], resolution ratio 1.11 +- 0.11 [0.87, 1.26]
 (sigma(E_vis/E) 9.9% vs 10.5% at 1 GeV, 2.16% vs 1.92% at 65 GeV), response ratio 1.003 +- 0.005; about
 43 s CPU per `hepml-kit validate calo_gan`. The misses come from the seed-to-seed spread of the layer
-energies' and the total energy's chi2 (the end of a short, noisy adversarial run); the mean response is unbiased. The
-plain MLP generator it replaces missed on every seed (chi2/ndf total 13, layers 10, AUC 1.00). The
-simulation's expected response reaches above E (26% of the 65 GeV showers; `showers._spread` clips the
+energies' and the total energy's chi2 (the end of a short, noisy adversarial run); the mean response is
+unbiased. The plain MLP generator it replaces missed on every seed (chi2/ndf total 13, layers 10, AUC 1.00).
+The simulation's expected response reaches above E (26% of the 65 GeV showers; `showers._spread` clips the
 first-order displaced profile), which is why the response head is log-normal, not bounded by E.
 """
 
@@ -73,8 +73,8 @@ from hepml_kit.models._lightning import LazyClass
 from hepml_kit.models._testbed import Testbed, fit, iterate_batches
 
 __all__ = ["CaloGANConfig", "CaloGAN", "config", "build", "generate", "batches", "train_step",
-           "make_optimizer", "metrics", "threshold", "plots", "chi2_two_sample", "flops_per_sample", "lightning", "train_calo_gan",
-           "gpu_check", "TESTBED"]
+           "make_optimizer", "metrics", "threshold", "plots", "chi2_two_sample", "flops_per_sample",
+           "lightning", "train_calo_gan", "gpu_check", "TESTBED"]
 
 E_MIN_MEV, E_MAX_MEV = CALOCHALLENGE_ENERGIES_MEV[0], CALOCHALLENGE_ENERGIES_MEV[-1]
 
@@ -125,7 +125,8 @@ class CaloGANConfig:
 
 
 def config(preset: str = "tiny", particle: str = "photon", eta_bin: int = 4) -> CaloGANConfig:
-    """tiny: 4 energies (1-65 GeV), the energy-conserving generator with the spot readout (`FractionGenerator`),
+    """tiny: 4 energies (1-65 GeV), the energy-conserving generator with the spot readout
+    (`FractionGenerator`),
     a 3x128 critic, 2 critic steps per generator step, square-root voxels, feature matching of the energies,
     centroids and widths (CPU in seconds); small: all 15 energies, FastCaloGAN nets, square-root voxels,
     energy-sum matching; full: FastCaloGAN (linear voxels, 5 critic steps, pions with a twice-as-wide
@@ -284,7 +285,8 @@ class CaloGAN(nn.Module):
     def __init__(self, cfg: CaloGANConfig):
         super().__init__()
         self.cfg = cfg
-        self.generator = FractionGenerator(cfg) if cfg.parametrisation == "fractions" else ShowerGenerator(cfg)
+        self.generator = (FractionGenerator(cfg) if cfg.parametrisation == "fractions"
+                          else ShowerGenerator(cfg))
         self.critic = ShowerCritic(cfg)
         sf = np.concatenate([np.full(ly.n_voxels, ly.sampling_fraction) for ly in cfg.shower.layers])
         self.register_buffer("sampling_fraction", torch.tensor(sf, dtype=torch.float32))  # (V,)
@@ -355,8 +357,10 @@ def _deposited(model: CaloGAN, x: torch.Tensor) -> torch.Tensor:
 
 def _sums(model: CaloGAN, frac: torch.Tensor) -> torch.Tensor:
     layers = torch.stack([frac[:, sl].sum(1) for sl in _layer_slices(model.cfg)], 1)
-    sf = torch.tensor([ly.sampling_fraction for ly in model.cfg.shower.layers], dtype=frac.dtype, device=frac.device)
-    visible = (layers * sf).sum(1, keepdim=True) / sf.max()  # E_vis / (E sf_max): what the response is judged on
+    sf = torch.tensor([ly.sampling_fraction for ly in model.cfg.shower.layers], dtype=frac.dtype,
+                      device=frac.device)
+    # E_vis / (E sf_max): what the response is judged on
+    visible = (layers * sf).sum(1, keepdim=True) / sf.max()
     return torch.cat([layers, layers.sum(1, keepdim=True), visible], 1)
 
 
@@ -426,10 +430,12 @@ def generator_loss(model: CaloGAN, label, real=None):
         frac = _deposited(model, fake)
     loss = -model.critic(fake, label).mean()
     if real is not None and cfg.sum_matching > 0:
-        loss = loss + cfg.sum_matching * _moment_matching(_sums(model, frac), energy_sums(model, real), label, 1e-6)
+        loss = loss + cfg.sum_matching * _moment_matching(_sums(model, frac),
+                                                          energy_sums(model, real), label, 1e-6)
     if real is not None and cfg.shape_matching > 0:
         real_shape = shape_features(model, _deposited(model, real))
-        loss = loss + cfg.shape_matching * _moment_matching(shape_features(model, frac), real_shape, label, 0.01)
+        loss = loss + cfg.shape_matching * _moment_matching(shape_features(model, frac),
+                                                            real_shape, label, 0.01)
     return loss
 
 
@@ -533,7 +539,8 @@ def chi2_two_sample(ref: np.ndarray, gen: np.ndarray, n_bins: int) -> tuple[floa
     n = np.bincount(np.searchsorted(edges, ref, side="right"), minlength=len(edges) + 1).astype(float)
     m = np.bincount(np.searchsorted(edges, gen, side="right"), minlength=len(edges) + 1).astype(float)
     big_n, big_m, s = n.sum(), m.sum(), n + m
-    chi2 = np.sum(np.where(s > 0, (big_m * n - big_n * m) ** 2 / np.where(s > 0, s, 1), 0.0)) / (big_n * big_m)
+    chi2 = np.sum(np.where(s > 0, (big_m * n - big_n * m) ** 2 / np.where(s > 0, s, 1),
+                           0.0)) / (big_n * big_m)
     return float(chi2), int((s > 0).sum() - 1)
 
 
@@ -579,7 +586,8 @@ def classifier_auc(sim: dict, gen: dict, energy: np.ndarray, seed: int = 0) -> f
 
 def _layer_fractions(feats: dict, energy: np.ndarray, cfg: CaloGANConfig) -> dict:
     """Deposited energy per layer over incident energy (visible / sampling fraction / E)."""
-    return {ly.layer_id: feats[f"e_layer{ly.layer_id}"] / ly.sampling_fraction / energy for ly in cfg.shower.layers}
+    return {ly.layer_id: feats[f"e_layer{ly.layer_id}"] / ly.sampling_fraction / energy
+            for ly in cfg.shower.layers}
 
 
 def _resolution(ratio: np.ndarray, energy: np.ndarray) -> dict:
@@ -684,7 +692,8 @@ def plots(model: CaloGAN, data: dict, outdir, seed: int = 0) -> list:
                 import mplhep
 
                 mplhep.histplot(np.histogram(r_sim, bins)[0], bins, ax=ax, label="simulated")
-                mplhep.histplot(np.histogram(r_gen, bins)[0], bins, ax=ax, ls="--", label=f"GAN, chi2/ndf {c2 / ndf:.1f}")
+                mplhep.histplot(np.histogram(r_gen, bins)[0], bins, ax=ax, ls="--",
+                                label=f"GAN, chi2/ndf {c2 / ndf:.1f}")
             except ImportError:
                 ax.hist(r_sim, bins, histtype="step", label="simulated")
                 ax.hist(r_gen, bins, histtype="step", ls="--", label=f"GAN, chi2/ndf {c2 / ndf:.1f}")

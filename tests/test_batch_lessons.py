@@ -45,7 +45,7 @@ def test_bad_values_are_refused_at_render_time_by_the_lessons_own_rules(value, m
 
 def test_lesson_extra_rules_in_the_validation_cell_apply_too():
     assert _batch("curriculum/05_hybrid.ipynb", "-p", "NPROCS", "4", "--gpus-per-node", "4").returncode == 0
-    out = _batch("curriculum/05_hybrid.ipynb", "-p", "NPROCS", "6")  # an integer, refused by the lesson's grid
+    out = _batch("curriculum/05_hybrid.ipynb", "-p", "NPROCS", "6")  # an integer the lesson refuses
     assert out.returncode == 2 and "NPROCS=6: must be one of (4, 8)" in out.stderr, out.stderr
 
 

@@ -183,7 +183,7 @@ def test_launch_one_shot_leaves_nothing_behind():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"nprocs": 0}, "nprocs must be"), ({"nprocs": 2, "engines": "pbs"}, "unknown engines kind"),
+    [({"nprocs": 0}, "nprocs must be"), ({"nprocs": 2, "engines": "lsf"}, "unknown engines kind"),
      ({"nprocs": 1, "device": "cuda"}, "GPU")],
 )
 def test_bad_input_fails_before_anything_starts(kwargs, match):

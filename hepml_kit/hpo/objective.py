@@ -207,7 +207,7 @@ class TrialRun:
         self.rank = dist.get_rank(group) if group is not None else 0
         # the one driver's loop: the same initial weights on every rank and for every trial (the seed),
         # DDP over `group` when it has several ranks, the testbed's own optimizer
-        spec = RunSpec(tb.name, preset=objective.preset, global_batch=self.batch_size * self.world,
+        spec = RunSpec(tb, preset=objective.preset, global_batch=self.batch_size * self.world,
                        lr=self.lr, seed=objective.seed, device=str(self.device), config=self.cfg,
                        optimizer="testbed", data="given", warmup_steps=0)
         self.loop = Loop(spec, ddp=group is not None, group=group, cfg=self.cfg)

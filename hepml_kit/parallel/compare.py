@@ -133,13 +133,21 @@ def train_data_parallel(spec: RunSpec, strategy: str) -> dict[str, Any] | None:
     if tb.loss is None:
         raise ValueError(f"{tb.name} trains with a custom train_step; these strategies need "
                          "a loss(model, batch)")
+    placed = rank_and_world(strategy)
+    if placed is None:
+        return None
+    rank, world = placed
+    return _train(strategy, tb, spec, rank, world)
+
+
+def rank_and_world(strategy: str) -> tuple[int, int] | None:
+    """This rank and the world size a run uses: ``"single"`` on a pool runs on rank 0 alone as a world of one
+    (the other ranks get None and return at once); every other strategy uses the whole process group."""
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     if strategy == "single" and world > 1:
-        if rank != 0:
-            return None
-        rank, world = 0, 1
-    return _train(strategy, tb, spec, rank, world)
+        return (0, 1) if rank == 0 else None
+    return rank, world
 
 
 def _train(strategy: str, tb: Testbed, spec: RunSpec, rank: int, world: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from hepml_kit.models import to_device
 from hepml_kit.parallel import checkpoint
-from hepml_kit.parallel.compare import DATA_PARALLEL, _wrap, full_parameters
+from hepml_kit.parallel.compare import DATA_PARALLEL, _wrap, full_parameters, rank_and_world
 from hepml_kit.parallel.ddp import shard_batch
 from hepml_kit.parallel.spec import RunSpec, resolve_testbed
 
@@ -95,12 +95,10 @@ def train_resilient(spec: RunSpec, strategy: str = "ddp", *, every: int = 2,
     """
     _check(spec, strategy, every, die)
     tb = resolve_testbed(spec.testbed or "jet_transformer")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    if strategy == "single" and world > 1:
-        if rank != 0:
-            return None
-        rank, world = 0, 1
+    placed = rank_and_world(strategy)
+    if placed is None:
+        return None
+    rank, world = placed
     micro = spec.micro_batches
     if micro != 1 and strategy != "single":
         raise ValueError("micro_batches is for the single-process strategy only")

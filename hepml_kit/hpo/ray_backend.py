@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 
 from ray.tune import Callback, Stopper
 
+from hepml_kit._tempdir import socket_dir
 from hepml_kit.hpo.objective import TestbedObjective, TrialDiverged
 from hepml_kit.hpo.space import SearchSpace
 
@@ -53,19 +55,26 @@ def ray_session(num_cpus: int | None = None):
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # no TensorBoard/CSV/JSON loggers per trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait: try once more
-        try:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     configure_logging=True)
-            break
-        except Exception as e:
-            ray.shutdown()
-            if attempt == 2 or "timed out during startup" not in str(e):
-                raise
+    # Ray's own folder for the block, deleted after it (by default Ray leaves /tmp/ray/session_* behind);
+    # its deepest socket is <dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store
+    deepest = len("session_2026-12-06_23-54-55_920058_4194304/sockets/plasma_store")
+    temp_dir = socket_dir("hepml-ray-", deepest)
     try:
-        yield
+        for attempt in (1, 2):  # a loaded machine can miss Ray's fixed 30 s raylet start-up wait: try again
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                         logging_level="ERROR", configure_logging=True, _temp_dir=str(temp_dir))
+                break
+            except Exception as e:
+                ray.shutdown()
+                if attempt == 2 or "timed out during startup" not in str(e):
+                    raise
+        try:
+            yield
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 class TrialEpochBudget(Stopper):

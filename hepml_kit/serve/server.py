@@ -49,6 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from hepml_kit._tempdir import socket_dir
 from hepml_kit.serve.encoding import TensorSpec
 from hepml_kit.serve.guard import ModelLimits, RequestGuard
 
@@ -462,7 +463,9 @@ class InferenceServer:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
 
-        self._dir = Path(tempfile.mkdtemp(prefix=f"{_FOLDER_PREFIX}{os.getpid()}-"))
+        # PyTriton's sockets: <dir>/workspace/<model>_0_<i>-server.sock (a long TMPDIR would overflow them)
+        longest = max(len(name) for name in self.models) + len("workspace/_0_99-server.sock")
+        self._dir = socket_dir(f"{_FOLDER_PREFIX}{os.getpid()}-", longest)
         if self.guarded:
             self._triton_http_port = _free_port(self.host)
         config = TritonConfig(
@@ -676,7 +679,8 @@ def _remove_stale_folders() -> None:
     """Delete server folders (~30 MB: a copy of Triton) left by processes that were SIGKILLed."""
     import psutil
 
-    for folder in Path(tempfile.gettempdir()).glob(f"{_FOLDER_PREFIX}*-*"):
+    bases = {Path(tempfile.gettempdir()), Path("/tmp")}  # `socket_dir` falls back to /tmp for a long TMPDIR
+    for folder in (f for base in bases for f in base.glob(f"{_FOLDER_PREFIX}*-*")):
         pid = folder.name[len(_FOLDER_PREFIX) :].split("-")[0]
         if pid.isdigit() and not psutil.pid_exists(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)

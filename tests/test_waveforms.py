@@ -126,7 +126,7 @@ def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="dt_ns"):
         normalise_waveforms(np.zeros((2, 16)), 0.0)
     with pytest.raises(ValueError, match="both classes"):
-        wv.roc_auc(np.arange(4.0), np.zeros(4))
+        wv.roc_auc(np.zeros(4), np.arange(4.0))
 
 
 # ---- model ----------------------------------------------------------------------------------------
@@ -147,9 +147,9 @@ def test_shapes_param_counts_and_flops():
 
 def test_roc_auc():
     label = np.array([0, 0, 0, 1, 1])
-    assert wv.roc_auc(np.array([0.1, 0.2, 0.3, 0.8, 0.9]), label) == 1.0
-    assert wv.roc_auc(np.array([0.9, 0.8, 0.7, 0.1, 0.2]), label) == 0.0
-    assert wv.roc_auc(np.ones(5), label) == 0.5
+    assert wv.roc_auc(label, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == 1.0
+    assert wv.roc_auc(label, np.array([0.9, 0.8, 0.7, 0.1, 0.2])) == 0.0
+    assert wv.roc_auc(label, np.ones(5)) == 0.5
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

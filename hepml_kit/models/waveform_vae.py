@@ -211,8 +211,9 @@ def anomaly_scores(model: nn.Module, data: dict, batch_size: int = 1024) -> tupl
     return torch.cat(mse).numpy(), torch.cat(nelbo).numpy()
 
 
-def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
-    """Area under the ROC curve (sklearn's roc_auc_score; ties count half); label 1 = positive."""
+def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve (sklearn's `roc_auc_score`, its argument order; ties count half); label 1 =
+    anomaly. Unlike sklearn's, the error for a sample without both classes says which class is missing."""
     label = np.asarray(label).astype(bool)
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
@@ -226,8 +227,8 @@ def metrics(model: nn.Module, data: dict) -> dict:
     label, kind = data["anomaly"].astype(bool), data["anomaly_kind"]
     cut = np.quantile(mse[~label], 1 - FALSE_POSITIVE_RATE)
     out = {
-        "auc": roc_auc(mse, label),
-        "auc_neg_elbo": roc_auc(nelbo, label),
+        "auc": roc_auc(label, mse),
+        "auc_neg_elbo": roc_auc(label, nelbo),
         "efficiency_at_1pct_fpr": float((mse[label] > cut).mean()),
         "normal_mse": float(mse[~label].mean()),
         "anomalies": float(label.sum()),
@@ -236,7 +237,7 @@ def metrics(model: nn.Module, data: dict) -> dict:
     for k, name in enumerate(ANOMALY_KINDS[1:], start=1):
         if (kind == k).any():
             sel = (kind == k) | ~label
-            out[f"auc_{name}"] = roc_auc(mse[sel], label[sel])
+            out[f"auc_{name}"] = roc_auc(label[sel], mse[sel])
             out[f"efficiency_at_1pct_fpr_{name}"] = float((mse[kind == k] > cut).mean())
     return out
 
@@ -278,7 +279,7 @@ def plots(model: nn.Module, data: dict, outdir) -> list:
             if (kind == k).any():
                 sel = (kind == k) | ~label
                 fpr, tpr, _ = roc_curve(label[sel], mse[sel])
-                ax.plot(fpr, tpr, label=f"{name}: AUC {roc_auc(mse[sel], label[sel]):.3f}")
+                ax.plot(fpr, tpr, label=f"{name}: AUC {roc_auc(label[sel], mse[sel]):.3f}")
         ax.plot([0, 1], [0, 1], ls=":", c="grey")
         ax.axvline(FALSE_POSITIVE_RATE, ls="--", c="grey", lw=0.8)
         ax.set_xscale("log")

@@ -24,6 +24,7 @@ Taught in curriculum/06_hpo.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import shutil
@@ -152,6 +153,8 @@ def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str 
         budget_epochs: stop all trials once this many trial-epochs were trained.
         mutable: hyperparameters PBT may perturb (default: the training settings ``lr``/``batch_size`` in the
             space: architecture parameters stay fixed, as a copied checkpoint must fit the model).
+        storage_path: Ray's folder for the experiment (trials, checkpoints); default a temporary folder,
+            removed when the process exits.
     Returns:
         an object with ``results`` (Ray's `ResultGrid`) and ``history`` (see `ray_history`).
     """
@@ -213,7 +216,10 @@ def run_tune(space: SearchSpace, objective: TestbedObjective, *, scheduler: str 
         searcher = BasicVariantGenerator(random_state=seed, max_concurrent=max_concurrent or 0)
         max_concurrent = None
 
-    storage_path = os.path.abspath(storage_path or tempfile.mkdtemp(prefix="hepml-tune-"))
+    if storage_path is None:  # the trials' checkpoints stay readable until the process exits, then go
+        storage_path = tempfile.mkdtemp(prefix="hepml-tune-")
+        atexit.register(shutil.rmtree, storage_path, ignore_errors=True)
+    storage_path = os.path.abspath(storage_path)
     trainable = tune.with_parameters(_trainable, objective=objective, names=space.names,
                                      checkpoint_every=checkpoint_every)
     trainable = tune.with_resources(trainable, {"cpu": 1})

@@ -129,6 +129,19 @@ def test_stacks_on_request_while_a_call_runs(pool):
     assert "rank 1 is back from the function" in seen["stacks"]
 
 
+def test_rank_monitors_answer_only_their_pools_driver(pool):
+    """Stacks show code and values: a process that does not hold the pool's secret gets no answer, the
+    driver does (the monitors listen on 127.0.0.1 here, on a routable address for engines on other nodes)."""
+    from hepml_kit.launch import diagnose
+
+    pool.run(lambda: 0)
+    port = pool._engines[0].monitor_port
+    assert diagnose.ask("127.0.0.1", port, "stacks", timeout=1.0) is None
+    assert diagnose.ask("127.0.0.1", port, "stacks", timeout=1.0, token="0" * 32) is None
+    answer = diagnose.ask("127.0.0.1", port, "state", timeout=2.0, token=pool._monitor_token)
+    assert answer is not None and answer["phase"] in ("idle", "done", "running")
+
+
 def test_one_rank_can_be_inspected_without_the_others(pool, capsys):
     pool.run(_exec_cell, "import torch.distributed as dist\nlost = 10 * dist.get_rank()", quiet=True)
     capsys.readouterr()

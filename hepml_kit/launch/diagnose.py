@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dis
 import functools
+import hmac
 import inspect
 import json
 import linecache
@@ -46,7 +47,8 @@ _monitor: RankMonitor | None = None
 class RankMonitor:
     """Engine side: the rank's current state, and a thread answering ``state`` / ``stacks`` requests."""
 
-    def __init__(self, bind_host: str = "127.0.0.1"):
+    def __init__(self, bind_host: str = "127.0.0.1", token: str = ""):
+        self.token = token
         self.state = ("idle", None, 0, None, time.time())  # phase, op, seq, shapes, since
         self.seq = 0
         self.armed = True
@@ -68,7 +70,9 @@ class RankMonitor:
             try:
                 with conn:
                     conn.settimeout(2)
-                    request = conn.recv(64).decode().strip()
+                    given, _, request = conn.recv(128).decode(errors="replace").strip().rpartition(" ")
+                    if not hmac.compare_digest(given, self.token):
+                        continue  # not the pool's driver: no answer (stacks show code and values)
                     answer = self.describe()
                     if request == "stacks":
                         answer["stack"] = format_stacks() + flight_recorder_tail()
@@ -82,11 +86,15 @@ class RankMonitor:
                 "for_s": round(time.time() - since, 1)}
 
 
-def start_monitor(bind_host: str = "127.0.0.1") -> int:
-    """Start this engine's monitor (once) and wrap torch.distributed's collectives; returns its port."""
+def start_monitor(bind_host: str = "127.0.0.1", token: str = "") -> int:
+    """Start this engine's monitor (once) and wrap torch.distributed's collectives; returns its port.
+
+    The monitor answers only requests that carry `token` (the pool's secret, sent to its engines over
+    ipyparallel's authenticated channel): on a shared login node, or bound to a routable address for engines
+    on other nodes, anyone could otherwise connect and read every rank's stack."""
     global _monitor
     if _monitor is None:
-        _monitor = RankMonitor(bind_host)
+        _monitor = RankMonitor(bind_host, token)
         _wrap_collectives(_monitor)
     return _monitor.port
 
@@ -200,13 +208,13 @@ def _call_in_progress(code, lineno: int, lasti: int) -> str:
 
 
 # -- driver side -----------------------------------------------------------------------------------------
-def ask(host: str, port: int, what: str = "state", timeout: float = 2.0) -> dict | None:
-    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, or GIL
-    held)."""
+def ask(host: str, port: int, what: str = "state", timeout: float = 2.0, token: str = "") -> dict | None:
+    """A rank monitor's answer, or None when it does not answer within `timeout` (process gone, GIL held,
+    or a wrong `token`)."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
-            s.sendall(what.encode())
+            s.sendall(f"{token} {what}".encode())
             chunks = []
             while True:
                 chunk = s.recv(65536)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -62,7 +63,7 @@ class _Engine:
     monitor_port: int = 0
 
 
-def _probe_engine(bind_host: str = "127.0.0.1") -> dict:
+def _probe_engine(bind_host: str = "127.0.0.1", token: str = "") -> dict:
     """Runs on each engine once at start: who and where am I; start the rank monitor (`diagnose`)."""
     import socket
 
@@ -80,7 +81,7 @@ def _probe_engine(bind_host: str = "127.0.0.1") -> dict:
         helpers = [c.pid for c in psutil.Process().children(recursive=True)]
     except Exception:
         helpers = []
-    port = diagnose.start_monitor(bind_host)
+    port = diagnose.start_monitor(bind_host, token)
     return {"host": socket.gethostname(), "pid": os.getpid(), "gpus": gpus, "helpers": helpers, "port": port}
 
 
@@ -211,6 +212,7 @@ class Workers:
         self._workdir: str | None = None
         self._reaper: Reaper | None = None
         self._tag: str | None = None
+        self._monitor_token = ""  # set by start(): the secret the ranks' monitors ask for
         self._launched: dict[int, Any] = {}  # pid -> psutil.Process of what ipyparallel started
         self._one_shot = False  # set by `launch`: no "restarted" in its reports
         self._sent_code: dict[str, str] = {}  # function name -> file, for the ranks' stacks
@@ -239,6 +241,7 @@ class Workers:
         os.environ.setdefault("IPP_NONINTERACTIVE", "1")
         self._reaper = Reaper()
         self._tag = uuid.uuid4().hex
+        self._monitor_token = secrets.token_hex(16)  # the ranks' monitors answer only this pool's driver
         self._reaper.watch_tag(self._tag)
         self._profile_dir = tempfile.mkdtemp(prefix="hepml-ipp-")
         self._workdir = tempfile.mkdtemp(prefix="hepml-ipp-work-")  # batch launchers write scripts here
@@ -273,7 +276,8 @@ class Workers:
             self._client.wait_for_engines(self.n, timeout=self.start_timeout, interactive=False)
             ids = sorted(self._client.ids)[: self.n]
             bind = "127.0.0.1" if self.engines_kind == "local" else ""
-            infos = {eid: self._client[eid].apply_async(_probe_engine, bind) for eid in ids}
+            infos = {eid: self._client[eid].apply_async(_probe_engine, bind, self._monitor_token)
+                     for eid in ids}
             probed = {eid: ar.get(timeout=self.start_timeout) for eid, ar in infos.items()}
         except BaseException:
             self.close()
@@ -487,7 +491,8 @@ class Workers:
         local = self.engines_kind == "local"
         with ThreadPoolExecutor(max(1, len(ranks))) as ex:
             futures = {r: ex.submit(diagnose.ask, "127.0.0.1" if local else self._engines[r].host,
-                                    self._engines[r].monitor_port, what, timeout) for r in ranks}
+                                    self._engines[r].monitor_port, what, timeout, self._monitor_token)
+                       for r in ranks}
             return {r: f.result() for r, f in futures.items()}
 
     def _run_once(self, payload: bytes, timeout: float, quiet: bool, ranks: list[int] | None = None) -> list:

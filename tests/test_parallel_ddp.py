@@ -204,3 +204,24 @@ def test_lightning_trains_the_tracking_graphs_like_the_hand_written_loop(tmp_pat
     assert_close(torch.tensor(out["losses"]), torch.tensor(ref["losses"]), **TOL)
     for name, p in ref["params"].items():
         assert_close(out["params"][name], p, **TOL, msg=lambda m, name=name: f"parameter {name}: {m}")
+
+
+FORKED_LIGHTNING = """
+from hepml_kit.parallel.lightning_ddp import fit_lightning
+out = fit_lightning("jet_transformer", steps=2, global_batch=8, devices=2, strategy="ddp_fork", accelerator="cpu")
+print("LOSSES", len(out["losses"]))
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter importing Lightning, two forked ranks: 10-30 s on 2 cores
+def test_forked_lightning_leaves_no_temporary_folder(tmp_path):
+    """ddp_fork/ddp_notebook's rank 0 hands its final weights over in a `tempfile.mkdtemp()` folder that
+    Lightning never deletes; fit_lightning's own results folder is temporary too: none is left behind."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd(), "TMPDIR": str(scratch)}
+    proc = subprocess.run([sys.executable, "-c", FORKED_LIGHTNING], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LOSSES 2" in proc.stdout
+    assert sorted(p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")) == []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -86,6 +87,11 @@ class RankZeroReport(_callback_base()):
         self.losses.append(float(trainer.strategy.reduce(loss.detach(), reduce_op="mean")))
 
     def on_train_end(self, trainer, pl_module):
+        if type(trainer.strategy.launcher).__name__ == "_MultiProcessingLauncher":
+            # A forked/spawned rank 0 next saves the final weights into a fresh `tempfile.mkdtemp()` folder
+            # for the notebook's process, which deletes the file but not the folder (Lightning 2.x): make
+            # it inside out_dir, which the caller owns and removes. Only this rank process's tempfile changes.
+            tempfile.tempdir = str(self.out_dir)
         if not trainer.is_global_zero:
             return
         inner = getattr(pl_module, "model", pl_module)
@@ -126,12 +132,9 @@ def fit_lightning(
     Under ``strategy="ddp"`` every rank runs this function; ranks other than 0 return ``{}``. Returns
     ``{"losses", "profile" (ProfilerCallback summary over ranks), "samples_per_s", "params",
     "world_size", "strategy"}``. `strategy` defaults to `default_strategy()` on several devices, to
-    ``"auto"`` (no DDP) on one.
+    ``"auto"`` (no DDP) on one. Rank 0 writes its results into `out_dir` (default: a temporary folder,
+    removed before returning).
     """
-    import lightning as L
-
-    from hepml_kit.profile.lightning_callback import ProfilerCallback
-
     tb = get(testbed) if isinstance(testbed, str) else testbed
     if tb.lightning is None:
         raise ValueError(f"testbed {tb.name} has no LightningModule (Testbed.lightning)")
@@ -143,8 +146,22 @@ def fit_lightning(
         from hepml_kit.launch.fork_guard import check_no_cuda_before_fork
 
         check_no_cuda_before_fork(f"Lightning's strategy={strategy!r}")
+    owned = out_dir is None  # our own folder is removed once rank 0's results are read
     out_dir = Path(out_dir or tempfile.mkdtemp(prefix="hepml-lightning-"))
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit(tb, preset, steps, global_batch, lr, seed, devices, strategy, accelerator, out_dir)
+    finally:
+        if owned:
+            shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def _fit(tb: Testbed, preset: str, steps: int, global_batch: int, lr: float, seed: int, devices: int,
+         strategy: str, accelerator: str, out_dir: Path) -> dict[str, Any]:
+    import lightning as L
+
+    from hepml_kit.profile.lightning_callback import ProfilerCallback
+
     results = out_dir / "rank0.json"
     results.unlink(missing_ok=True)
 

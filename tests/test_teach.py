@@ -200,3 +200,28 @@ def test_hint_without_solution(capsys):
     assert "all_reduce" in out and "hint for ex00_average" in out
     with pytest.raises(KeyError):
         check.hint("ex99")
+
+
+def test_a_lessons_scratch_folder_goes_even_when_the_kernel_is_killed(tmp_path):
+    """A kernel SIGKILLed at shutdown (slow to stop its servers) runs no atexit handler: the watchdog
+    removes the folder; a normal exit removes it too."""
+    import os
+    import signal
+    import time
+
+    child = ("import sys, time\nfrom hepml_kit.teach import lesson\nprint(lesson.scratch('l-'), flush=True)\n"
+             "time.sleep(60) if sys.argv[1] == 'kill' else None\n")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    for how in ("exit", "kill"):
+        proc = subprocess.Popen([sys.executable, "-c", child, how], stdout=subprocess.PIPE, text=True,
+                                env=env)
+        folder = Path(proc.stdout.readline().strip())
+        assert folder.parent == tmp_path
+        if how == "kill":
+            assert folder.is_dir()
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while folder.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not folder.exists(), f"the scratch folder outlived a kernel that ended by {how}"

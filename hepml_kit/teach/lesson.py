@@ -126,11 +126,28 @@ def validate_parameters(namespace: dict, **rules: Param) -> dict:
     return values
 
 
+_reaper = None  # one watchdog per kernel for every scratch folder (`hepml_kit.launch.reaper`)
+
+
 def scratch(prefix: str) -> str:
     """A fresh temporary folder for a lesson's files, removed when the kernel exits (also after an error
-    under papermill), so no lesson leaves folders behind in /tmp."""
+    under papermill), so no lesson leaves folders behind in /tmp.
+
+    Removed twice over: by an atexit handler, and by a watchdog process once the kernel is gone. The
+    watchdog is what works when the kernel is killed: a kernel that takes longer than jupyter_client's
+    shutdown_wait_time (5 s) to stop its servers and pools is SIGKILLed, and atexit handlers registered
+    first -- a lesson's scratch folder, made in its first cells -- run last, so they would be skipped."""
+    global _reaper
     path = tempfile.mkdtemp(prefix=prefix)
     atexit.register(shutil.rmtree, path, ignore_errors=True)
+    try:
+        if _reaper is None:
+            from hepml_kit.launch.reaper import Reaper
+
+            _reaper = Reaper()
+        _reaper.watch_dir(path)
+    except OSError:  # no watchdog (process limit): atexit still removes the folder on a normal exit
+        pass
     return path
 
 

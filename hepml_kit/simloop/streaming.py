@@ -125,9 +125,13 @@ class MonteCarloStream:
             yield self.chunk(step)
 
 
-def stream_batches(stream: MonteCarloStream, workers: int = 2, *, prefetch: int = 2, timeout_s: float = 60.0,
+def stream_batches(stream: MonteCarloStream, workers=2, *, prefetch: int = 2, timeout_s: float = 60.0,
                    restarts: int = 0, log=print) -> Iterator[dict]:
     """The batches of `stream` in step order, made by `workers` processes through bounded queues.
+
+    `workers` is a number of local forked processes (described here), or engines that may sit on other
+    nodes: a `hepml_kit.Workers` pool or an ipyparallel view of it, or
+    `hepml_kit.simloop.engines.RayGenerators`, with the same contract (`hepml_kit.simloop.engines`).
 
     Worker k makes steps k, k + W, ... and puts each into its own queue of `prefetch` slots, so at most
     ``workers * prefetch`` batches wait (back-pressure: a worker blocks once its slots are full, and the
@@ -138,9 +142,15 @@ def stream_batches(stream: MonteCarloStream, workers: int = 2, *, prefetch: int 
     raised by the generator itself is a bug, not a failure to retry: it is re-raised as `StreamError` with
     the worker's traceback.
     """
-    if workers < 0 or prefetch < 1 or timeout_s <= 0:
+    if isinstance(workers, int) and workers < 0 or prefetch < 1 or timeout_s <= 0:
         raise ValueError("need workers >= 0, prefetch >= 1, timeout_s > 0; got "
                          f"{workers}, {prefetch}, {timeout_s}")
+    if not isinstance(workers, int) or isinstance(workers, bool):
+        from hepml_kit.simloop.engines import engine_backend, stream_on_engines
+
+        yield from stream_on_engines(stream, engine_backend(workers, stream, timeout_s), prefetch=prefetch,
+                                     timeout_s=timeout_s, restarts=restarts, log=log)
+        return
     if workers == 0:
         yield from stream
         return

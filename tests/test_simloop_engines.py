@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import time
 
@@ -134,3 +135,26 @@ def test_a_generator_bug_on_an_engine_is_not_retried_and_its_traceback_is_shown(
 def test_what_is_not_an_engine_is_refused_before_any_work():
     with pytest.raises(TypeError, match="Workers pool"):
         next(stream_batches(_stream(), workers="two"))
+
+
+@pytest.mark.slow
+def test_ray_actors_give_the_same_batches_and_a_dead_actor_is_replaced_and_none_is_left():
+    import ray
+
+    from hepml_kit.hpo.ray_backend import ray_session
+    from hepml_kit.simloop.engines import RayGenerators
+
+    reference = list(stream_batches(_stream(1), workers=0))
+    with ray_session(num_cpus=2):
+        assert _same(list(stream_batches(_stream(1), workers=RayGenerators(2), timeout_s=120, log=None)),
+                     reference)
+        messages = []
+        again = list(stream_batches(_stream(1, kill_at_step=3), workers=RayGenerators(2), timeout_s=120,
+                                    restarts=1, log=messages.append))
+        assert _same(again, reference)
+        assert len(messages) == 1, messages
+        assert re.search(r"Ray actor \d \(host .*, pid \d+\) died.* at step 3", messages[0]), messages
+        deadline = time.monotonic() + 30  # the killed actors give their CPUs back
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert ray.available_resources().get("CPU", 0) == 2, "a generator actor was left running"

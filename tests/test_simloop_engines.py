@@ -135,6 +135,10 @@ def test_a_generator_bug_on_an_engine_is_not_retried_and_its_traceback_is_shown(
 def test_what_is_not_an_engine_is_refused_before_any_work():
     with pytest.raises(TypeError, match="Workers pool"):
         next(stream_batches(_stream(), workers="two"))
+    from hepml_kit.simloop.engines import RayGenerators
+
+    with pytest.raises(ValueError, match="n >= 1"):
+        RayGenerators(0)
 
 
 @pytest.mark.slow

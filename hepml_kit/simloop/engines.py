@@ -84,8 +84,6 @@ class IpyparallelGenerators:
     Engines on other nodes (``Workers(n, engines="slurm")``) work the same: only the stream, step numbers
     and pickled batches travel."""
 
-    kind = "ipyparallel engine"
-
     def __init__(self, view, stream: MonteCarloStream, timeout_s: float):
         if hasattr(view, "view") and hasattr(view, "run"):  # a Workers pool
             view = view.view()
@@ -169,23 +167,27 @@ class RayGenerators:
     n: int = 2
     num_cpus: float = 1.0
 
-    kind = "Ray actor"
+    def __post_init__(self):
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1 or self.num_cpus <= 0:
+            raise ValueError(f"RayGenerators needs n >= 1, num_cpus > 0; got {self.n}, {self.num_cpus}")
 
     def start(self, stream: MonteCarloStream, timeout_s: float) -> RayGenerators:
         import ray
 
-        if self.n < 1:
-            raise ValueError(f"RayGenerators needs n >= 1 actors, got {self.n}")
         if not ray.is_initialized():
             raise ValueError("RayGenerators needs a running Ray: use hepml_kit.hpo.ray_backend.ray_session()")
         actor = ray.remote(num_cpus=self.num_cpus, max_restarts=0)(_RayGenerator)
         blob = _stream_blob(stream)
         self.actors = [actor.remote(blob) for _ in range(self.n)]
         self.names = []
-        for k, a in enumerate(self.actors):
-            host, pid = _ray_get(a.whoami.remote(), timeout_s, f"Ray actor {k} did not start within "
-                                 f"timeout_s={timeout_s:g} s")
-            self.names.append(f"Ray actor {k} (host {host}, pid {pid})")
+        try:
+            for k, a in enumerate(self.actors):
+                host, pid = _ray_get(a.whoami.remote(), timeout_s, f"Ray actor {k} did not start within "
+                                     f"timeout_s={timeout_s:g} s")
+                self.names.append(f"Ray actor {k} (host {host}, pid {pid})")
+        except BaseException:
+            self.close(set())
+            raise
         return self
 
     def submit(self, k: int, step: int, kill: bool):

@@ -24,7 +24,9 @@ that on 2 shared cores): per batch all pickle the same bytes, and the generator,
 pace. They differ in start-up: the first batch comes 0.45 s after asking from 2 freshly forked workers,
 0.29 s from a warm 2-engine pool (whose one-off start took 13 s here, ~7 s on an idle machine), and 10 s
 from 2 Ray actors started for the stream, after ``ray.init`` took 84 s (~20 s idle). Shards of the same
-events read at 310,000 events/s, 340x one worker, first batch in 0.07 s. So: **forked processes** when the
+events read at 310,000 events/s, 340x one worker, first batch in 0.07 s. (A rerun under heavier load, Ray
+failing to start at all: 208 and 351 events/s per worker forked and on engines, first batch 4.5 and 0.8 s:
+on this shared machine only the start-up gaps stand out of the noise.) So: **forked processes** when the
 generators share the trainer's node (nothing to start or manage); **ipyparallel engines** when they must
 run elsewhere (CPU nodes simulating for GPU nodes: ``Workers(n, engines="slurm", device="cpu")``), or when a
 warm pool is already there; this is the kit's engine of choice over Ray because it streams as fast, starts

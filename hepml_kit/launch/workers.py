@@ -399,6 +399,15 @@ class Workers:
         psutil.wait_procs(alive, timeout=wait_s)
 
     # -- running ---------------------------------------------------------------------------------
+    def view(self):
+        """An ipyparallel DirectView of the pool's engines in rank order, for work without torch.distributed:
+        e.g. Monte Carlo generators (`hepml_kit.simloop.engines`). The pool is started if need be, and
+        restarted if one of its engines died."""
+        if self.started and not {e.engine_id for e in self._engines} <= set(self._client.ids):
+            self.close()
+        self.start()
+        return self._client[[e.engine_id for e in self._engines]]
+
     def rank_infos(self) -> list[RankInfo]:
         hosts = [e.host for e in self._engines]
         local = self.engines_kind == "local"

@@ -208,7 +208,8 @@ def test_lightning_trains_the_tracking_graphs_like_the_hand_written_loop(tmp_pat
 
 FORKED_LIGHTNING = """
 from hepml_kit.parallel.lightning_ddp import fit_lightning
-out = fit_lightning("jet_transformer", steps=2, global_batch=8, devices=2, strategy="ddp_fork", accelerator="cpu")
+out = fit_lightning("jet_transformer", steps=2, global_batch=8, devices=2, strategy="ddp_fork",
+                    accelerator="cpu")
 print("LOSSES", len(out["losses"]))
 """
 

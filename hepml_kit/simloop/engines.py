@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 import cloudpickle
 
-from hepml_kit.simloop.streaming import MonteCarloStream, StreamError
+from hepml_kit.simloop.mc_stream import MonteCarloStream, StreamError
 
 __all__ = ["IpyparallelGenerators", "RayGenerators", "engine_backend", "stream_on_engines"]
 

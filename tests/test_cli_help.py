@@ -3,6 +3,7 @@
 import argparse
 import subprocess
 import sys
+import textwrap
 
 from hepml_kit.cli import build_parser
 
@@ -32,3 +33,24 @@ def test_version():
     out = subprocess.run([sys.executable, "-m", "hepml_kit.cli", "--version"], capture_output=True, text=True,
                          timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("hepml-kit ")
+
+
+
+def test_building_the_parser_and_asking_for_help_imports_no_torch():
+    """Each command sets OMP_WAIT_POLICY=PASSIVE before torch loads (hepml_kit.models.cli), so neither the
+    parser nor `--help` of the commands that train may import torch (nor h5py, nbformat: the parser stays
+    fast)."""
+    code = textwrap.dedent("""
+        import sys
+        import hepml_kit.cli as cli
+        cli.build_parser()
+        for argv in (["--help"], ["validate", "--help"], ["models", "--help"], ["data", "generate", "-h"]):
+            try:
+                cli.main(argv)
+            except SystemExit as e:
+                assert e.code == 0, (argv, e.code)
+        print("LOADED", *sorted(m for m in ("torch", "h5py", "nbformat") if m in sys.modules))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[-1] == "LOADED", out.stdout.splitlines()[-1]

@@ -18,8 +18,8 @@ import torch
 from hepml_kit import models
 from hepml_kit.cli import main as cli_main
 from hepml_kit.models import validate as validate_mod
+from hepml_kit.models.cli import MODEL_NAMES
 from hepml_kit.models.tracking_gnn import TRAIN_DEFAULTS as TRACKING_DEFAULTS
-from hepml_kit.testbeds_cli import MODEL_NAMES
 
 HEPML_KIT = Path(sys.executable).with_name("hepml-kit")
 # as 04-testbeds

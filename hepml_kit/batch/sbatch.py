@@ -281,7 +281,7 @@ def collect(job_id: str, to: Path | None = None, wait: bool = False, timeout: fl
 
 
 def cli(a) -> int:
-    """`hepml-kit batch ...` (argument parsing lives in hepml_kit.cli)."""
+    """`hepml-kit batch ...` (argument parsing lives in hepml_kit.batch.cli)."""
     try:
         if a.notebook in ("status", "collect"):
             if not a.job:

@@ -70,6 +70,8 @@ class UNetConfig:
     density_log_scale: float = 8.0  # x = ln(rho / rho_mean) / scale (the tutorials use 14)
     temperature_log_scale: float = 4.0  # x = ln(T / T0) / scale
     velocity_scale: float = 200.0  # km/s
+    velocity_loss_weight: float = 1.0  # weight of the velocity channels in the L1 (others: 1)
+    velocity_pk_loss_weight: float = 0.0  # weight of the crop power-spectrum term on the gas velocity
     k_max_nyquist_fraction: float = 0.5  # metric k range upper end, fraction of Nyquist
     data: CosmologyConfig = field(default_factory=CosmologyConfig)
 
@@ -89,9 +91,10 @@ class UNetConfig:
 
 
 PRESETS = {
-    # tiny: a short CPU run; a stronger L1 on rho gets the density peaks (which carry P(k)) right sooner
+    # tiny: a short CPU run; a stronger L1 on rho gets the density peaks (which carry P(k)) right sooner, and
+    # the velocity spectrum term keeps the small-scale velocity power the short L1 fit loses
     "tiny": dict(channels=(8, 16, 32), crop=16, crops_per_box=8, density_loss_weight=0.1,
-                 data=CosmologyConfig(grid=32, box_size=10.0)),
+                 velocity_pk_loss_weight=0.1, data=CosmologyConfig(grid=32, box_size=10.0)),
     "small": dict(channels=(32, 64, 128, 256), crop=32, crops_per_box=8,
                   data=CosmologyConfig(grid=64, box_size=20.0)),
     "full": dict(channels=(64, 128, 256, 512, 512, 512), crop=64, crops_per_box=32,
@@ -230,16 +233,44 @@ def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
 
 # ---------------------------------------------------------------- training
 
+def crop_power(f: torch.Tensor, n_shells: int) -> torch.Tensor:
+    """|FFT|^2 of (B, C, c, c, c) crops summed over batch and channels, averaged in shells of integer |k|
+    (in units of the crop's fundamental) 1 .. n_shells: (n_shells,). A crop is not periodic, but prediction
+    and truth share the window, so their ratio per shell still compares the power on that scale."""
+    c = f.shape[-1]
+    power = torch.fft.rfftn(f.float(), dim=(-3, -2, -1)).abs().square().sum((0, 1)).flatten()
+    k = torch.fft.fftfreq(c, 1.0 / c, device=f.device)
+    kz = torch.fft.rfftfreq(c, 1.0 / c, device=f.device)
+    shell = torch.sqrt(k[:, None, None] ** 2 + k[None, :, None] ** 2 + kz[None, None, :] ** 2).round().long()
+    shell = shell.flatten()
+    sel = (shell >= 1) & (shell <= n_shells)
+    total = torch.zeros(n_shells, device=f.device).index_add_(0, shell[sel] - 1, power[sel])
+    count = torch.zeros(n_shells, device=f.device).index_add_(0, shell[sel] - 1, torch.ones_like(power[sel]))
+    return total / count
+
+
 def loss(model: nn.Module, batch: dict, cfg: UNetConfig | None = None) -> torch.Tensor:
-    """L1 on all scaled channels + density_loss_weight x L1 on rho = exp(s x) of the density channel."""
+    """L1 on the scaled channels (velocity channels weighted by velocity_loss_weight) + density_loss_weight
+    x L1 on rho = exp(s x) of the density channel + velocity_pk_loss_weight x mean over crop shells up to
+    half the Nyquist frequency (the metrics' k range) of |ln P_pred(k) - ln P_true(k)| of the gas velocity
+    (a spectrum-matching term: an L1 fit regresses to the conditional median and loses small-scale power,
+    which the velocity band of `threshold` measures)."""
     cfg = cfg or getattr(getattr(model, "module", model), "cfg", None) or UNetConfig()  # DDP: in .module
-    pred = model(batch["x"])
-    l1 = F.l1_loss(pred, batch["y"])
+    pred, y = model(batch["x"]), batch["y"]
+    err = (pred - y).abs().mean((0, 2, 3, 4))  # (5,) per channel
+    w = torch.ones_like(err)
+    w[2:] = cfg.velocity_loss_weight
+    total = (w * err).mean()  # = F.l1_loss(pred, y) when velocity_loss_weight is 1
     if cfg.density_loss_weight:
         s = cfg.density_log_scale
-        rho_pred, rho_true = torch.exp(s * pred[:, 0]), torch.exp(s * batch["y"][:, 0])
-        l1 = l1 + cfg.density_loss_weight * F.l1_loss(rho_pred, rho_true)
-    return l1
+        rho_pred, rho_true = torch.exp(s * pred[:, 0]), torch.exp(s * y[:, 0])
+        total = total + cfg.density_loss_weight * F.l1_loss(rho_pred, rho_true)
+    if cfg.velocity_pk_loss_weight:
+        n_shells = max(1, int(cfg.k_max_nyquist_fraction * pred.shape[-1] / 2))
+        p_pred, p_true = crop_power(pred[:, 2:], n_shells), crop_power(y[:, 2:], n_shells)
+        ratio = torch.log(p_pred + 1e-12) - torch.log(p_true + 1e-12)
+        total = total + cfg.velocity_pk_loss_weight * ratio.abs().mean()
+    return total
 
 
 def make_optimizer(model: nn.Module, cfg: UNetConfig, lr: float):
@@ -267,12 +298,29 @@ __getattr__ = _LIGHTNING.module_getattr  # lets pickle (ddp_spawn) find the lazi
 # ---------------------------------------------------------------- metrics
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2) -> torch.Tensor:
-    """Whole-box predictions (fully convolutional), (n, 5, g, g, g) in network units."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 2,
+            margin: int | None = None) -> torch.Tensor:
+    """Whole-box predictions (fully convolutional), (n, 5, g, g, g) in network units. The boxes are
+    periodic, so each is wrapped around by `margin` cells per side (default: half a training crop) before
+    the net sees it and the margin is cut off after: every cell is predicted from its true neighbourhood,
+    none from the zero padding of the convolutions (which training crops never see at their centres)."""
     model.eval()
+    net = getattr(model, "module", model)
+    cfg = getattr(net, "cfg", None)
+    if margin is None:
+        margin = cfg.crop // 2 if cfg is not None else 0
+    levels = cfg.levels if cfg is not None else 0
+    if margin % max(1, 2 ** (levels - 1)):
+        raise ValueError(f"margin {margin} must be a multiple of 2**(levels - 1) = {2 ** (levels - 1)}")
     device = next(model.parameters()).device
-    return torch.cat([model(x[i : i + batch_size].to(device)).float().cpu()
-                      for i in range(0, len(x), batch_size)])
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size].to(device)
+        if margin:
+            xb = F.pad(xb, (margin,) * 6, mode="circular")
+        yb = model(xb).float().cpu()
+        out.append(yb[..., margin:-margin, margin:-margin, margin:-margin] if margin else yb)
+    return torch.cat(out)
 
 
 def pk_ratio(pred: np.ndarray, true: np.ndarray, box: float) -> tuple[np.ndarray, np.ndarray]:
@@ -286,13 +334,13 @@ def pk_ratio(pred: np.ndarray, true: np.ndarray, box: float) -> tuple[np.ndarray
     return k, np.mean(pp, 0) / np.maximum(np.mean(pt, 0), 1e-30)
 
 
-def spectra(model: nn.Module, data: dict) -> dict:
+def spectra(model: nn.Module, data: dict, margin: int | None = None) -> dict:
     """The spectra behind `metrics` and the plots, averaged over boxes: ``k``, ``trained`` (mask of the
     trained k range), gas-density ``p_true``, ``p_pred``, ``r`` (cross-correlation of predicted and true
     overdensity), the same ``_temperature``, and the gas-velocity spectra summed over x, y, z
     (``pv_true``, ``pv_pred``, ``rv``)."""
     cfg = data["cfg"]
-    pred = predict(model, data["x"]).numpy()
+    pred = predict(model, data["x"], margin=margin).numpy()
     y = data["y"].numpy()
     d = cfg.data
     k_lo = 2 * math.pi / (cfg.crop * d.cell_size)

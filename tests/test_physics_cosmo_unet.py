@@ -73,7 +73,8 @@ def test_plots_write_power_spectra_and_cross_correlation(tmp_path):
 
 
 def test_velocity_power_loss_term_sees_missing_small_scale_power():
-    """The crop power spectrum of white noise is flat, scales as amplitude^2, and the loss's spectrum term
+    """The (windowed) crop power spectrum of white noise is flat, scales as amplitude^2, ignores a uniform
+    offset (a bulk flow carries no k > 0 power), and the loss's spectrum term
     is zero for the truth and grows when a prediction is smoothed (small-scale power lost, the L1 fit's bias
     that the velocity band of the bar catches)."""
     gen = torch.Generator().manual_seed(9504)
@@ -81,6 +82,7 @@ def test_velocity_power_loss_term_sees_missing_small_scale_power():
     p = cu.crop_power(noise, 4)
     assert torch.allclose(p / p.mean(), torch.ones(4), atol=0.15)
     torch.testing.assert_close(cu.crop_power(3 * noise, 4), 9 * p)
+    torch.testing.assert_close(cu.crop_power(noise + 5.0, 4), p, rtol=1e-3, atol=0)  # a bulk flow: no power
     cfg = cu.config("tiny").with_(velocity_pk_loss_weight=1.0, density_loss_weight=0.0)
     y = torch.rand(2, 5, 16, 16, 16, generator=gen) * 0.2
     y[:, 2:] = noise[:2] * 0.2

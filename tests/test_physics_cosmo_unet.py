@@ -101,3 +101,19 @@ def test_velocity_power_loss_term_sees_missing_small_scale_power():
     smooth[:, 2:] = F.avg_pool3d(F.pad(y[:, 2:], (1,) * 6, mode="circular"), 3, stride=1)
     l1_only = cu.loss(Fixed(smooth), batch, cfg.with_(velocity_pk_loss_weight=0.0))
     assert float(cu.loss(Fixed(smooth), batch, cfg)) > float(l1_only) + 0.5  # ln P off by > 0.5 per shell
+
+
+def test_tiny_learning_rate_drops_for_the_last_quarter_of_training():
+    cfg = cu.config("tiny")
+    d = cu.TRAIN_DEFAULTS["tiny"]
+    steps = d["epochs"] * d["events"] * cfg.crops_per_box // d["batch_size"]
+    assert cfg.lr_drop_step == 3 * steps // 4
+    model = nn.Linear(2, 1)
+    opt = cu.make_optimizer(model, cfg, d["lr"])
+    lrs = []
+    for _ in range(steps):
+        opt.zero_grad()
+        model(torch.ones(1, 2)).sum().backward()
+        opt.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[cfg.lr_drop_step - 2] == d["lr"] and lrs[-1] == pytest.approx(cfg.lr_drop_factor * d["lr"])

@@ -1,5 +1,5 @@
 """Jet physics laws the generator must obey, GN2's track-origin classes, and a tagger trained on shuffled
-labels failing its bar, and GN1/GN2's track-pair vertexing head. Seeds 1501-1511 are used by no other test.
+labels failing its bar, and GN1/GN2's track-pair vertexing head. Seeds 1501-1512 are used by no other test.
 
 - Charged multiplicity in jets grows ~logarithmically with jet pT: about x1.4-1.5 from 50-100 to 200-400
   GeV (ATLAS, "Measurement of the charged-particle multiplicity inside jets", EPJC 76 (2016) 322), not
@@ -128,6 +128,12 @@ def test_same_vertex_pairs_follow_the_decay_chain():
     assert same[real & (o_i == idx["primary"]) & (o_j == idx["primary"])].all()  # the primary vertex
     assert not same[(o_i == idx["from_b"]) & (o_j == idx["primary"])].any()
     assert not same[origin == idx["fake"]].any() and not same[~mask].any()
+    # training reads the targets from the origin labels: the same pairs (with taus, whose vertex is its own)
+    assert (jt.same_vertex_from_origin(torch.from_numpy(origin)).numpy() == same).all()
+    tau_cfg = JetGenConfig(flavour_fractions=(1, 0, 0), b_to_tau_fraction=0.5)
+    taus = generate_jets(1000, seed=1512, cfg=tau_cfg)
+    want = same_vertex_pairs(taus["track_vertex"])
+    assert (jt.same_vertex_from_origin(torch.from_numpy(taus["track_origin"])).numpy() == want).all()
     # The pairs the label joins are displaced alike: B-vertex tracks have large signed d0 significance.
     sig = jets["tracks"][..., FEAT["d0_signed_sig"]]
     prompt_median = abs(np.median(sig[origin == idx["primary"]]))

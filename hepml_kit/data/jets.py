@@ -52,6 +52,7 @@ __all__ = [
     "TRACK_FEATURES",
     "TRACK_ORIGINS",
     "VERTEX_KINDS",
+    "VERTEX_OF_ORIGIN",
     "same_vertex_pairs",
     "generate_jets",
     "normalise_tracks",
@@ -66,6 +67,10 @@ FLAVOURS = ("b", "c", "light")  # label 0, 1, 2 (salt's bjets, cjets, ujets orde
 TRACK_ORIGINS = ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "from_tau", "other_secondary")
 # track_vertex
 VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none", "tau_decay")
+# The vertex kind each track origin comes from (index into VERTEX_KINDS): here every origin class has one
+# vertex per jet (a b-jet's D tracks are from_bc, a c-jet's from_c), so track_vertex follows from
+# track_origin, and the tagger's batches need no extra key for the pair targets (tests hold the two equal)
+VERTEX_OF_ORIGIN = (4, 5, 0, 1, 2, 2, 6, 3)
 TRACK_FEATURES = (
     "log_jet_pt", "jet_eta",  # jet variables, repeated on every track (GN2 does the same)
     "d0_mm", "z0_sin_theta_mm", "d0_signed_sig", "z0_signed_sig",

@@ -10,7 +10,8 @@ track-pair vertex compatibility (a binary per ordered pair of tracks: do they co
 MLP on the concatenated pair of track embeddings with the jet embedding as context, symmetrised, trained
 with binary cross-entropy on the real (unpadded) pairs. Loss weights as in GN1 (ATL-PHYS-PUB-2022-027,
 L = L_jet + 0.5 L_origin + 1.5 L_vertex) and salt's GN2 config (`configs/GN2.yaml`). The vertex targets come
-from the generator's ``track_vertex`` (`same_vertex_pairs`). The `full` preset has 2.41 M parameters
+from the generator's ``track_vertex`` (`same_vertex_pairs`; in training from the origin labels, which fix it
+here: `same_vertex_from_origin`). The `full` preset has 2.41 M parameters
 (GN2: ~2.3 M).
 
 Attention is written out (no nn.MultiheadAttention) so tensor and pipeline parallelism can take it
@@ -64,6 +65,7 @@ from hepml_kit.data.jets import (
     TRACK_FEATURES,
     TRACK_ORIGINS,
     VERTEX_KINDS,
+    VERTEX_OF_ORIGIN,
     JetGenConfig,
     generate_jets,
     normalise_tracks,
@@ -95,6 +97,7 @@ __all__ = [
     "predict",
     "real_pairs",
     "rejection_at",
+    "same_vertex_from_origin",
     "threshold",
     "vertex_metrics",
 ]
@@ -296,7 +299,7 @@ def generate(cfg: JetTransformerConfig, n: int, seed: int, rank: int = 0, world_
 
 def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
     """Yield {"tracks" (B, T, F) float32 normalised, "mask" (B, T) bool, "flavour" (B,),
-    "track_origin" (B, T), "same_vertex" (B, T, T) bool}."""
+    "track_origin" (B, T)} (the vertexing targets follow from track_origin: `same_vertex_from_origin`)."""
     for idx in iterate_batches(len(data["flavour"]), batch_size, shuffle, seed):
         i = idx.numpy()
         mask = data["mask"][i]
@@ -305,7 +308,6 @@ def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
             "mask": torch.from_numpy(mask),
             "flavour": torch.from_numpy(data["flavour"][i]),
             "track_origin": torch.from_numpy(data["track_origin"][i]),
-            "same_vertex": torch.from_numpy(same_vertex_pairs(data["track_vertex"][i])),
         }
 
 
@@ -316,6 +318,18 @@ def real_pairs(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, :, None] & mask[:, None, :] & upper
 
 
+def same_vertex_from_origin(track_origin: torch.Tensor) -> torch.Tensor:
+    """(B, T) track origins (-1 padding) -> (B, T, T) bool pair targets: both tracks from one vertex, as
+    `hepml_kit.data.jets.same_vertex_pairs` gives from ``track_vertex`` (`VERTEX_OF_ORIGIN` maps one to the
+    other in this generator)."""
+    table = torch.tensor(VERTEX_OF_ORIGIN, device=track_origin.device)
+    vertex = torch.where(track_origin >= 0, table[track_origin.clamp(min=0)], -1)
+    real = (vertex >= 0) & (vertex != VERTEX_KINDS.index("none"))
+    T = vertex.shape[1]
+    eye = torch.eye(T, dtype=torch.bool, device=vertex.device)
+    return (vertex[:, :, None] == vertex[:, None, :]) & real[:, :, None] & real[:, None, :] & ~eye
+
+
 def loss(model: nn.Module, batch: dict) -> torch.Tensor:
     """Flavour cross-entropy + 0.5 x track-origin cross-entropy (padding ignored) + 1.5 x track-pair vertex
     binary cross-entropy over the real pairs (GN1's weights; `JetTransformerConfig`)."""
@@ -324,7 +338,7 @@ def loss(model: nn.Module, batch: dict) -> torch.Tensor:
     origin = batch["track_origin"].flatten()  # (B*T,), -1 on padding
     l_orig = F.cross_entropy(origin_logits.flatten(0, 1).float(), origin, ignore_index=-1)
     pairs = real_pairs(batch["mask"])  # (B, T, T); a batch of one-track jets has none
-    target = batch["same_vertex"][pairs].float()
+    target = same_vertex_from_origin(batch["track_origin"])[pairs].float()
     l_vtx = (F.binary_cross_entropy_with_logits(vertex_logits.float()[pairs], target) if pairs.any()
              else vertex_logits.sum() * 0.0)
     w_orig, w_vtx = _weight(model, "origin_weight", 0.5), _weight(model, "vertex_weight", 1.5)

@@ -376,8 +376,9 @@ def baseline_discriminant(data: dict) -> np.ndarray:
 @torch.no_grad()
 def predict(model: nn.Module, data: dict, batch_size: int = 1024,
             vertex: bool = False) -> tuple[np.ndarray, ...]:
-    """(flavour probabilities (N, 3), origin predictions (N, T)), and with `vertex` the track-pair vertex
-    probabilities (N, T, T) too."""
+    """(flavour probabilities (N, 3), origin predictions (N, T)), and with `vertex` the vertex probabilities
+    of the real track pairs (P,), in the order of ``array[real_pairs(mask)]`` (the full (N, T, T) array
+    would take gigabytes at the `full` preset's test size)."""
     model.eval()
     device = next(model.parameters()).device
     probs, origins, pairs = [], [], []
@@ -386,24 +387,28 @@ def predict(model: nn.Module, data: dict, batch_size: int = 1024,
         probs.append(torch.softmax(out[0].float(), -1).cpu())
         origins.append(out[1].argmax(-1).cpu())
         if vertex:
-            pairs.append(torch.sigmoid(out[2].float()).cpu())
+            pairs.append(torch.sigmoid(out[2].float()).cpu()[real_pairs(b["mask"])])
     out = (torch.cat(probs).numpy(), torch.cat(origins).numpy())
     return (*out, torch.cat(pairs).numpy()) if vertex else out
 
 
-def vertex_metrics(pair_prob: np.ndarray, data: dict, cut: float = 0.5) -> dict:
-    """Track-pair vertexing figures from pair probabilities (N, T, T): ``vertex_pair_auc`` over all real
-    pairs; efficiency and purity at `cut` over the pairs with at least one track not from the primary
-    vertex (the secondary-vertex finding a b-tagger needs; prompt-prompt pairs are the easy bulk)."""
+def vertex_metrics(pair_prob: np.ndarray, data: dict, cut: float = 0.5, chunk: int = 4096) -> dict:
+    """Track-pair vertexing figures from the real pairs' probabilities (P,) (`predict` with ``vertex``):
+    ``vertex_pair_auc`` over all real pairs; efficiency and purity at `cut` over the pairs with at least one
+    track not from the primary vertex (the secondary-vertex finding a b-tagger needs; prompt-prompt pairs
+    are the easy bulk)."""
     from sklearn.metrics import roc_auc_score
 
-    mask = data["mask"]
-    pairs = real_pairs(torch.from_numpy(mask)).numpy()
-    truth = same_vertex_pairs(data["track_vertex"])[pairs]
-    score = pair_prob[pairs]
-    kind = data["track_vertex"]
-    primary = kind == VERTEX_KINDS.index("primary")
-    secondary = ~(primary[:, :, None] & primary[:, None, :])[pairs]
+    truth, secondary = [], []
+    for i in range(0, len(data["mask"]), chunk):  # (chunk, T, T) at a time
+        pairs = real_pairs(torch.from_numpy(data["mask"][i : i + chunk])).numpy()
+        kind = data["track_vertex"][i : i + chunk]
+        truth.append(same_vertex_pairs(kind)[pairs])
+        primary = kind == VERTEX_KINDS.index("primary")
+        secondary.append(~(primary[:, :, None] & primary[:, None, :])[pairs])
+    truth, secondary, score = np.concatenate(truth), np.concatenate(secondary), pair_prob
+    if len(score) != len(truth):
+        raise ValueError(f"{len(score)} pair probabilities for {len(truth)} real track pairs")
     found = score > cut
     out = {"vertex_pair_auc": float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else 0.5}
     true_sec, found_sec = truth & secondary, found & secondary

@@ -86,7 +86,6 @@ class UNetConfig:
     density_log_scale: float = 8.0  # x = ln(rho / rho_mean) / scale (the tutorials use 14)
     temperature_log_scale: float = 4.0  # x = ln(T / T0) / scale
     velocity_scale: float = 200.0  # km/s
-    velocity_loss_weight: float = 1.0  # weight of the velocity channels in the L1 (others: 1)
     velocity_pk_loss_weight: float = 0.0  # weight of the crop power-spectrum term on the gas velocity
     lr_drop_step: int = 0  # optimizer steps after which the learning rate drops (0: constant)
     lr_drop_factor: float = 0.2
@@ -275,17 +274,13 @@ def crop_power(f: torch.Tensor, n_shells: int) -> torch.Tensor:
 
 
 def loss(model: nn.Module, batch: dict, cfg: UNetConfig | None = None) -> torch.Tensor:
-    """L1 on the scaled channels (velocity channels weighted by velocity_loss_weight) + density_loss_weight
-    x L1 on rho = exp(s x) of the density channel + velocity_pk_loss_weight x mean over crop shells up to
-    half the Nyquist frequency (the metrics' k range) of |ln P_pred(k) - ln P_true(k)| of the gas velocity
-    (a spectrum-matching term: an L1 fit regresses to the conditional median and loses small-scale power,
-    which the velocity band of `threshold` measures)."""
+    """L1 on the scaled channels + density_loss_weight x L1 on rho = exp(s x) of the density channel
+    + velocity_pk_loss_weight x mean over crop shells up to half the Nyquist frequency (the metrics' k range)
+    of |ln P_pred(k) - ln P_true(k)| of the gas velocity (a spectrum-matching term: an L1 fit regresses to
+    the conditional median and loses small-scale power, which the velocity band of `threshold` measures)."""
     cfg = cfg or getattr(getattr(model, "module", model), "cfg", None) or UNetConfig()  # DDP: in .module
     pred, y = model(batch["x"]), batch["y"]
-    err = (pred - y).abs().mean((0, 2, 3, 4))  # (5,) per channel
-    w = torch.ones_like(err)
-    w[2:] = cfg.velocity_loss_weight
-    total = (w * err).mean()  # = F.l1_loss(pred, y) when velocity_loss_weight is 1
+    total = F.l1_loss(pred, y)
     if cfg.density_loss_weight:
         s = cfg.density_log_scale
         rho_pred, rho_true = torch.exp(s * pred[:, 0]), torch.exp(s * y[:, 0])

@@ -135,6 +135,8 @@ def test_shapes_and_padding_does_not_change_outputs(jets):
     with torch.no_grad():
         flav, origin = model(batch["tracks"], batch["mask"])
         assert flav.shape == (64, 3) and origin.shape == (64, 40, 8)  # GN2: 8 track origins
+        vertex = model(batch["tracks"], batch["mask"], True)[2]
+        assert vertex.shape == (64, 40, 40)  # GN1/GN2 track-pair vertexing: one logit per pair
         junk = torch.where(batch["mask"][..., None], batch["tracks"], torch.randn_like(batch["tracks"]) * 5)
         flav2, origin2 = model(junk, batch["mask"])
         empty = torch.zeros_like(batch["mask"])  # a jet with no tracks still gives finite numbers
@@ -193,6 +195,8 @@ def test_torchscript_export_and_lightning_step(one_thread):
     scripted = torch.jit.script(model)
     b = next(jt.batches(data, 16))
     torch.testing.assert_close(scripted(b["tracks"], b["mask"])[0], model(b["tracks"], b["mask"])[0])
+    vertex = model(b["tracks"], b["mask"], True)[2]
+    torch.testing.assert_close(scripted(b["tracks"], b["mask"], True)[2], vertex)
     exported = torch.export.export(model, (b["tracks"], b["mask"]))
     torch.testing.assert_close(exported.module()(b["tracks"], b["mask"])[1], model(b["tracks"], b["mask"])[1])
 

@@ -52,6 +52,8 @@ __all__ = [
     "TRACK_FEATURES",
     "TRACK_ORIGINS",
     "VERTEX_KINDS",
+    "VERTEX_OF_ORIGIN",
+    "same_vertex_pairs",
     "generate_jets",
     "normalise_tracks",
     "rank_range",
@@ -65,6 +67,10 @@ FLAVOURS = ("b", "c", "light")  # label 0, 1, 2 (salt's bjets, cjets, ujets orde
 TRACK_ORIGINS = ("pileup", "fake", "primary", "from_b", "from_bc", "from_c", "from_tau", "other_secondary")
 # track_vertex
 VERTEX_KINDS = ("primary", "b_decay", "c_decay", "other_secondary", "pileup", "none", "tau_decay")
+# The vertex kind each track origin comes from (index into VERTEX_KINDS): here every origin class has one
+# vertex per jet (a b-jet's D tracks are from_bc, a c-jet's from_c), so track_vertex follows from
+# track_origin, and the tagger's batches need no extra key for the pair targets (tests hold the two equal)
+VERTEX_OF_ORIGIN = (4, 5, 0, 1, 2, 2, 6, 3)
 TRACK_FEATURES = (
     "log_jet_pt", "jet_eta",  # jet variables, repeated on every track (GN2 does the same)
     "d0_mm", "z0_sin_theta_mm", "d0_signed_sig", "z0_signed_sig",
@@ -137,7 +143,8 @@ def generate_jets(
         tracks (N, T, F) float32 raw features named by `TRACK_FEATURES` (0 on padding);
         mask (N, T) bool, True for real tracks; flavour (N,) int64, index into `FLAVOURS`;
         track_origin (N, T) int64 into `TRACK_ORIGINS` (-1 padding); track_vertex (N, T) int64 into
-        `VERTEX_KINDS` (tracks sharing a value 1-4 or 6 share a vertex; -1 padding);
+        `VERTEX_KINDS` (tracks of one jet sharing a value other than 5, "none", share a vertex, the
+        primary one included; -1 padding; `same_vertex_pairs` turns it into pair labels);
         jet_pt (N,) GeV, jet_eta (N,); hadron_pt (N,) GeV, hadron_flight_mm (N,), hadron_betagamma (N,):
         the leading heavy hadron (B in b-jets, D in c-jets; 0 in light jets); charm_flight_mm (N,):
         the D in b-jets (cascade) and c-jets; n_tracks (N,); event_index (N,) global index.
@@ -390,6 +397,19 @@ def _measure(rng, c, jet_pt, jet_eta, jet_phi, flavour, cfg, block) -> dict:
         "n_tracks": mask.sum(1).astype(np.int64),
         "event_index": np.arange(block * BLOCK, (block + 1) * BLOCK, dtype=np.int64),
     }
+
+
+def same_vertex_pairs(track_vertex: np.ndarray) -> np.ndarray:
+    """(N, T) `track_vertex` -> (N, T, T) bool: tracks i and j of a jet come from one vertex (the target of
+    GN1/GN2's track-pair vertexing head; salt pairs tracks with equal truth vertex index, none negative).
+    Fakes ("none") and padding pair with nothing, a track not with itself. One approximation: the jet's
+    V0 and material-interaction tracks (both "other_secondary", together in ~1.5% of jets) count as one."""
+    v = np.asarray(track_vertex)
+    if v.ndim != 2:
+        raise ValueError(f"track_vertex must be (N, T), got shape {v.shape}")
+    real = (v >= 0) & (v != VERTEX_KINDS.index("none"))
+    same = (v[:, :, None] == v[:, None, :]) & real[:, :, None] & real[:, None, :]
+    return same & ~np.eye(v.shape[1], dtype=bool)
 
 
 # Fixed input scaling (like salt's norm dict, but stated, not fitted): significances and impact

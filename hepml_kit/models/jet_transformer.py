@@ -5,17 +5,23 @@ the `salt` framework, github.com/umami-hep/salt), the transformer successor of G
 "Graph Neural Network Jet Flavour Tagging with the ATLAS Detector"):
 a per-track initialiser MLP (21 -> 256 -> 256), a 4-layer pre-norm transformer encoder (embedding
 256, 8 heads, feed-forward 512), attention pooling over tracks, a jet flavour head (b / c / light,
-cross-entropy) and an auxiliary track-origin head (GN2's 8 classes, FromTau included; loss weight 0.5).
-The `full` preset has 2.30 M parameters (GN2: ~2.3 M). GN2's third head, track-pair vertexing, is left
-out here (the generator's ``track_vertex`` labels are there for it).
+cross-entropy) and GN1/GN2's two auxiliary heads: track origin (GN2's 8 classes, FromTau included) and
+track-pair vertex compatibility (a binary per ordered pair of tracks: do they come from one vertex?), an
+MLP on the concatenated pair of track embeddings with the jet embedding as context, symmetrised, trained
+with binary cross-entropy on the real (unpadded) pairs. Loss weights as in GN1 (ATL-PHYS-PUB-2022-027,
+L = L_jet + 0.5 L_origin + 1.5 L_vertex) and salt's GN2 config (`configs/GN2.yaml`). The vertex targets come
+from the generator's ``track_vertex`` (`same_vertex_pairs`; in training from the origin labels, which fix it
+here: `same_vertex_from_origin`). The `full` preset has 2.41 M parameters
+(GN2: ~2.3 M).
 
 Attention is written out (no nn.MultiheadAttention) so tensor and pipeline parallelism can take it
 apart: each `EncoderLayer` has `norm1`, `attn` (Linear `q_proj`, `k_proj`, `v_proj`, `out_proj`,
 int `head_dim`; heads are `q.view(B, T, -1, head_dim)`, so a column-sharded q_proj holding fewer heads
 still works), `norm2` and `mlp` (Linear `fc1`, `fc2`); the layers are `model.encoder.layers`.
-``forward(tracks, mask) -> (flavour_logits, origin_logits)`` takes and returns tensors only
-(TorchScript and torch.export work, as tested; for serving). `mask` is True for real tracks, False
-for padding.
+``forward(tracks, mask) -> [flavour_logits, origin_logits]`` takes and returns tensors only
+(TorchScript and torch.export work, as tested; for serving, which exports these two);
+``forward(tracks, mask, True)`` appends the track-pair vertex logits (B, T, T), which only the loss and
+`metrics` ask for. `mask` is True for real tracks, False for padding.
 
 Metric: the b-jet efficiency against light- and c-jet rejection (1 / mistag rate) curves
 (`rejection_curves`, sklearn's roc_curve; `plots` draws them) with D_b = ln(p_b / (f_c p_c + (1 - f_c)
@@ -25,14 +31,23 @@ Threshold (tiny preset, absolute, `BARS`): light rejection >= 100 and c rejectio
 b-efficiency. Why: GN2 is validated on ATLAS ttbar jets by exactly these curves, quoting light and c
 rejection at the 70% working point (arXiv:2505.19689; light rejections in the hundreds, c rejections of
 order ten); the tiny preset's own jets are easier in some ways (an ideal detector) and harder in others
-(16k training jets, 4 epochs, a 47k-parameter model, where GN2 trains on ~10^8 jets), so the bar sits at
+(16k training jets, 4 epochs, a 51k-parameter model, where GN2 trains on ~10^8 jets), so the bar sits at
 the published order of magnitude for light jets and below it for c-jets. Track counting reaches only ~7
 and ~3 here, and a tagger trained on shuffled labels ~1 (tests/test_physics_jet_transformer.py): the bar
-says the network combines the tracks as GN2 does. Measured over fresh seeds with ``hepml-kit validate
-jet_transformer --seed S`` (dev VM, 2026-12-06, seeds 300-309): light rejection 290-946 (mean 515,
-sd 234), c rejection 4.9-6.1 (mean 5.4, sd 0.4), track counting 6.5-7.9 and 3.0-3.2; 10 of 10 seeds meet
-the bar. The light rejection on ~6,700 test light
-jets is known to ~10-20% at 300 (a few dozen mistagged jets).
+says the network combines the tracks as GN2 does. Measured with `bench/physics_bars.py --models
+jet_transformer --seeds 10 --first-seed 3000` (seeds 3000-3018, dev VM with 2 shared cores, 2026-12-07, with
+the vertexing head): 10 of 10 seeds meet the bar; light rejection 223-952 (mean 505, sd 240), c rejection
+4.9-6.0 (mean 5.3, sd 0.4), track counting 6.2-7.5 and 2.9-3.2 (before the vertexing head, seeds 300-309:
+290-946 and 4.9-6.1, 10 of 10). The light rejection on ~6,700 test light jets is known to ~10-20% at 300 (a
+few dozen mistagged jets).
+
+Vertexing (reported by `metrics`, not part of the bar): ``vertex_pair_auc``, the ROC AUC of the pair score
+over all real track pairs of the test jets; and, on pairs with at least one track not from the primary
+vertex, the pair efficiency and purity at score 0.5 (``vertex_pair_efficiency``, ``vertex_pair_purity``):
+GN1 judges its vertexing head by the efficiency and purity of what it finds. Same seeds: AUC
+0.901-0.908 (mean 0.904), efficiency 0.31-0.54, purity 0.18-0.24; a head trained on shuffled labels scores
+an AUC below 0.6 (tests/test_physics_jet_transformer.py). The vertexing head adds ~60% to a tiny training
+step on a CPU (the (B, T, T, 32) pair activations).
 """
 
 from __future__ import annotations
@@ -49,9 +64,12 @@ from hepml_kit.data.jets import (
     GENERATOR_VERSION,
     TRACK_FEATURES,
     TRACK_ORIGINS,
+    VERTEX_KINDS,
+    VERTEX_OF_ORIGIN,
     JetGenConfig,
     generate_jets,
     normalise_tracks,
+    same_vertex_pairs,
 )
 from hepml_kit.models._lightning import LazyLightningClass
 from hepml_kit.models._testbed import Testbed, iterate_batches
@@ -63,6 +81,7 @@ __all__ = [
     "JetTransformerConfig",
     "SelfAttention",
     "TESTBED",
+    "TrackPairHead",
     "baseline_discriminant",
     "batches",
     "build",
@@ -76,8 +95,11 @@ __all__ = [
     "metrics",
     "plots",
     "predict",
+    "real_pairs",
     "rejection_at",
+    "same_vertex_from_origin",
     "threshold",
+    "vertex_metrics",
 ]
 
 F_C = 0.018  # c-fraction in D_b
@@ -93,7 +115,8 @@ class JetTransformerConfig:
     num_heads: int = 8
     ff_dim: int = 512
     head_hidden: tuple[int, ...] = (128, 64, 32)  # flavour and origin head MLPs
-    origin_weight: float = 0.5
+    origin_weight: float = 0.5  # GN1 / GN2 auxiliary loss weights
+    vertex_weight: float = 1.5
     dropout: float = 0.0
     data: JetGenConfig = field(default_factory=JetGenConfig)
 
@@ -202,8 +225,30 @@ class AttentionPooling(nn.Module):
         return (w.unsqueeze(-1) * x).sum(1)  # (B, E)
 
 
+class TrackPairHead(nn.Module):
+    """Vertex-compatibility logit for every track pair: an MLP on [x_i, x_j, jet] (salt's VertexingTask), its
+    first Linear applied to each track and broadcast over pairs (the same numbers as concatenating, without a
+    (B, T, T, 3E) tensor), symmetrised: logit_ij = (s_ij + s_ji) / 2."""
+
+    def __init__(self, embed_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.first = nn.Linear(3 * embed_dim, hidden[0])
+        self.rest = _mlp([*hidden, 1])
+
+    def forward(self, x: torch.Tensor, jet: torch.Tensor) -> torch.Tensor:
+        E = x.shape[-1]
+        w = self.first.weight  # (H, 3E)
+        a = x @ w[:, :E].t()  # (B, T, H): the first track of the pair
+        b = x @ w[:, E : 2 * E].t()  # (B, T, H): the second
+        c = jet @ w[:, 2 * E :].t() + self.first.bias  # (B, H): jet context
+        h = F.silu(a[:, :, None] + b[:, None, :] + c[:, None, None])  # (B, T, T, H)
+        s = self.rest(h).squeeze(-1)  # (B, T, T)
+        return 0.5 * (s + s.transpose(1, 2))
+
+
 class JetTransformer(nn.Module):
-    """tracks (B, T, F), mask (B, T) -> flavour logits (B, 3), track-origin logits (B, T, 7)."""
+    """tracks (B, T, F), mask (B, T) -> [flavour logits (B, 3), track-origin logits (B, T, 8)], and with
+    ``vertex=True`` track-pair vertex logits (B, T, T) as a third entry."""
 
     def __init__(self, cfg: JetTransformerConfig):
         super().__init__()
@@ -212,9 +257,10 @@ class JetTransformer(nn.Module):
         self.pool = AttentionPooling(cfg.embed_dim)
         self.flavour_head = _mlp([cfg.embed_dim, *cfg.head_hidden, len(FLAVOURS)])
         self.origin_head = _mlp([2 * cfg.embed_dim, *cfg.head_hidden, len(TRACK_ORIGINS)])
-        self.origin_weight = cfg.origin_weight  # read by `loss`
+        self.vertex_head = TrackPairHead(cfg.embed_dim, cfg.head_hidden)
+        self.origin_weight, self.vertex_weight = cfg.origin_weight, cfg.vertex_weight  # read by `loss`
 
-    def forward(self, tracks: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tracks: torch.Tensor, mask: torch.Tensor, vertex: bool = False) -> list[torch.Tensor]:
         # A jet without tracks attends to its padding: finite, meaningless output instead of NaN.
         key_mask = mask | ~mask.any(dim=1, keepdim=True)  # (B, T)
         x = self.init(tracks)  # (B, T, E)
@@ -222,8 +268,10 @@ class JetTransformer(nn.Module):
         jet = self.pool(x, key_mask)  # (B, E)
         flavour_logits = self.flavour_head(jet)  # (B, 3)
         track_ctx = torch.cat([x, jet.unsqueeze(1).expand_as(x)], dim=-1)  # (B, T, 2E)
-        origin_logits = self.origin_head(track_ctx)  # (B, T, 7)
-        return flavour_logits, origin_logits
+        origin_logits = self.origin_head(track_ctx)  # (B, T, 8)
+        if vertex:
+            return [flavour_logits, origin_logits, self.vertex_head(x, jet)]  # ..., (B, T, T)
+        return [flavour_logits, origin_logits]
 
 
 def build(cfg: JetTransformerConfig) -> JetTransformer:
@@ -237,7 +285,9 @@ def flops_per_sample(cfg: JetTransformerConfig) -> float:
     per_track = head([cfg.n_features, cfg.init_hidden, E]) + 2 * E  # init + pooling gate and sum
     per_track += cfg.num_layers * (4 * 2 * E * E + 2 * 2 * T * E + 2 * 2 * E * Fd)  # proj, QK^T and AV, MLP
     per_track += head([2 * E, *cfg.head_hidden, len(TRACK_ORIGINS)])
-    return 3.0 * (T * per_track + head([E, *cfg.head_hidden, len(FLAVOURS)]))
+    per_track += head([3 * E, cfg.head_hidden[0]])  # vertex head's first layer, once per track
+    per_pair = head([*cfg.head_hidden, 1])  # the rest of the vertex head, per ordered pair
+    return 3.0 * (T * per_track + T * T * per_pair + head([E, *cfg.head_hidden, len(FLAVOURS)]))
 
 
 # ---- data ---------------------------------------------------------------------------------------
@@ -249,7 +299,7 @@ def generate(cfg: JetTransformerConfig, n: int, seed: int, rank: int = 0, world_
 
 def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
     """Yield {"tracks" (B, T, F) float32 normalised, "mask" (B, T) bool, "flavour" (B,),
-    "track_origin" (B, T)}."""
+    "track_origin" (B, T)} (the vertexing targets follow from track_origin: `same_vertex_from_origin`)."""
     for idx in iterate_batches(len(data["flavour"]), batch_size, shuffle, seed):
         i = idx.numpy()
         mask = data["mask"][i]
@@ -261,18 +311,42 @@ def batches(data: dict, batch_size: int, shuffle: bool = False, seed: int = 0):
         }
 
 
+def real_pairs(mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) track mask -> (B, T, T) bool: pairs of two different real tracks (i < j: each pair once)."""
+    T = mask.shape[1]
+    upper = torch.ones(T, T, dtype=torch.bool, device=mask.device).triu(1)
+    return mask[:, :, None] & mask[:, None, :] & upper
+
+
+def same_vertex_from_origin(track_origin: torch.Tensor) -> torch.Tensor:
+    """(B, T) track origins (-1 padding) -> (B, T, T) bool pair targets: both tracks from one vertex, as
+    `hepml_kit.data.jets.same_vertex_pairs` gives from ``track_vertex`` (`VERTEX_OF_ORIGIN` maps one to the
+    other in this generator)."""
+    table = torch.tensor(VERTEX_OF_ORIGIN, device=track_origin.device)
+    vertex = torch.where(track_origin >= 0, table[track_origin.clamp(min=0)], -1)
+    real = (vertex >= 0) & (vertex != VERTEX_KINDS.index("none"))
+    T = vertex.shape[1]
+    eye = torch.eye(T, dtype=torch.bool, device=vertex.device)
+    return (vertex[:, :, None] == vertex[:, None, :]) & real[:, :, None] & real[:, None, :] & ~eye
+
+
 def loss(model: nn.Module, batch: dict) -> torch.Tensor:
-    """Flavour cross-entropy + 0.5 x track-origin cross-entropy (padding ignored)."""
-    flavour_logits, origin_logits = model(batch["tracks"], batch["mask"])
+    """Flavour cross-entropy + 0.5 x track-origin cross-entropy (padding ignored) + 1.5 x track-pair vertex
+    binary cross-entropy over the real pairs (GN1's weights; `JetTransformerConfig`)."""
+    flavour_logits, origin_logits, vertex_logits = model(batch["tracks"], batch["mask"], True)
     l_flav = F.cross_entropy(flavour_logits.float(), batch["flavour"])
     origin = batch["track_origin"].flatten()  # (B*T,), -1 on padding
     l_orig = F.cross_entropy(origin_logits.flatten(0, 1).float(), origin, ignore_index=-1)
-    weight = _origin_weight(model)
-    return l_flav + weight * l_orig
+    pairs = real_pairs(batch["mask"])  # (B, T, T); a batch of one-track jets has none
+    target = same_vertex_from_origin(batch["track_origin"])[pairs].float()
+    l_vtx = (F.binary_cross_entropy_with_logits(vertex_logits.float()[pairs], target) if pairs.any()
+             else vertex_logits.sum() * 0.0)
+    w_orig, w_vtx = _weight(model, "origin_weight", 0.5), _weight(model, "vertex_weight", 1.5)
+    return l_flav + w_orig * l_orig + w_vtx * l_vtx
 
 
-def _origin_weight(model: nn.Module) -> float:
-    return getattr(getattr(model, "module", model), "origin_weight", 0.5)
+def _weight(model: nn.Module, name: str, default: float) -> float:
+    return getattr(getattr(model, "module", model), name, default)
 
 
 # ---- metrics ------------------------------------------------------------------------------------
@@ -300,21 +374,52 @@ def baseline_discriminant(data: dict) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: dict, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(flavour probabilities (N, 3), origin predictions (N, T))."""
+def predict(model: nn.Module, data: dict, batch_size: int = 1024,
+            vertex: bool = False) -> tuple[np.ndarray, ...]:
+    """(flavour probabilities (N, 3), origin predictions (N, T)), and with `vertex` the vertex probabilities
+    of the real track pairs (P,), in the order of ``array[real_pairs(mask)]`` (the full (N, T, T) array
+    would take gigabytes at the `full` preset's test size)."""
     model.eval()
     device = next(model.parameters()).device
-    probs, origins = [], []
+    probs, origins, pairs = [], [], []
     for b in batches(data, batch_size):
-        fl, org = model(b["tracks"].to(device), b["mask"].to(device))
-        probs.append(torch.softmax(fl.float(), -1).cpu())
-        origins.append(org.argmax(-1).cpu())
-    return torch.cat(probs).numpy(), torch.cat(origins).numpy()
+        out = model(b["tracks"].to(device), b["mask"].to(device), vertex)
+        probs.append(torch.softmax(out[0].float(), -1).cpu())
+        origins.append(out[1].argmax(-1).cpu())
+        if vertex:
+            pairs.append(torch.sigmoid(out[2].float()).cpu()[real_pairs(b["mask"])])
+    out = (torch.cat(probs).numpy(), torch.cat(origins).numpy())
+    return (*out, torch.cat(pairs).numpy()) if vertex else out
+
+
+def vertex_metrics(pair_prob: np.ndarray, data: dict, cut: float = 0.5, chunk: int = 4096) -> dict:
+    """Track-pair vertexing figures from the real pairs' probabilities (P,) (`predict` with ``vertex``):
+    ``vertex_pair_auc`` over all real pairs; efficiency and purity at `cut` over the pairs with at least one
+    track not from the primary vertex (the secondary-vertex finding a b-tagger needs; prompt-prompt pairs
+    are the easy bulk)."""
+    from sklearn.metrics import roc_auc_score
+
+    truth, secondary = [], []
+    for i in range(0, len(data["mask"]), chunk):  # (chunk, T, T) at a time
+        pairs = real_pairs(torch.from_numpy(data["mask"][i : i + chunk])).numpy()
+        kind = data["track_vertex"][i : i + chunk]
+        truth.append(same_vertex_pairs(kind)[pairs])
+        primary = kind == VERTEX_KINDS.index("primary")
+        secondary.append(~(primary[:, :, None] & primary[:, None, :])[pairs])
+    truth, secondary, score = np.concatenate(truth), np.concatenate(secondary), pair_prob
+    if len(score) != len(truth):
+        raise ValueError(f"{len(score)} pair probabilities for {len(truth)} real track pairs")
+    found = score > cut
+    out = {"vertex_pair_auc": float(roc_auc_score(truth, score)) if 0 < truth.sum() < len(truth) else 0.5}
+    true_sec, found_sec = truth & secondary, found & secondary
+    out["vertex_pair_efficiency"] = float((found & true_sec).sum() / max(true_sec.sum(), 1))
+    out["vertex_pair_purity"] = float((truth & found_sec).sum() / max(found_sec.sum(), 1))
+    return out
 
 
 def metrics(model: nn.Module, data: dict) -> dict:
     """Light/c rejection at 70% b-efficiency (D_b, f_c = 0.018) for the model and the baseline."""
-    probs, origin_pred = predict(model, data)
+    probs, origin_pred, pair_prob = predict(model, data, vertex=True)
     d_b = discriminant(probs)
     flavour = data["flavour"]
     light, c = rejection_at(d_b, flavour)
@@ -328,6 +433,7 @@ def metrics(model: nn.Module, data: dict) -> dict:
         "light_rejection_over_baseline": light / base_light,
         "flavour_accuracy": float((probs.argmax(1) == flavour).mean()),
         "origin_accuracy": float((origin_pred[valid] == data["track_origin"][valid]).mean()),
+        **vertex_metrics(pair_prob, data),
         "jets": float(len(flavour)),
     }
 
@@ -418,7 +524,7 @@ def example_inputs(cfg: JetTransformerConfig, batch_size: int = 2) -> tuple[torc
 TESTBED = Testbed(
     name="jet_transformer",
     unit="jets",
-    paper="ATLAS, GN2 jet flavour tagging, ATL-PHYS-PUB-2022-027; salt (github.com/umami-hep/salt)",
+    paper="ATLAS, GN2 jet flavour tagging, arXiv:2505.19689 (GN1: ATL-PHYS-PUB-2022-027); salt",
     config=config,
     build=build,
     generate=generate,
@@ -461,13 +567,15 @@ def _pipeline_exit(stage, acts):
     x = stage.encoder.norm(x)
     jet = stage.pool(x, key_mask)  # (B, E)
     track_ctx = torch.cat([x, jet.unsqueeze(1).expand_as(x)], dim=-1)  # (B, T, 2E)
-    return stage.flavour_head(jet), stage.origin_head(track_ctx)  # (B, 3), (B, T, 7)
+    # (B, 3), (B, T, 8), (B, T, T)
+    return stage.flavour_head(jet), stage.origin_head(track_ctx), stage.vertex_head(x, jet)
 
 
 def _pipeline_loss(model, outputs, micro_batch):
     from hepml_kit.parallel.pipeline import ReplayOutputs
 
-    return loss(ReplayOutputs(outputs, origin_weight=model.origin_weight), micro_batch)
+    replay = ReplayOutputs(outputs, origin_weight=model.origin_weight, vertex_weight=model.vertex_weight)
+    return loss(replay, micro_batch)
 
 
 def _pipeline_plan():
@@ -475,7 +583,7 @@ def _pipeline_plan():
 
     return StackRecipe(inputs=lambda batch: (batch["tracks"], batch["mask"]), entry_modules=("init",),
                        stack="encoder.layers",
-                       exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head"),
+                       exit_modules=("encoder.norm", "pool", "flavour_head", "origin_head", "vertex_head"),
                        entry=_pipeline_entry, layer=_pipeline_layer, exit=_pipeline_exit, loss=_pipeline_loss)
 
 
@@ -484,6 +592,6 @@ def _pipeline_plan():
 TENSOR_PARALLEL_PLAN = {"attention": (("q_proj", "k_proj", "v_proj"), ("out_proj",)),
                         "mlp": (("fc1",), ("fc2",))}
 # Pipeline split points (hepml_kit.parallel.pipeline): `init` on the first stage, encoder.layers cut into
-# contiguous stages, the norm, pooling and heads on the last.
+# contiguous stages, the norm, pooling and the three heads on the last.
 PIPELINE_PLAN = _pipeline_plan()
 TESTBED.extra.update(tensor_parallel=TENSOR_PARALLEL_PLAN, pipeline=PIPELINE_PLAN)

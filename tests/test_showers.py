@@ -253,7 +253,7 @@ def test_gan_tiny_from_fresh_data_against_the_absolute_bar():
     assert result["threshold_met"] == cg.threshold(result)
     assert 0.5 <= result["classifier_auc"] <= 1.0
     assert 0.9 < result["energy_response_ratio"] < 1.1
-    if not result["threshold_met"]:  # known gap at tiny (see the report of issue 14): shown, not hidden
-        pytest.xfail("tiny GAN misses the absolute bar: chi2/ndf total "
+    if not result["threshold_met"]:  # met on most, not all, seeds (calo_gan Status): shown, not hidden
+        pytest.xfail("tiny GAN misses the absolute bar on this seed: chi2/ndf total "
                      f"{result['chi2_ndf_total_energy']:.1f}, layers {result['chi2_ndf_layer_energy']:.1f}, "
                      f"AUC {result['classifier_auc']:.3f}, resolution ratio {result['resolution_ratio']:.2f}")

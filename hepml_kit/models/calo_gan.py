@@ -306,7 +306,7 @@ class ShowerCritic(nn.Module):
 class CheckpointSelection(nn.Module):
     """The generator weights with the best validation score seen so far, held as buffers (they move and are
     saved with the model; not parameters). AtlFast3 picks each GAN's training epoch by the chi2 of the total
-    energy against Geant4 (arXiv:2109.02551, section 4); here every ``select_every`` generator steps (from
+    energy against Geant4 (arXiv:2109.02551); here every ``select_every`` generator steps (from
     ``select_after`` on) the generator is scored against a *validation* sample of ``validation_events``
     simulated showers by the bar's figures, each as a fraction of its bar (`BARS`): max(chi2/ndf of E_vis/E,
     mean chi2/ndf of the layer energies) / 5 + (classifier AUC - 0.5) / 0.35 (the chi2 alone left the AUC,

@@ -13,6 +13,7 @@ import torch
 from hepml_kit import models
 from hepml_kit.cli import main as cli_main
 from hepml_kit.data import shards as shards_mod
+from hepml_kit.data import showers
 from hepml_kit.data.shards import ShardDataset, ShardError, ShardEvents, ShardSet, rank_chunks, write_shards
 
 SIZES = {"tracking_gnn": 12, "waveform_vae": 300, "calo_gan": 200, "jet_transformer": 300, "cosmo_unet": 4}
@@ -256,7 +257,8 @@ def test_cli_generate_overwrite_and_verify(tmp_path, capsys):
             str(out), "--seed", "3"]
     assert cli_main(args) == 0
     log = capsys.readouterr().out
-    assert "shard 2/2: 100 events" in log and "wrote 200 events of calo_gan (showers-1.1, seed 3)" in log
+    version = showers.GENERATOR_VERSION
+    assert "shard 2/2: 100 events" in log and f"wrote 200 events of calo_gan ({version}, seed 3)" in log
     assert cli_main(args) == 2 and "--overwrite" in capsys.readouterr().err
     assert cli_main(args + ["--overwrite", "--quiet", "--shards", "4"]) == 0
     assert sorted(p.name for p in out.iterdir()) == \

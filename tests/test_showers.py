@@ -190,6 +190,40 @@ def test_gan_train_step_alternates_critic_and_generator():
     assert not all(torch.equal(a, b) for a, b in zip(g0, model.generator.parameters()))  # generator stepped
 
 
+def test_gan_checkpoint_selection_keeps_the_best_generator_on_its_own_validation_sample():
+    """AtlFast3 picks each GAN's epoch by the total-energy chi2: `CheckpointSelection` scores the generator
+    on simulated showers of a seed of its own (never the training seed or the test seed after it), keeps the
+    best weights, and `generate` reads out that checkpoint whatever the live generator does after."""
+    cfg = cg.config("tiny").with_(select_every=1, select_after=1, validation_events=256)
+    torch.manual_seed(5)
+    model = cg.build(cfg)
+    sel = model.selection
+    assert 2**20 <= int(sel.validation_seed) < 2**31 and int(sel.best_step) == -1
+    energy, sim = sel.validation()
+    assert len(energy) == 256 and set(np.unique(energy)) <= set(cfg.energies_mev) and "energy_ratio" in sim
+    data = cg.generate(cfg, 64, 5)
+    opts = cg.make_optimizer(model, cfg, 1e-3)
+    for batch in cg.batches(data, 32):
+        cg.train_step(model, batch, opts)
+        cg.train_step(model, batch, opts)
+    assert int(sel.best_step) >= 1 and np.isfinite(float(sel.best_score))
+    kept = float(sel.best_score)
+
+    def showers(m, **kw):
+        return m.generate(torch.full((50,), 4096.0), generator=torch.Generator().manual_seed(0), **kw)
+
+    chosen = showers(model)
+    with torch.no_grad():  # break the live generator: all the energy in the Tile layer
+        model.generator.head.bias[cfg.n_voxels + len(cfg.shower.layers) - 1] += 30.0
+    broken = sel.consider(model, step=99)
+    assert broken > kept and float(sel.best_score) == kept and int(sel.best_step) != 99  # not taken
+    assert torch.equal(showers(model), chosen)  # the selected checkpoint, not the live weights
+    assert not torch.equal(showers(model, selected=False), chosen)
+    restored = cg.build(cfg)
+    restored.load_state_dict(model.state_dict())  # the checkpoint travels with the model
+    assert torch.equal(showers(restored), chosen)
+
+
 def test_gan_lightning_steps_run():
     import lightning as L
 
@@ -219,7 +253,7 @@ def test_gan_tiny_from_fresh_data_against_the_absolute_bar():
     assert result["threshold_met"] == cg.threshold(result)
     assert 0.5 <= result["classifier_auc"] <= 1.0
     assert 0.9 < result["energy_response_ratio"] < 1.1
-    if not result["threshold_met"]:  # known gap at tiny (see the report of issue 14): shown, not hidden
-        pytest.xfail("tiny GAN misses the absolute bar: chi2/ndf total "
+    if not result["threshold_met"]:  # met on most, not all, seeds (calo_gan Status): shown, not hidden
+        pytest.xfail("tiny GAN misses the absolute bar on this seed: chi2/ndf total "
                      f"{result['chi2_ndf_total_energy']:.1f}, layers {result['chi2_ndf_layer_energy']:.1f}, "
                      f"AUC {result['classifier_auc']:.3f}, resolution ratio {result['resolution_ratio']:.2f}")

@@ -10,7 +10,8 @@ Physics (see `shared/notes/physics.md` §3; Longo-Sestili / Grindhammer-Peters p
   Moliere radii, both growing with depth tau = t / t_max (Rc = 0.2 R_M, Rt = R_M at the maximum).
 * Transverse position: each shower's axis sits at a Gaussian offset (``axis_offset_mm`` rms per
   coordinate) from the voxel origin; the angular bins get the displaced profile g(|x - d|) to first order
-  in d, so the energy-weighted centroid of every layer follows the axis (the first moment of a radially
+  in d (negative bins set to 0 and each ring scaled back to its share, so no layer gains energy), so the
+  energy-weighted centroid of every layer follows the axis (the first moment of a radially
   symmetric profile about a displaced axis is the displacement; Grindhammer & Peters, arXiv:hep-ex/0001020,
   parametrise the profile about the shower axis) and the layers' centroids are correlated.
 * Upstream dead material (inner detector, solenoid, cryostat: ``upstream_x0`` X0 at eta = 0, times
@@ -20,7 +21,8 @@ Physics (see `shared/notes/physics.md` §3; Longo-Sestili / Grindhammer-Peters p
   matter", section 34.4.5), giving the low-side tail of E_vis / E.
 * Sampling fluctuations as Poisson energy spots: each voxel holds N ~ Poisson(E_voxel / e_spot) spots with
   e_spot = a^2 x 1 GeV, which gives sigma/E = a/sqrt(E) (a = 10%); a per-shower constant term (0.7%).
-* Pions: a MIP track up to the first interaction (depth ~ Exp(1) in lambda_int), then an EM core with
+* Pions: a MIP track up to the first interaction (depth ~ Exp(1) in lambda_int; a pion that has not
+  interacted when its ionisation loss reaches E stops there), then an EM core with
   fraction f_em = 1 - (E / 0.7 GeV)^(-0.18) (Beta-fluctuated) and a hadronic part with a Gamma profile in
   lambda_int (t_max = 0.2 ln E[GeV] + 0.7), broad radial profile, response h/e = 0.7 and 50%/sqrt(E) spots.
 * Every layer reports *visible* energy: deposited energy times that layer's sampling fraction (LAr 0.2,
@@ -58,7 +60,8 @@ __all__ = [
     "rank_range",
 ]
 
-GENERATOR_VERSION = "showers-1.1"  # 1.1: shower axis offsets (angular profile), upstream dead material
+GENERATOR_VERSION = "showers-1.2"  # 1.1: shower axis offsets (angular profile), upstream dead material;
+# 1.2: E_expected <= E (rings keep their share where the displaced profile is clipped; MIPs stop at E)
 PARTICLES = ("photon", "electron", "pion")
 CALOCHALLENGE_ENERGIES_MEV = tuple(float(2**k) for k in range(8, 23))  # 256 MeV ... 4.19 TeV
 BLOCK = 128  # samples per random-number block (the unit of rank-independent determinism)
@@ -202,7 +205,10 @@ def _spread(frac_layer, layer, p, rc, rt, axis):
 
     A displaced profile g(|x - d|) = g(r) - d cos(alpha - phi_d) g'(r) + O(d^2): each ring keeps its
     share and the angular bins get the first harmonic, so the energy-weighted centroid is the axis (the
-    first moment of the displaced profile is d)."""
+    first moment of the displaced profile is d). Where d |g'| > g (inner rings, d beyond the core radius)
+    the first-order term would make bins negative: they are set to 0 and the ring is scaled back to its
+    share, so every layer holds exactly its energy fraction times the radial containment (energy
+    conservation: the expected deposit never exceeds E) and the centroid still follows the axis."""
     edges = np.asarray(layer.radial_edges_mm, dtype=np.float64)
     g_c, h_c = _ring_moments(edges, rc)
     g_t, h_t = _ring_moments(edges, rt)
@@ -213,7 +219,10 @@ def _spread(frac_layer, layer, p, rc, rt, axis):
     phi = np.arctan2(axis[:, 1], axis[:, 0])
     c = np.diff(np.sin(alpha[None, :] - phi[:, None]), axis=1) if layer.n_alpha > 1 else np.zeros((len(d), 1))
     per = g[:, :, None] * np.diff(alpha)[None, None, :] - d[:, None, None] * h[:, :, None] * c[:, None, :]
-    per = np.clip(per, 0.0, None) * frac_layer[:, None, None]  # (B, n_r, n_alpha)
+    share = g[:, :, None] * (2 * math.pi)  # (B, n_r, 1): each ring's share, what the harmonic must not change
+    per = np.clip(per, 0.0, None)
+    per *= share / np.maximum(per.sum(2, keepdims=True), 1e-300)  # clipping added energy: scale the ring back
+    per = per * frac_layer[:, None, None]  # (B, n_r, n_alpha)
     return per.reshape(len(d), -1)  # alpha fastest
 
 
@@ -279,6 +288,7 @@ def _block(rng, idx, cfg):
         reach = np.minimum(bounds_lam[:, 1:], t_int[:, None])  # (B, L): how far the track gets in each layer
         path_in = np.clip(reach - bounds_lam[:, :-1], 0.0, None)
         mip = path_in * cfg.mip_mev_per_lambda * np.exp(0.1 * rng.standard_normal((n, len(layers))))
+        mip = np.diff(np.minimum(np.cumsum(mip, 1), energy[:, None]), axis=1, prepend=0.0)  # ranges out at E
         e_avail = np.clip(energy - mip.sum(1), 0.0, None)
         e_scaled = np.maximum(e_avail, 1.0) / (1e3 * cfg.em_fraction_e0_gev)
         mean_fem = np.clip(1 - e_scaled**-cfg.em_fraction_exponent, 0.02, 0.95)

@@ -167,6 +167,10 @@ def _work(stream: MonteCarloStream, worker: int, workers: int, q) -> None:
         for step in stream.my_steps(worker, workers):
             batch = pickle.dumps(stream.chunk(step), protocol=pickle.HIGHEST_PROTOCOL)  # bytes: no shared fds
             if step == stream.kill_at_step:
+                # the batches already handed over reach the trainer first (the queue's feeder thread may
+                # still hold them), so the death is seen at this step, as in the tests and the lesson
+                q.close()
+                q.join_thread()
                 os.kill(os.getpid(), signal.SIGKILL)
             q.put(("batch", step, batch))
     except BaseException:  # noqa: BLE001 - any failure in the worker goes to the trainer, with its traceback

@@ -58,7 +58,8 @@ def test_server_is_ready_and_listens_on_loopback_only(server):
     ports = {server.triton_http_port, server.grpc_port}  # clients reach HTTP through the guard (next lines)
     assert ports <= {addr.port for addr in listening}
     assert all(_is_loopback(addr.ip) for addr in listening if addr.port in ports)
-    guard = [c.laddr for c in psutil.Process().net_connections(kind="inet") if c.status == "LISTEN"]
+    guard = [c.laddr for c in psutil.Process(server._guard.pid).net_connections(kind="inet")
+             if c.status == "LISTEN"]  # the guard's own process
     assert server.http_port in {addr.port for addr in guard} and server.http_port != server.triton_http_port
     assert all(_is_loopback(addr.ip) for addr in guard if addr.port == server.http_port)
 

@@ -10,6 +10,7 @@ reason, the guard answering 503.
 import contextlib
 import http.client
 import json
+import os
 import signal
 import time
 
@@ -154,6 +155,23 @@ def test_request_bytes_are_bounded_for_inputs_of_free_size():
     assert err.value.status == 413
     # fixed shapes: a full batch is the limit
     assert model_limits(mlp_model()).max_request_bytes == 64 * FEATURES * 4
+
+
+def test_the_guard_runs_in_its_own_process_and_a_killed_one_is_started_again(server):
+    """The guard is not in the owner's process (it would take the GIL from the model functions); if its
+    process dies, the watchdog starts another on the same port and clients go on."""
+    import psutil
+
+    guard = server._guard
+    assert guard.pid != os.getpid() and psutil.Process(guard.pid).ppid() == os.getpid()
+    x = np.ones((1, FEATURES), np.float32)
+    want = server.models["mlp"].run({"x": x})["logits__0"]
+    restarts = server.guard_restarts
+    os.kill(guard.pid, signal.SIGKILL)
+    _wait_for(lambda: server.guard_restarts == restarts + 1 and server._guard is not guard, 30, server)
+    assert server.status == "running"
+    with ServiceClient(server.http_url) as client:
+        np.testing.assert_allclose(client.infer("mlp", {"x": x})["logits__0"], want, atol=1e-5)
 
 
 def test_unguarded_huge_request_kills_triton_and_the_watchdog_names_why_and_restarts_it():

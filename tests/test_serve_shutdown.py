@@ -1,7 +1,8 @@
 """No serving process outlives its owner: a notebook kernel interrupted inside ``with InferenceServer(...)``
 (SIGINT -> KeyboardInterrupt), a kernel shut down while a server started without ``with`` runs (SIGTERM),
-and a kernel killed outright (SIGKILL: Triton gets SIGTERM from the kernel's death, its stubs follow, and
-the next server start deletes the left-over folder). Each case runs in a child Python process."""
+and a kernel killed outright (SIGKILL: Triton gets SIGTERM from the kernel's death, its stubs follow, the
+request guard's process sees its stdin close, and the next server start deletes the left-over folder). Each
+case runs in a child Python process."""
 
 import signal
 import subprocess
@@ -20,12 +21,12 @@ torch.set_num_threads(1)
 from hepml_kit.serve import InferenceServer, mlp_model, start_server
 if sys.argv[1] == "with":
     with InferenceServer([mlp_model()]) as server:
-        print("READY", server._dir, flush=True)
+        print("READY", server._dir, server._guard.pid, flush=True)
         while True:
             time.sleep(0.05)   # a long-running notebook cell
 else:
     server = start_server([mlp_model()])
-    print("READY", server._dir, flush=True)
+    print("READY", server._dir, server._guard.pid, flush=True)
     while True:
         time.sleep(0.05)
 """
@@ -65,6 +66,7 @@ def test_no_serving_process_survives_its_owner():
             assert sorted(p.name() for p in ours[name]) == ["triton_python_backend_stub", "tritonserver"], (
                 name
             )
+            ours[name].append(psutil.Process(int(line.split()[2])))  # the request guard's process
         for name, child in children.items():
             child.send_signal(SCENARIOS[name][1])
         for name, child in children.items():

@@ -12,8 +12,9 @@ What this module adds to PyTriton, for teaching and for tests:
   before `start` returns;
 * shutdown that leaves no process behind: a context manager, `atexit`, SIGTERM/SIGHUP handlers, the kernel's
   KeyboardInterrupt during start-up, and, as a last resort, the server's children are killed by pid;
-* HTTP clients reach Triton through `RequestGuard` (`guard.py`), which refuses a request beyond a model's
-  stated shape, batch or bytes before Triton parses it (a declared ``[2**40, 16]`` aborted tritonserver);
+* HTTP clients reach Triton through `RequestGuard` (`guard.py`, in a process of its own: `GuardProcess`),
+  which refuses a request beyond a model's stated shape, batch or bytes before Triton parses it (a declared
+  ``[2**40, 16]`` aborted tritonserver);
 * a watchdog thread that checks Triton's process and ``/v2/health/live`` every 0.5 s: `status` says what
   is true now, a dead Triton is restarted on the same addresses (up to `restart` times) and the reason it
   died (its exit code or signal, ``std::bad_alloc`` from its output) is kept in `death`;
@@ -51,7 +52,7 @@ from torch import nn
 
 from hepml_kit._tempdir import socket_dir
 from hepml_kit.serve.encoding import TensorSpec
-from hepml_kit.serve.guard import ModelLimits, RequestGuard
+from hepml_kit.serve.guard import GuardProcess, ModelLimits
 
 __all__ = [
     "Batching",
@@ -385,13 +386,14 @@ class InferenceServer:
         self.guarded = guard
         self.max_restarts = restart
         self.limits = {m.name: model_limits(m, max_request_bytes) for m in models}
-        self._guard: RequestGuard | None = None
+        self._guard: GuardProcess | None = None
         self._triton_http_port = self.http_port  # Triton's own HTTP port: an internal one behind the guard
         self._watchdog: threading.Thread | None = None
         self._stopping = threading.Event()
         self._signalled = False  # set by the SIGTERM/SIGHUP handler (no locks there, so not an Event)
         self._state = "stopped"
         self.restarts = 0  # how many times a dead Triton was restarted
+        self.guard_restarts = 0  # how many times the request guard's process ended and was started again
         self.death: str | None = None  # why Triton last died (None: it never did)
         self._process_output: Callable[[], str] = lambda: ""  # Triton's stdout/stderr so far
         self._exit_code: Callable[[], int | None] = lambda: None  # Triton's exit code once it has exited
@@ -439,11 +441,11 @@ class InferenceServer:
             _LIVE.add(self)
         _install_signal_handlers()
         self._stopping.clear()
-        self._state = "starting"
+        self._set_state("starting")
         try:
             if self.guarded:
-                self._guard = RequestGuard(
-                    self.limits, self.host, self.http_port, self._triton_http_address, self._unavailable
+                self._guard = GuardProcess(
+                    self.limits, self.host, self.http_port, self._triton_http_address(), self._unavailable()
                 ).start()
             self._launch()
             self.startup_s = time.perf_counter() - t0
@@ -453,7 +455,7 @@ class InferenceServer:
             if isinstance(err, Exception):
                 raise RuntimeError(f"Triton did not start: {err}\n--- server log (tail) ---\n{tail}") from err
             raise
-        self._state = "running"
+        self._set_state("running")
         self._watchdog = threading.Thread(target=self._watch, name="hepml-serve-watchdog", daemon=True)
         self._watchdog.start()
         return self
@@ -510,6 +512,12 @@ class InferenceServer:
     def _triton_http_address(self) -> tuple[str, int]:
         return self.host, self._triton_http_port
 
+    def _set_state(self, state: str) -> None:
+        """Change `status` and tell the guard (where Triton's HTTP port is, and whether it serves)."""
+        self._state = state
+        if self._guard is not None:
+            self._guard.update(self._triton_http_address(), self._unavailable())
+
     def _unavailable(self) -> str | None:
         """None while Triton serves; otherwise why not (the guard answers 503 with this)."""
         return None if self._state == "running" else f"the Triton server is {self.status}"
@@ -533,6 +541,7 @@ class InferenceServer:
         times."""
         failures = 0
         while not self._stopping.wait(_WATCH_PERIOD_S):
+            self._restart_guard_if_it_died()
             try:
                 alive = self.is_alive()
             except Exception:  # noqa: BLE001 - a process vanishing between two psutil calls is a death too
@@ -545,20 +554,40 @@ class InferenceServer:
                     return
                 self.death = self._death_reason()
                 if self.restarts >= self.max_restarts:
-                    self._state = f"dead: {self.death} (restarted {self.restarts} time(s) already; not again)"
+                    self._set_state(
+                        f"dead: {self.death} (restarted {self.restarts} time(s) already; not again)"
+                    )
                     self._discard_triton()
                     return
-                self._state = f"restarting after: {self.death}"
+                self._set_state(f"restarting after: {self.death}")
                 self._discard_triton()
                 try:
                     self._launch()
                 except Exception as err:  # noqa: BLE001 - reported through `status`
-                    self._state = f"dead: {self.death}; the restart failed: {err}"
+                    self._set_state(f"dead: {self.death}; the restart failed: {err}")
                     self._discard_triton()
                     return
                 self.restarts += 1
-                self._state = "running"
+                self._set_state("running")
                 failures = 0
+
+    def _restart_guard_if_it_died(self) -> None:
+        """The guard's process should never end on its own; if it did, start a new one on the same port."""
+        guard = self._guard
+        if guard is None or not guard.exited() or self._stopping.is_set() or self._signalled:
+            return
+        with self._lock:
+            if self._guard is not guard or self._stopping.is_set():
+                return
+            code = guard.exit_code
+            self.guard_restarts += 1
+            try:
+                self._guard = GuardProcess(
+                    self.limits, self.host, self.http_port, self._triton_http_address(), self._unavailable()
+                ).start()
+            except OSError as err:
+                self._guard = None
+                self._set_state(f"dead: the request guard exited (code {code}) and could not restart: {err}")
 
     def _death_reason(self) -> str:
         """Why Triton stopped answering, from its process and its log (read before the folder goes)."""

@@ -224,3 +224,66 @@ def test_ex10_check_passes_on_solution_and_explains_wrong_rank_count():
     check.ex10_perlmutter_job(good)
     with pytest.raises(check.CheckFailed, match="one rank per GPU over 4 nodes is 16"):
         check.ex10_perlmutter_job(one_node_ranks)
+
+
+def test_a_requeued_job_resumes_from_its_checkpoint_to_the_same_weights(slurm, tmp_path):
+    """Lesson 11 and docs/nersc.md: on Slurm, ``sbatch --requeue`` plus the same checkpoint folder survives
+    a preemption. The job (2 srun tasks of hepml_kit/parallel/resilient.py) is requeued with ``scontrol
+    requeue`` once its first checkpoint exists: Slurm kills both tasks and queues the job again (we lift the
+    ~2 minutes Slurm holds a requeued job with ``scontrol update StartTime=now``). The second run resumes
+    from the last checkpoint and ends with the weights of an uninterrupted run, bitwise."""
+    import torch
+
+    from hepml_kit.parallel import resilient
+
+    steps = 80
+    args = ["--steps", str(steps), "--every", "2"]
+    clean = subprocess.run([EXE, "launch", "--nprocs", "2", resilient.__file__, "--", "--checkpoint-dir",
+                            str(tmp_path / "clean"), "--out", str(tmp_path / "clean.pt"), *args],
+                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                           timeout=300)
+    assert clean.returncode == 0, clean.stderr[-2000:]
+    ckpt, log = tmp_path / "ckpt", tmp_path / "job.out"
+    script = tmp_path / "job.sh"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --requeue --open-mode=append --output={log}
+        #SBATCH --ntasks=2 --time=00:10:00
+        export OMP_NUM_THREADS=1 MASTER_PORT={sbatch_port()}
+        echo "attempt ${{SLURM_RESTART_COUNT:-0}}"
+        srun {EXE} launch {resilient.__file__} --checkpoint-dir {ckpt} --out {tmp_path / "requeued.pt"} \\
+            {" ".join(args)}
+        """))
+    job = subprocess.run(["sbatch", "--parsable", str(script)], capture_output=True, text=True, timeout=60)
+    assert job.returncode == 0, job.stderr
+    job_id = job.stdout.strip().split(";")[0]
+    deadline = time.monotonic() + 240
+    while not (ckpt / "manifest.json").exists():  # the first checkpoint (saved atomically: whole or absent)
+        assert time.monotonic() < deadline, f"no checkpoint after 240 s: {log.exists() and log.read_text()}"
+        time.sleep(0.1)
+    def scontrol(*args):
+        out = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"scontrol {' '.join(args)}: {out.stderr}"
+
+    scontrol("requeue", job_id)
+    deadline = time.monotonic() + 120
+    while sbatch._slurm_state(job_id) != "PENDING":  # the tasks are being killed (COMPLETING) first
+        assert time.monotonic() < deadline, f"job {job_id} not pending again after 120 s"
+        time.sleep(0.5)
+    scontrol("update", f"jobid={job_id}", "StartTime=now")
+    deadline = time.monotonic() + 300
+    while (state := sbatch._slurm_state(job_id)) in (None, "PENDING", "RUNNING", "REQUEUED", "COMPLETING"):
+        assert time.monotonic() < deadline, f"job {job_id} still {state} after 300 s"
+        time.sleep(1)
+    text = log.read_text()
+    assert state == "COMPLETED", f"{state}: {text[-3000:]}"
+    assert "attempt 0" in text and "attempt 1" in text, text[-3000:]  # --open-mode=append: both runs' logs
+    a, b = torch.load(tmp_path / "clean.pt"), torch.load(tmp_path / "requeued.pt")
+    assert 0 < b["resumed_from"] < steps, b["resumed_from"]
+    assert a["losses"] == b["losses"] and _same(a["params"], b["params"]), "bitwise equal to a clean run"
+
+
+def _same(a: dict, b: dict) -> bool:
+    import torch
+
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

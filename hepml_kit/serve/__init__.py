@@ -2,8 +2,9 @@
 
 * `server.py`    — `InferenceServer`: Triton through PyTriton, dynamic batching, loopback, clean shutdown,
                    a watchdog that reports the server's status truthfully and restarts it when it dies
+* `served_model.py` — `ServedModel` (a module behind named tensors), `Batching`, `model_limits`
 * `guard.py`     — `RequestGuard`: refuses HTTP requests beyond a model's stated shape, batch and bytes before
-                   Triton sees them
+                   Triton sees them; `GuardProcess` runs it in a process of its own
 * `encoding.py`  — how variable-size jets and graphs travel in fixed-shape requests
 * `testbeds.py`  — the served models: a small MLP, the jet flavour tagger, the tracking GNN
 * `client.py`    — `ServiceClient`: KServe v2 over HTTP or gRPC, for PyTriton, the Triton container or any v2
@@ -39,14 +40,8 @@ from hepml_kit.serve.loadtest import (
     results_table,
     sweep,
 )
-from hepml_kit.serve.server import (
-    Batching,
-    InferenceServer,
-    ServedModel,
-    model_limits,
-    serving_processes,
-    start_server,
-)
+from hepml_kit.serve.served_model import Batching, ServedModel, model_limits
+from hepml_kit.serve.server import InferenceServer, serving_processes, start_server
 from hepml_kit.serve.testbeds import jet_tagger_model, mlp_model, served_model, tracking_gnn_model
 
 __all__ = [

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hepml_kit.serve.server import ServedModel
+from hepml_kit.serve.served_model import ServedModel
 
 __all__ = [
     "check_model_repository",

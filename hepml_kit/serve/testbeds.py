@@ -22,7 +22,7 @@ from hepml_kit.serve.encoding import (
     PaddedGraphEdgeClassifier,
     TensorSpec,
 )
-from hepml_kit.serve.server import Batching, ServedModel
+from hepml_kit.serve.served_model import Batching, ServedModel
 
 __all__ = ["jet_tagger_model", "mlp_model", "served_model", "tracking_gnn_model", "user_model"]
 

@@ -158,14 +158,18 @@ def test_request_bytes_are_bounded_for_inputs_of_free_size():
 
 
 def test_the_guard_runs_in_its_own_process_and_a_killed_one_is_started_again(server):
-    """The guard is not in the owner's process (it would take the GIL from the model functions); if its
-    process dies, the watchdog starts another on the same port and clients go on."""
+    """The guard is not in the owner's process (it would take the GIL from the model functions); it ignores
+    a kernel interrupt; if its process dies, the watchdog starts another on the same port and clients go
+    on."""
     import psutil
 
     guard = server._guard
     assert guard.pid != os.getpid() and psutil.Process(guard.pid).ppid() == os.getpid()
     x = np.ones((1, FEATURES), np.float32)
     want = server.models["mlp"].run({"x": x})["logits__0"]
+    os.kill(guard.pid, signal.SIGINT)  # a notebook interrupt reaches the kernel's whole process group
+    time.sleep(1)
+    assert not guard.exited() and server.guard_restarts == 0, "the guard must outlive a kernel interrupt"
     restarts = server.guard_restarts
     os.kill(guard.pid, signal.SIGKILL)
     _wait_for(lambda: server.guard_restarts == restarts + 1 and server._guard is not guard, 30, server)

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -474,6 +475,8 @@ def _limits_from_json(settings: dict) -> dict[str, ModelLimits]:
 
 def _serve_until_stdin_closes() -> None:
     """The body of `GuardProcess`'s process."""
+    # A notebook interrupt is SIGINT to the kernel's whole process group: meant for the cell, not for us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     settings = json.loads(sys.stdin.readline())
     state = {"now": (tuple(settings["upstream"]), settings["unavailable"])}
     out = threading.Lock()

@@ -261,9 +261,10 @@ def test_a_requeued_job_resumes_from_its_checkpoint_to_the_same_weights(slurm, t
     while not (ckpt / "manifest.json").exists():  # the first checkpoint (saved atomically: whole or absent)
         assert time.monotonic() < deadline, f"no checkpoint after 240 s: {log.exists() and log.read_text()}"
         time.sleep(0.1)
-    def scontrol(*args):
-        out = subprocess.run(["scontrol", *args], capture_output=True, text=True, timeout=60)
-        assert out.returncode == 0, f"scontrol {' '.join(args)}: {out.stderr}"
+
+    def scontrol(*words):
+        out = subprocess.run(["scontrol", *words], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"scontrol {' '.join(words)}: {out.stderr}"
 
     scontrol("requeue", job_id)
     deadline = time.monotonic() + 120

@@ -336,20 +336,12 @@ class GuardProcess:
         unavailable: str | None = None,
     ):
         self._settings = {
-            "limits": {
-                name: {
-                    "inputs": {k: [dt, list(dims)] for k, (dt, dims) in m.inputs.items()},
-                    "max_batch_size": m.max_batch_size,
-                    "max_request_bytes": m.max_request_bytes,
-                }
-                for name, m in limits.items()
-            },
+            "limits": _limits_to_json(limits),
             "host": host,
             "port": port,
             "upstream": list(upstream),
             "unavailable": unavailable,
         }
-        self.limits = limits
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._first: list[dict] = []
@@ -459,6 +451,18 @@ class GuardProcess:
                 self._cond.notify_all()
         with self._cond:
             self._cond.notify_all()
+
+
+def _limits_to_json(limits: dict[str, ModelLimits]) -> dict:
+    """`ModelLimits` per model as JSON for the guard's process (`_limits_from_json` reads it back)."""
+    return {
+        name: {
+            "inputs": {k: [dt, list(dims)] for k, (dt, dims) in m.inputs.items()},
+            "max_batch_size": m.max_batch_size,
+            "max_request_bytes": m.max_request_bytes,
+        }
+        for name, m in limits.items()
+    }
 
 
 def _limits_from_json(settings: dict) -> dict[str, ModelLimits]:

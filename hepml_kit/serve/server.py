@@ -360,9 +360,7 @@ class InferenceServer:
         self._set_state("starting")
         try:
             if self.guarded:
-                self._guard = GuardProcess(
-                    self.limits, self.host, self.http_port, self._triton_http_address(), self._unavailable()
-                ).start()
+                self._guard = self._start_guard()
             self._launch()
             self.startup_s = time.perf_counter() - t0
         except BaseException as err:  # KeyboardInterrupt from the kernel included: leave nothing behind
@@ -427,6 +425,12 @@ class InferenceServer:
 
     def _triton_http_address(self) -> tuple[str, int]:
         return self.host, self._triton_http_port
+
+    def _start_guard(self) -> GuardProcess:
+        """The request guard's process on `http_port`, told where Triton is and whether it serves."""
+        return GuardProcess(
+            self.limits, self.host, self.http_port, self._triton_http_address(), self._unavailable()
+        ).start()
 
     def _set_state(self, state: str) -> None:
         """Change `status` and tell the guard (where Triton's HTTP port is, and whether it serves)."""
@@ -496,11 +500,10 @@ class InferenceServer:
             if self._guard is not guard or self._stopping.is_set():
                 return
             code = guard.exit_code
+            guard.stop()  # already ended: this closes its pipes and joins its reader thread
             self.guard_restarts += 1
             try:
-                self._guard = GuardProcess(
-                    self.limits, self.host, self.http_port, self._triton_http_address(), self._unavailable()
-                ).start()
+                self._guard = self._start_guard()
             except OSError as err:
                 self._guard = None
                 self._set_state(f"dead: the request guard exited (code {code}) and could not restart: {err}")

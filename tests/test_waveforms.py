@@ -150,6 +150,14 @@ def test_roc_auc():
     assert wv.roc_auc(label, np.array([0.1, 0.2, 0.3, 0.8, 0.9])) == 1.0
     assert wv.roc_auc(label, np.array([0.9, 0.8, 0.7, 0.1, 0.2])) == 0.0
     assert wv.roc_auc(label, np.ones(5)) == 0.5
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for n in (7, 100, 2048):  # rounded scores: many ties, which count one half as in sklearn
+        label = rng.random(n) < 0.3
+        label[:2] = [True, False]
+        score = np.round(rng.normal(label * 0.5, 1.0), 1).astype(np.float32)
+        assert wv.roc_auc(label, score) == pytest.approx(roc_auc_score(label, score), abs=1e-12)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")

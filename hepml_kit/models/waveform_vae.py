@@ -36,7 +36,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.stats import rankdata
+from sklearn.metrics import roc_curve
 from torch import nn
 
 from hepml_kit.data.waveforms import (
@@ -198,8 +199,11 @@ def loss(model: nn.Module, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def anomaly_scores(model: nn.Module, data: dict, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """(reconstruction MSE with z = mu, -ELBO) per event, each (N,)."""
+def anomaly_scores(model: nn.Module, data: dict, batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """(reconstruction MSE with z = mu, -ELBO) per event, each (N,).
+
+    The scores do not depend on `batch_size` (bitwise on CPU); on a CPU core, batches of 512 waveforms
+    score the tiny preset faster than batches of 1024 (their activations stay in the core's cache)."""
     model.eval()
     device = next(model.parameters()).device
     mse, nelbo = [], []
@@ -213,12 +217,16 @@ def anomaly_scores(model: nn.Module, data: dict, batch_size: int = 1024) -> tupl
 
 def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
     """Area under the ROC curve (sklearn's `roc_auc_score`, its argument order; ties count half); label 1 =
-    anomaly. Unlike sklearn's, the error for a sample without both classes says which class is missing."""
+    anomaly. Computed as the Mann-Whitney statistic, P(score of an anomaly > score of a normal event), from
+    the ranks of the scores (ties get their mean rank): the same number as sklearn's trapezoids to rounding,
+    without its input checks' cost (the HPO lesson evaluates six AUCs after every trial-epoch). Unlike
+    sklearn's, the error for a sample without both classes says which class is missing."""
     label = np.asarray(label).astype(bool)
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"need both classes for an AUC, got {n_pos} anomalies and {n_neg} normal events")
-    return float(roc_auc_score(label, score))
+    rank_sum = rankdata(np.asarray(score, dtype=np.float64))[label].sum()
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def metrics(model: nn.Module, data: dict) -> dict:

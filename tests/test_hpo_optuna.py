@@ -37,6 +37,13 @@ def workers():
         yield w
 
 
+def test_trials_are_scored_on_the_objectives_validation_data():
+    val = OBJECTIVE.validation_data()
+    assert len(val["anomaly"]) == 128 and OBJECTIVE.validation_data() is val  # generated once per process
+    scored = OBJECTIVE.start({"lr": 1e-2, "latent_dim": 4}).evaluate()
+    assert scored["waveforms"] == 128 and scored["anomalies"] == val["anomaly"].astype(bool).sum() > 0
+
+
 def test_grid_visits_every_point_once():
     study = run_study(StudySpec("grid", SPACE, OBJECTIVE, sampler="grid"))
     seen = sorted((t.params["lr"], t.params["latent_dim"]) for t in study.trials)

@@ -117,6 +117,10 @@ class TestbedObjective:
         fields = [f.name for f in dataclasses.fields(cfg)] if dataclasses.is_dataclass(cfg) else []
         return list(TRAINING_SETTINGS) + fields
 
+    def validation_data(self):
+        """The validation events every trial is scored on (the testbed's data dict, the same on all ranks)."""
+        return _data(self, _apply(self.base_config(), self.fixed), "val", 0, 1)
+
     def reported_metrics(self) -> list[str]:
         """The metric names the model reports (measured once on an untrained model, cached per process)."""
         key = repr(self)
@@ -151,7 +155,7 @@ def _reported_metrics(obj: TestbedObjective) -> list[str]:
     model = tb.build(cfg)
     model.eval()
     with torch.no_grad():
-        return sorted(tb.metrics(model, _data(obj, cfg, "val", 0, 1)))
+        return sorted(tb.metrics(model, obj.validation_data()))
 
 
 def _apply(cfg, params: dict):
@@ -240,9 +244,9 @@ class TrialRun:
 
     def evaluate(self) -> dict:
         self.model.eval()
-        val = _data(self.objective, _apply(self.objective.base_config(), self.objective.fixed), "val", 0, 1)
         with torch.no_grad():
-            return {k: float(v) for k, v in self.objective.testbed.metrics(self.model, val).items()}
+            return {k: float(v) for k, v in
+                    self.objective.testbed.metrics(self.model, self.objective.validation_data()).items()}
 
     def value(self, metrics: dict) -> float:
         return float(metrics[self.objective.metric])

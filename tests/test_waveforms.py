@@ -127,6 +127,8 @@ def test_bad_input_is_refused():
         normalise_waveforms(np.zeros((2, 16)), 0.0)
     with pytest.raises(ValueError, match="both classes"):
         wv.roc_auc(np.zeros(4), np.arange(4.0))
+    with pytest.raises(ValueError, match="must be finite, got 1 NaN"):
+        wv.roc_auc(np.array([0, 1, 0, 1]), np.array([0.1, np.nan, 0.2, 0.3]))
 
 
 # ---- model ----------------------------------------------------------------------------------------

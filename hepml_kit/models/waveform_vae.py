@@ -225,7 +225,10 @@ def roc_auc(label: np.ndarray, score: np.ndarray) -> float:
     n_pos, n_neg = int(label.sum()), int((~label).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError(f"need both classes for an AUC, got {n_pos} anomalies and {n_neg} normal events")
-    rank_sum = rankdata(np.asarray(score, dtype=np.float64))[label].sum()
+    score = np.asarray(score, dtype=np.float64)
+    if not np.isfinite(score).all():  # as sklearn refuses them (a diverged model scores NaN)
+        raise ValueError(f"anomaly scores must be finite, got {int((~np.isfinite(score)).sum())} NaN or inf")
+    rank_sum = rankdata(score)[label].sum()
     return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

@@ -130,3 +130,17 @@ def test_a_dead_rank_shows_how_it_died(pool):
         pool.run(_sigkill_rank_1, quiet=True)
     assert ("rank 1 failed" in str(info.value) and "killed by SIGKILL" in str(info.value)
             and "-9" in str(info.value))
+
+
+def test_an_engine_lost_between_calls_gives_a_fresh_pool_not_an_index_error(pool, capfd):
+    """CI once saw lesson 11 fail with ipyparallel's "IndexError: No such engine: 1": rank 1's engine had
+    left the controller between two calls. Here it is killed while idle and the controller drops it."""
+    pool.run(lambda: 0)
+    victim = pool._engines[1]
+    os.kill(victim.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while victim.engine_id in pool._client.ids:  # the controller notices the dead engine (its heartbeat)
+        assert time.monotonic() < deadline, "the controller still lists a SIGKILLed engine after 60 s"
+        time.sleep(0.2)
+    assert pool.run(lambda: 1) == [1, 1]
+    assert "rank(s) [1] left the pool since the last call" in capfd.readouterr().err

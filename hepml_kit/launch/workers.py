@@ -296,6 +296,18 @@ class Workers:
         self.start()
         return self._client[[e.engine_id for e in self._engines]]
 
+    def _restart_if_an_engine_was_lost(self) -> None:
+        """An engine can vanish between calls: killed while idle, or dropped by the controller after missed
+        heartbeats on a starved machine. Its rank cannot take the next call (ipyparallel would say only "No
+        such engine"), so the pool starts afresh first, and says so."""
+        known = set(self._client.ids)
+        lost = [rank for rank, e in enumerate(self._engines) if e.engine_id not in known]
+        if lost:
+            print(f"the engine(s) of rank(s) {lost} left the pool since the last call (the controller no "
+                  "longer lists them): starting a fresh pool", file=sys.stderr)
+            self.close()
+            self.start()
+
     def rank_infos(self) -> list[RankInfo]:
         hosts = [e.host for e in self._engines]
         local = self.engines_kind == "local"
@@ -394,6 +406,7 @@ class Workers:
 
     def _run_once(self, payload: bytes, timeout: float, quiet: bool, ranks: list[int] | None = None) -> list:
         self.start()
+        self._restart_if_an_engine_was_lost()
         pending = {}
         if ranks is None:
             infos = self.rank_infos()
